@@ -1,0 +1,85 @@
+"""Default configuration: every field the project reads, each with its meaning.
+
+Variants (configs/shapes.py, configs/coco.py, ...) import `get_config` and override.
+Any field can be set from the command line: `--config.train.steps=100`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  # Seed of parameter init, data order, augmentation and dropout.
+  config.seed = 0
+
+  config.data = data = ml_collections.ConfigDict()
+  # Where the data comes from: 'shapes' (synthetic, generated on first use) or
+  # 'coco_files' (any COCO-format dataset on disk).
+  data.source = 'shapes'
+  # coco_files: a folder in the COCO 2017 / DETR layout (train2017/, val2017/,
+  # annotations/instances_{train,val}2017.json). Overrides the four paths below.
+  data.coco_dir = ''
+  # coco_files: image folder and instances JSON of each split (when coco_dir is '').
+  data.train_images = ''
+  data.train_annotations = ''
+  data.val_images = ''
+  data.val_annotations = ''
+  # shapes: the folder it is generated into and reused from, its seed and sizes.
+  data.shapes_dir = 'data_cache/shapes'
+  data.shapes_seed = 0
+  data.shapes_num_train = 4000
+  data.shapes_num_val = 200
+  # Side of the square canvas images are resized (longest side) and padded to.
+  data.image_size = 640
+  # Most objects in one sequence; more are dropped (after shuffling, when training).
+  data.max_instances = 100
+  # Coordinate quantisation bins.
+  data.num_bins = 1000
+  # Loss weight of the EOS target token (object tokens weigh 1, padding 0).
+  data.eos_weight = 0.1
+  # Random horizontal flips in training.
+  data.random_flip = True
+
+  config.model = model = ml_collections.ConfigDict()
+  # Model sizes: 'tiny' (CPU) or 'r50' (the official resnet variant).
+  model.variant = 'r50'
+  # Dropout rate in the transformer (attention/MLP outputs and inputs).
+  model.dropout = 0.1
+
+  config.train = train = ml_collections.ConfigDict()
+  # Number of optimisation steps.
+  train.steps = 100_000
+  # Global batch size, split over all devices of all processes.
+  train.batch_size = 32
+  # Peak learning rate of AdamW.
+  train.learning_rate = 1e-4
+  # Linear warmup steps from 0 to the peak learning rate.
+  train.warmup_steps = 1000
+  # Decay after warmup: 'linear' or 'cosine', down to end_lr_factor * peak.
+  train.schedule = 'linear'
+  train.end_lr_factor = 0.01
+  # AdamW moments and decoupled weight decay (not applied to norms and biases).
+  train.b1 = 0.9
+  train.b2 = 0.95
+  train.weight_decay = 0.05
+  # Clip gradients to this global norm (0: no clipping).
+  train.grad_clip_norm = 1.0
+  # Log scalars every this many steps.
+  train.log_every = 50
+  # Evaluate every this many steps; 0 evaluates once, after the last step.
+  train.eval_every = 0
+  # Save a checkpoint every this many steps (and always after the last step).
+  train.checkpoint_every = 1000
+  # Checkpoints kept on disk.
+  train.keep_checkpoints = 3
+
+  config.eval = eval_config = ml_collections.ConfigDict()
+  # Evaluate on the first this many val images; 0 evaluates on all of them.
+  eval_config.max_images = 0
+  # Global eval batch size (padded with masked examples at the end).
+  eval_config.batch_size = 32
+
+  config.decode = decode = ml_collections.ConfigDict()
+  # 0 decodes greedily; > 0 samples from softmax(logits / temperature).
+  decode.temperature = 0.0
+  return config

@@ -1,0 +1,55 @@
+"""Command line: python main.py --config=configs/X.py --workdir=DIR [--mode=train|eval|predict].
+
+  train    train (resuming from the latest checkpoint), evaluate periodically and at the end
+  eval     evaluate the latest checkpoint of --workdir on the val split
+  predict  detect objects in --images=GLOB, write --output=FILE.json, draw into --draw_dir
+"""
+
+import logging as std_logging
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and evaluation output.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'], 'What to do.')
+flags.DEFINE_string('images', None, 'predict: a glob of image files.')
+flags.DEFINE_string('output', None, 'predict: the JSON file to write detections to.')
+flags.DEFINE_string('draw_dir', None, 'predict: a folder for the images with boxes drawn.')
+flags.DEFINE_float('min_score', 0.0, 'predict: drop detections scored below this.')
+flags.mark_flags_as_required(['workdir'])
+
+
+def _quiet_orbax(record: std_logging.LogRecord) -> bool:
+  """Keeps orbax's per-save INFO chatter out of the log; its warnings still show."""
+  return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # TensorFlow is only the input pipeline: keep it off any GPU/TPU.
+  import tensorflow as tf
+  tf.config.set_visible_devices([], 'GPU')
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_quiet_orbax)
+
+  if FLAGS.mode == 'predict':
+    from pix2seq_jax import predict
+    if not FLAGS.images or not FLAGS.output:
+      raise app.UsageError('--mode=predict needs --images=GLOB and --output=FILE.json.')
+    predict.predict_files(FLAGS.workdir, FLAGS.images, FLAGS.output, FLAGS.draw_dir,
+                          min_score=FLAGS.min_score)
+    return
+  if FLAGS.config is None:
+    raise app.UsageError('--config is required for train and eval.')
+  from pix2seq_jax import train
+  if FLAGS.mode == 'train':
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  else:
+    train.evaluate_latest(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

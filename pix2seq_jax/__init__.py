@@ -1,0 +1,1 @@
+"""Pix2Seq object detection in JAX: boxes and classes as a token sequence."""

@@ -1,0 +1,78 @@
+"""Token sequences back to detections: boxes, labels and scores (numpy, no TF/JAX).
+
+Parsing never fails on a malformed sequence. It reads whole 5-token objects from the
+start and stops at the first EOS or padding token. An object is dropped if it is cut
+off by the end of the sequence, has a non-coordinate token in a coordinate slot, or
+a non-class token (including "n/a") in its class slot. Reversed corners are swapped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from pix2seq_jax import vocab as vocab_lib
+
+
+@dataclasses.dataclass
+class Detections:
+  """Detections of one image. boxes: [K, 4] as (ymin, xmin, ymax, xmax)."""
+
+  boxes: np.ndarray  # [K, 4] float32
+  labels: np.ndarray  # [K] int32, contiguous labels
+  scores: np.ndarray  # [K] float32
+
+
+def parse_tokens(tokens: np.ndarray, vocab: vocab_lib.Vocabulary,
+                 scores: np.ndarray | None = None) -> Detections:
+  """Parses one token sequence ([L] ints) into detections with normalised boxes.
+
+  Args:
+    tokens: the generated response tokens, without the start token.
+    vocab: the vocabulary the tokens were produced with.
+    scores: optional [L] per-token scores; an object's score is the score at
+      its class token. Defaults to 1.
+  """
+  tokens = np.asarray(tokens).reshape(-1).astype(np.int64)
+  if scores is None:
+    scores = np.ones(tokens.shape, np.float32)
+  scores = np.asarray(scores, np.float32).reshape(-1)
+  stops = np.flatnonzero((tokens == vocab_lib.EOS) | (tokens == vocab_lib.PADDING))
+  end = int(stops[0]) if stops.size else tokens.size
+  num_objects = end // vocab_lib.TOKENS_PER_OBJECT
+  objects = tokens[:num_objects * vocab_lib.TOKENS_PER_OBJECT].reshape(
+      num_objects, vocab_lib.TOKENS_PER_OBJECT)
+  object_scores = scores[:num_objects * vocab_lib.TOKENS_PER_OBJECT].reshape(
+      num_objects, vocab_lib.TOKENS_PER_OBJECT)[:, 4]
+  coord_tokens, class_tokens = objects[:, :4], objects[:, 4]
+  valid = vocab.is_coord(coord_tokens).all(axis=1) & vocab.is_class(class_tokens)
+  coords = vocab.bin_to_coord(coord_tokens[valid] - vocab.coord_offset).astype(np.float32)
+  coords = coords.reshape(-1, 4)
+  boxes = np.stack([
+      np.minimum(coords[:, 0], coords[:, 2]), np.minimum(coords[:, 1], coords[:, 3]),
+      np.maximum(coords[:, 0], coords[:, 2]), np.maximum(coords[:, 1], coords[:, 3]),
+  ], axis=1)
+  return Detections(
+      boxes=boxes.astype(np.float32),
+      labels=(class_tokens[valid] - vocab_lib.CLASS_OFFSET).astype(np.int32),
+      scores=object_scores[valid].astype(np.float32))
+
+
+def to_original_pixels(boxes: np.ndarray, canvas_size: int, scale: float,
+                       original_size: tuple[int, int]) -> np.ndarray:
+  """Canvas-normalised (ymin, xmin, ymax, xmax) -> COCO [x, y, w, h] in original pixels.
+
+  Args:
+    boxes: [K, 4] boxes normalised to the padded square canvas.
+    canvas_size: the canvas side in pixels.
+    scale: resized size / original size used by the input pipeline.
+    original_size: (height, width) of the original image; boxes are clipped to it.
+  """
+  height, width = original_size
+  pixels = np.asarray(boxes, np.float64) * canvas_size / scale
+  ymin = np.clip(pixels[:, 0], 0, height)
+  xmin = np.clip(pixels[:, 1], 0, width)
+  ymax = np.clip(pixels[:, 2], 0, height)
+  xmax = np.clip(pixels[:, 3], 0, width)
+  return np.stack([xmin, ymin, xmax - xmin, ymax - ymin], axis=1)

@@ -1,0 +1,120 @@
+"""The Pix2Seq model: image -> backbone -> encoder -> memory; tokens -> decoder -> logits.
+
+  features [B, h, w, C] -> Dense(D_enc) -> LN -> + 2D sin-cos -> encoder -> LN
+  memory = Dense(D_dec) -> LN -> + 2D sin-cos -> residual pre-LN MLP        [B, h*w, D_dec]
+  decoder: token embedding + learned positions -> layers -> LN -> h . E^T + b   [B, T, V]
+The token embedding is shared by the decoder's input and output.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pix2seq_jax.models import resnet, transformer
+from pix2seq_jax.models.variants import ModelSpec
+
+Cache = list[dict[str, jax.Array]]  # per decoder layer {'k', 'v'}: [B, L, H, K]
+
+
+def sincos_2d(height: int, width: int, dim: int, temperature: float = 10000.0) -> np.ndarray:
+  """Fixed 2D sin-cos position embedding, [height * width, dim] (dim % 4 == 0)."""
+  if dim % 4:
+    raise ValueError(f'2D sin-cos positions need a dim divisible by 4, got {dim}.')
+  ys, xs = np.meshgrid(np.arange(height, dtype=np.float32),
+                       np.arange(width, dtype=np.float32), indexing='ij')
+  freqs = 1.0 / temperature ** (np.arange(dim // 4, dtype=np.float32) / (dim // 4))
+  ys, xs = ys.reshape(-1, 1) * freqs, xs.reshape(-1, 1) * freqs
+  return np.concatenate([np.sin(ys), np.cos(ys), np.sin(xs), np.cos(xs)], axis=1)
+
+
+class Decoder(nnx.Module):
+  """Autoregressive token decoder with a shared input/output embedding."""
+
+  def __init__(self, spec: ModelSpec, vocab_size: int, max_seq_len: int, dropout: float,
+               *, rngs: nnx.Rngs):
+    dim = spec.decoder_dim
+    self.max_seq_len, self.heads = max_seq_len, spec.decoder_heads
+    self.embed = nnx.Embed(vocab_size, dim, embedding_init=nnx.initializers.normal(0.02),
+                           rngs=rngs)
+    self.positions = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (max_seq_len, dim)))
+    self.layers = nnx.List([
+        transformer.DecoderLayer(dim, spec.decoder_heads, spec.decoder_mlp_dim, dropout,
+                                 rngs=rngs) for _ in range(spec.decoder_layers)])
+    self.norm = transformer._layer_norm(dim, rngs)
+    self.output_bias = nnx.Param(jnp.zeros((vocab_size,)))
+    self.dropout = transformer.Dropout(dropout)
+
+  def _logits(self, x: jax.Array) -> jax.Array:
+    return self.embed.attend(self.norm(x)) + self.output_bias[...]
+
+  def memory_kv(self, memory: jax.Array) -> list[transformer.KeyValue]:
+    """Cross-attention keys/values of every layer, computed once per image."""
+    return [layer.cross_attn.project_kv(memory) for layer in self.layers]
+
+  def __call__(self, tokens: jax.Array, memory: jax.Array,
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+    """tokens [B, T] (T <= max_seq_len), memory [B, S, D] -> logits [B, T, V]."""
+    x = self.embed(tokens) + self.positions[:tokens.shape[1]]
+    x = self.dropout(x, rngs)
+    for layer, kv in zip(self.layers, self.memory_kv(memory)):
+      x = layer(x, kv, rngs)
+    return self._logits(x)
+
+  def init_cache(self, batch_size: int, length: int, dtype=jnp.float32) -> Cache:
+    head_dim = self.embed.features // self.heads
+    shape = (batch_size, length, self.heads, head_dim)
+    return [{'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)} for _ in self.layers]
+
+  def step(self, tokens: jax.Array, position: jax.Array, cache: Cache,
+           memory_kv: list[transformer.KeyValue]) -> tuple[jax.Array, Cache]:
+    """tokens [B] at `position` -> logits [B, V] and the updated cache."""
+    x = self.embed(tokens)[:, None] + jax.lax.dynamic_slice_in_dim(
+        self.positions[...], position, 1)[None]
+    new_cache = []
+    for layer, layer_cache, kv in zip(self.layers, cache, memory_kv):
+      x, layer_cache = layer.step(x, position, layer_cache, kv)
+      new_cache.append(layer_cache)
+    return self._logits(x)[:, 0], new_cache
+
+
+class Pix2Seq(nnx.Module):
+  """Images [B, S, S, 3] in [0, 1] and input tokens [B, T] -> next-token logits [B, T, V]."""
+
+  def __init__(self, spec: ModelSpec, vocab_size: int, max_seq_len: int, *,
+               dropout: float = 0.0, rngs: nnx.Rngs):
+    self.spec = spec
+    self.backbone = resnet.BACKBONES[spec.backbone](rngs=rngs)
+    enc, dec = spec.encoder_dim, spec.decoder_dim
+    self.input_proj = transformer._dense(self.backbone.num_features, enc, rngs)
+    self.input_norm = transformer._layer_norm(enc, rngs)
+    self.encoder = nnx.List([
+        transformer.EncoderLayer(enc, spec.encoder_heads, spec.encoder_mlp_dim, dropout,
+                                 rngs=rngs) for _ in range(spec.encoder_layers)])
+    self.encoder_norm = transformer._layer_norm(enc, rngs)
+    self.memory_proj = transformer._dense(enc, dec, rngs)
+    self.memory_norm = transformer._layer_norm(dec, rngs)
+    self.memory_mlp_norm = transformer._layer_norm(dec, rngs)
+    self.memory_mlp = transformer.MLP(dec, spec.decoder_mlp_dim, dropout, rngs=rngs)
+    self.decoder = Decoder(spec, vocab_size, max_seq_len, dropout, rngs=rngs)
+    self.dropout = transformer.Dropout(dropout)
+
+  def encode(self, images: jax.Array, *, train: bool,
+             rngs: nnx.Rngs | None = None) -> jax.Array:
+    """images [B, S, S, 3] -> decoder memory [B, (S/stride)^2, D_dec]."""
+    features = self.backbone(images, train=train)  # [B, h, w, C]
+    batch, height, width, channels = features.shape
+    x = features.reshape(batch, height * width, channels)
+    x = self.input_norm(self.input_proj(self.dropout(x, rngs)))
+    x = x + sincos_2d(height, width, self.spec.encoder_dim)
+    for layer in self.encoder:
+      x = layer(x, rngs)
+    x = self.memory_norm(self.memory_proj(self.encoder_norm(x)))
+    x = x + sincos_2d(height, width, self.spec.decoder_dim)
+    return x + self.memory_mlp(self.memory_mlp_norm(x), rngs)
+
+  def __call__(self, images: jax.Array, input_tokens: jax.Array, *, train: bool,
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+    return self.decoder(input_tokens, self.encode(images, train=train, rngs=rngs), rngs)

@@ -1,0 +1,131 @@
+"""ResNet backbones in Flax NNX: ResNet-50 v1.5 (stride on the 3x3 conv) and a tiny variant.
+
+Batch norm is trained (statistics of the global batch when run under `jax.jit` over a
+mesh); `train=False` uses the running averages.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+_CONV_INIT = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def _conv(cin: int, cout: int, kernel: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
+  return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding='SAME',
+                  use_bias=False, kernel_init=_CONV_INIT, rngs=rngs)
+
+
+def _norm(channels: int, rngs: nnx.Rngs, zero_init: bool = False) -> nnx.BatchNorm:
+  scale_init = nnx.initializers.zeros if zero_init else nnx.initializers.ones
+  return nnx.BatchNorm(channels, momentum=0.9, epsilon=1e-5, scale_init=scale_init,
+                       rngs=rngs)
+
+
+class Projection(nnx.Module):
+  """The 1x1 (strided) conv + norm on a residual branch whose shape changes."""
+
+  def __init__(self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs):
+    self.conv, self.norm = _conv(cin, cout, 1, stride, rngs), _norm(cout, rngs)
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    return self.norm(self.conv(x), use_running_average=not train)
+
+
+def _shortcut(cin: int, cout: int, stride: int, rngs: nnx.Rngs) -> Projection | None:
+  return Projection(cin, cout, stride, rngs=rngs) if stride != 1 or cin != cout else None
+
+
+class BasicBlock(nnx.Module):
+  """Two 3x3 convs with a residual connection."""
+
+  expansion = 1
+
+  def __init__(self, cin: int, width: int, stride: int, *, rngs: nnx.Rngs):
+    self.conv1, self.norm1 = _conv(cin, width, 3, stride, rngs), _norm(width, rngs)
+    self.conv2, self.norm2 = _conv(width, width, 3, 1, rngs), _norm(width, rngs, zero_init=True)
+    self.shortcut = nnx.data(_shortcut(cin, width, stride, rngs))
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    y = jax.nn.relu(self.norm1(self.conv1(x), use_running_average=not train))
+    y = self.norm2(self.conv2(y), use_running_average=not train)
+    if self.shortcut is not None:
+      x = self.shortcut(x, train)
+    return jax.nn.relu(x + y)
+
+
+class BottleneckBlock(nnx.Module):
+  """1x1 -> 3x3 (strided, v1.5) -> 1x1 with 4x expansion."""
+
+  expansion = 4
+
+  def __init__(self, cin: int, width: int, stride: int, *, rngs: nnx.Rngs):
+    cout = width * self.expansion
+    self.conv1, self.norm1 = _conv(cin, width, 1, 1, rngs), _norm(width, rngs)
+    self.conv2, self.norm2 = _conv(width, width, 3, stride, rngs), _norm(width, rngs)
+    self.conv3, self.norm3 = _conv(width, cout, 1, 1, rngs), _norm(cout, rngs, zero_init=True)
+    self.shortcut = nnx.data(_shortcut(cin, cout, stride, rngs))
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    y = jax.nn.relu(self.norm1(self.conv1(x), use_running_average=not train))
+    y = jax.nn.relu(self.norm2(self.conv2(y), use_running_average=not train))
+    y = self.norm3(self.conv3(y), use_running_average=not train)
+    if self.shortcut is not None:
+      x = self.shortcut(x, train)
+    return jax.nn.relu(x + y)
+
+
+class ResNet(nnx.Module):
+  """A ResNet trunk without the classifier: images [B, H, W, 3] -> features [B, H/s, W/s, C].
+
+  stem='imagenet' is the 7x7/2 conv + 3x3/2 max-pool of ResNet-50; stem='small' is a
+  single 3x3/2 conv for small images.
+  """
+
+  def __init__(self, block: type[nnx.Module], stage_sizes: Sequence[int],
+               widths: Sequence[int], stage_strides: Sequence[int], *, stem: str,
+               stem_width: int, rngs: nnx.Rngs):
+    if stem not in ('imagenet', 'small'):
+      raise ValueError(f'Unknown ResNet stem {stem!r}.')
+    self.stem_kind = stem
+    self.stem = _conv(3, stem_width, 7 if stem == 'imagenet' else 3, 2, rngs)
+    self.stem_norm = _norm(stem_width, rngs)
+    blocks, cin = [], stem_width
+    for size, width, stride in zip(stage_sizes, widths, stage_strides):
+      for i in range(size):
+        blocks.append(block(cin, width, stride if i == 0 else 1, rngs=rngs))
+        cin = width * block.expansion
+    self.blocks = nnx.List(blocks)
+    self.num_features = cin
+    self.stride = 2 * (2 if stem == 'imagenet' else 1)
+    for s in stage_strides:
+      self.stride *= s
+
+  def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
+    x = jax.nn.relu(self.stem_norm(self.stem(images), use_running_average=not train))
+    if self.stem_kind == 'imagenet':
+      x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
+    for block in self.blocks:
+      x = block(x, train)
+    return x
+
+
+def resnet50(*, rngs: nnx.Rngs) -> ResNet:
+  return ResNet(BottleneckBlock, (3, 4, 6, 3), (64, 128, 256, 512), (1, 2, 2, 2),
+                stem='imagenet', stem_width=64, rngs=rngs)
+
+
+def resnet_tiny(*, rngs: nnx.Rngs) -> ResNet:
+  """~1.2M parameters, stride 16: cheap enough to train on two CPU cores."""
+  return ResNet(BasicBlock, (1, 1, 1, 1), (32, 64, 128, 192), (1, 2, 2, 2),
+                stem='small', stem_width=32, rngs=rngs)
+
+
+BACKBONES = {'resnet50': resnet50, 'resnet_tiny': resnet_tiny}
+# Output stride of each backbone (checked against ResNet.stride in the tests), so configs
+# can be validated without building a model.
+STRIDES = {'resnet50': 32, 'resnet_tiny': 16}

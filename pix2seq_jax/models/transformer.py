@@ -1,0 +1,126 @@
+"""Pre-LN transformer layers with an explicit key/value cache for decoding.
+
+Shapes: B batch, T query length, S key length, H heads, K head dim, D model dim.
+The decoding cache is a plain pytree: one {'k': [B, L, H, K], 'v': [B, L, H, K]}
+dict per decoder layer, passed in and returned by `DecoderLayer.step`. Cross-attention
+keys/values of the image memory are computed once per image (`project_kv`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+LN_EPSILON = 1e-6
+_DENSE_INIT = nnx.initializers.xavier_uniform()
+
+KeyValue = tuple[jax.Array, jax.Array]  # ([B, S, H, K], [B, S, H, K])
+
+
+def _dense(cin: int, cout: int, rngs: nnx.Rngs) -> nnx.Linear:
+  return nnx.Linear(cin, cout, kernel_init=_DENSE_INIT, rngs=rngs)
+
+
+def _layer_norm(dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  return nnx.LayerNorm(dim, epsilon=LN_EPSILON, rngs=rngs)
+
+
+class Dropout(nnx.Module):
+  """Dropout whose randomness comes from the caller's `rngs` (None: deterministic)."""
+
+  def __init__(self, rate: float):
+    self.rate = rate
+
+  def __call__(self, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
+    if rngs is None or self.rate == 0.0:
+      return x
+    keep = jax.random.bernoulli(rngs.dropout(), 1.0 - self.rate, x.shape)
+    return jnp.where(keep, x / (1.0 - self.rate), 0.0)
+
+
+class Attention(nnx.Module):
+  """Multi-head attention whose keys/values can be projected once and reused."""
+
+  def __init__(self, dim: int, heads: int, *, rngs: nnx.Rngs):
+    if dim % heads:
+      raise ValueError(f'Model dim {dim} is not divisible by {heads} heads.')
+    self.heads, self.head_dim = heads, dim // heads
+    self.query = _dense(dim, dim, rngs)
+    self.key = _dense(dim, dim, rngs)
+    self.value = _dense(dim, dim, rngs)
+    self.out = _dense(dim, dim, rngs)
+
+  def _split(self, x: jax.Array) -> jax.Array:
+    return x.reshape(*x.shape[:-1], self.heads, self.head_dim)  # [B, T, H, K]
+
+  def project_kv(self, source: jax.Array) -> KeyValue:
+    return self._split(self.key(source)), self._split(self.value(source))
+
+  def __call__(self, x: jax.Array, kv: KeyValue, mask: jax.Array | None = None) -> jax.Array:
+    """x: [B, T, D]; kv from `project_kv`; mask: bool, broadcastable to [B, H, T, S]."""
+    q = self._split(self.query(x)) / math.sqrt(self.head_dim)
+    logits = jnp.einsum('bthk,bshk->bhts', q, kv[0])
+    if mask is not None:
+      logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+    weights = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum('bhts,bshk->bthk', weights, kv[1])
+    return self.out(out.reshape(*x.shape[:-1], -1))
+
+
+class MLP(nnx.Module):
+  def __init__(self, dim: int, hidden: int, dropout: float, *, rngs: nnx.Rngs):
+    self.fc1, self.fc2 = _dense(dim, hidden, rngs), _dense(hidden, dim, rngs)
+    self.dropout = Dropout(dropout)
+
+  def __call__(self, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
+    return self.fc2(self.dropout(jax.nn.gelu(self.fc1(x), approximate=False), rngs))
+
+
+class EncoderLayer(nnx.Module):
+  """x + SelfAttention(LN(x)); x + MLP(LN(x))."""
+
+  def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float, *, rngs: nnx.Rngs):
+    self.attn_norm, self.attn = _layer_norm(dim, rngs), Attention(dim, heads, rngs=rngs)
+    self.mlp_norm, self.mlp = _layer_norm(dim, rngs), MLP(dim, mlp_dim, dropout, rngs=rngs)
+    self.dropout = Dropout(dropout)
+
+  def __call__(self, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
+    h = self.attn_norm(x)
+    x = x + self.dropout(self.attn(h, self.attn.project_kv(h)), rngs)
+    return x + self.dropout(self.mlp(self.mlp_norm(x), rngs), rngs)
+
+
+class DecoderLayer(nnx.Module):
+  """Causal self-attention, cross-attention to the image memory, then an MLP (all pre-LN)."""
+
+  def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float, *, rngs: nnx.Rngs):
+    self.self_norm, self.self_attn = _layer_norm(dim, rngs), Attention(dim, heads, rngs=rngs)
+    self.cross_norm, self.cross_attn = _layer_norm(dim, rngs), Attention(dim, heads, rngs=rngs)
+    self.mlp_norm, self.mlp = _layer_norm(dim, rngs), MLP(dim, mlp_dim, dropout, rngs=rngs)
+    self.dropout = Dropout(dropout)
+
+  def _cross_and_mlp(self, x: jax.Array, memory_kv: KeyValue,
+                     rngs: nnx.Rngs | None) -> jax.Array:
+    x = x + self.dropout(self.cross_attn(self.cross_norm(x), memory_kv), rngs)
+    return x + self.dropout(self.mlp(self.mlp_norm(x), rngs), rngs)
+
+  def __call__(self, x: jax.Array, memory_kv: KeyValue, rngs: nnx.Rngs | None) -> jax.Array:
+    """x: [B, T, D], all positions at once under a causal mask."""
+    h = self.self_norm(x)
+    causal = jnp.tril(jnp.ones((x.shape[1], x.shape[1]), bool))
+    x = x + self.dropout(self.self_attn(h, self.self_attn.project_kv(h), causal), rngs)
+    return self._cross_and_mlp(x, memory_kv, rngs)
+
+  def step(self, x: jax.Array, position: jax.Array, cache: dict[str, jax.Array],
+           memory_kv: KeyValue) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """One position: x [B, 1, D] at `position`; cache {'k','v'}: [B, L, H, K]."""
+    h = self.self_norm(x)
+    k, v = self.self_attn.project_kv(h)
+    cache = {'k': jax.lax.dynamic_update_slice_in_dim(cache['k'], k, position, axis=1),
+             'v': jax.lax.dynamic_update_slice_in_dim(cache['v'], v, position, axis=1)}
+    visible = jnp.arange(cache['k'].shape[1]) <= position  # [L]
+    x = x + self.self_attn(h, (cache['k'], cache['v']), visible)
+    return self._cross_and_mlp(x, memory_kv, None), cache

@@ -1,0 +1,33 @@
+"""AdamW with linear warmup then linear or cosine decay, and global-norm clipping."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import optax
+
+
+def learning_rate_schedule(train: ml_collections.ConfigDict) -> optax.Schedule:
+  peak, end = train.learning_rate, train.learning_rate * train.end_lr_factor
+  warmup = max(int(train.warmup_steps), 0)
+  decay_steps = max(int(train.steps) - warmup, 1)
+  if train.schedule == 'linear':
+    decay = optax.linear_schedule(peak, end, decay_steps)
+  elif train.schedule == 'cosine':
+    decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=train.end_lr_factor)
+  else:
+    raise ValueError(f"config.train.schedule={train.schedule!r}: use 'linear' or 'cosine'.")
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def _decay_mask(params):
+  """Weight decay on matrices (kernels, embeddings), not on norm scales and biases."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  adamw = optax.adamw(learning_rate_schedule(train), b1=train.b1, b2=train.b2,
+                      weight_decay=train.weight_decay, mask=_decay_mask)
+  if train.grad_clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(train.grad_clip_norm), adamw)
+  return adamw

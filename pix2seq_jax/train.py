@@ -1,0 +1,167 @@
+"""The training loop with periodic evaluation, checkpoints and logs; and checkpoint eval.
+
+<workdir>/
+  config.json            the resolved config
+  categories.json        the label map: [{"id", "name"}] in label order
+  checkpoints/<step>/    orbax checkpoints; training resumes from the latest
+  metrics.jsonl          one JSON object per logged step
+  events.out.tfevents.*  TensorBoard scalars
+  eval/step_<N>/         metrics.json and detections.json (COCO results format)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+from tqdm import tqdm
+
+from pix2seq_jax import checkpoint, config_checks, evaluate, inference, metrics_log, optim, sharding
+from pix2seq_jax import train_step as train_step_lib
+from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax.data import pipeline, sources
+
+
+@dataclasses.dataclass
+class Setup:
+  """What training and evaluation share: data, vocabulary, mesh, model and optimizer."""
+
+  config: ml_collections.ConfigDict
+  splits: sources.Splits
+  vocab: vocab_lib.Vocabulary
+  mesh: Mesh
+  graphdef: nnx.GraphDef
+  tx: optax.GradientTransformation
+
+
+def make_setup(config: ml_collections.ConfigDict, mode: str) -> Setup:
+  config_checks.validate(config, mode=mode)
+  sharding.check_batch_size(config.train.batch_size)
+  sharding.check_batch_size(config.eval.batch_size, 'eval.batch_size')
+  splits = sources.load_splits(config.data)
+  for split in (splits.train, splits.val):
+    if split.dropped:
+      logging.info('%s: left out %s', split.annotations_path, split.dropped)
+  vocab = vocab_lib.Vocabulary(splits.categories.num_classes, config.data.num_bins)
+  return Setup(config, splits, vocab, sharding.make_mesh(),
+               train_step_lib.model_graphdef(config, vocab), optim.make_optimizer(config.train))
+
+
+def _write_json(path: str, content) -> None:
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+      json.dump(content, f, indent=1)
+
+
+def run_evaluation(setup: Setup, state: train_step_lib.TrainState, workdir: str) -> dict:
+  """Decodes the val split, scores it with COCOeval on process 0, writes eval/step_<N>/."""
+  config, split = setup.config, setup.splits.val
+  step = int(state.step)
+  records = split.records[:config.eval.max_images] if config.eval.max_images else split.records
+  decode_fn = inference.make_decode_fn(config, setup.graphdef, setup.vocab, setup.mesh)
+  batches = pipeline.eval_batches(
+      split, config.data, setup.vocab, global_batch_size=config.eval.batch_size,
+      max_images=config.eval.max_images, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  results = []
+  total = pipeline.num_eval_batches(len(records), config.eval.batch_size)
+  for batch in tqdm(batches, total=total, desc=f'eval@{step}', leave=False,
+                    disable=jax.process_index() > 0):
+    images = sharding.put_batch({'image': batch['image']}, setup.mesh)['image']
+    tokens, scores = decode_fn(state.params, state.batch_stats, images, step)
+    meta = {k: batch[k] for k in ('image_id', 'scale', 'original_size', 'mask')}
+    tokens, scores, meta = multihost_utils.process_allgather(
+        (inference.local_rows(tokens), inference.local_rows(scores), meta), tiled=True)
+    results += inference.coco_results(tokens, scores, meta, setup.vocab,
+                                      setup.splits.categories.category_ids,
+                                      config.data.image_size)
+  metrics = {}
+  if jax.process_index() == 0:
+    coco_gt = evaluate.load_ground_truth(split.annotations_path)
+    metrics = evaluate.coco_metrics(coco_gt, results, image_ids=[r.image_id for r in records])
+    out = os.path.join(workdir, 'eval', f'step_{step}')
+    _write_json(os.path.join(out, 'metrics.json'), metrics)
+    _write_json(os.path.join(out, 'detections.json'), results)
+    logging.info('eval@%d on %d images: %s', step, len(records),
+                 ' '.join(f'{k}={v:.4f}' for k, v in metrics.items()))
+  return metrics
+
+
+def _restore_or_create(setup: Setup, manager) -> train_step_lib.TrainState:
+  state = train_step_lib.create_train_state(setup.config, setup.vocab, setup.mesh, setup.tx)
+  restored = checkpoint.restore(manager, state)
+  if restored is not None:
+    logging.info('Resumed from %s at step %d.', checkpoint.checkpoint_dir(manager.directory),
+                 int(restored.step))
+    return restored
+  return state
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains for config.train.steps (resuming from the latest checkpoint), then evaluates."""
+  setup = make_setup(config, 'train')
+  os.makedirs(workdir, exist_ok=True)
+  _write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+  _write_json(os.path.join(workdir, 'categories.json'), setup.splits.categories.to_json())
+  train_config = config.train
+  manager = checkpoint.make_manager(workdir, train_config.keep_checkpoints)
+  state = _restore_or_create(setup, manager)
+  start_step = int(state.step)
+  step_fn = train_step_lib.make_train_step(config, setup.graphdef, setup.mesh, setup.tx)
+  batches = pipeline.train_batches(
+      setup.splits.train, config.data, setup.vocab, seed=config.seed,
+      local_batch_size=train_config.batch_size // jax.process_count(), start_step=start_step,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  log = metrics_log.MetricsLog(workdir)
+  metrics, last_log = {}, (start_step, time.perf_counter())
+  progress = tqdm(total=train_config.steps, initial=start_step, desc='train',
+                  disable=jax.process_index() > 0)
+  for step in range(start_step + 1, train_config.steps + 1):
+    state, metrics = step_fn(state, sharding.put_batch(next(batches), setup.mesh))
+    progress.update(1)
+    if step % train_config.log_every == 0 or step == train_config.steps:
+      scalars = jax.device_get(metrics)
+      if not np.isfinite(scalars['loss']):
+        raise FloatingPointError(
+            f'Non-finite loss {scalars["loss"]} at step {step}; the last good checkpoint is '
+            f'step {manager.latest_step()} under {checkpoint.checkpoint_dir(workdir)}.')
+      now = time.perf_counter()
+      scalars['steps_per_second'] = (step - last_log[0]) / (now - last_log[1])
+      last_log = (step, now)
+      log.write(step, scalars)
+      progress.set_postfix(loss=f'{scalars["loss"]:.3f}')
+    if step % train_config.checkpoint_every == 0 or step == train_config.steps:
+      checkpoint.save(manager, step, state)
+    if train_config.eval_every and step % train_config.eval_every == 0 and step != train_config.steps:
+      log.write(step, {f'eval/{k}': v for k, v in run_evaluation(setup, state, workdir).items()})
+  progress.close()
+  if manager.latest_step() != int(state.step):
+    checkpoint.save(manager, int(state.step), state)
+  final = run_evaluation(setup, state, workdir)
+  log.write(int(state.step), {f'eval/{k}': v for k, v in final.items()})
+  log.close()
+  manager.close()
+  return final
+
+
+def evaluate_latest(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Evaluates the latest checkpoint in `workdir` on the val split."""
+  setup = make_setup(config, 'eval')
+  manager = checkpoint.make_manager(workdir)
+  template = train_step_lib.create_train_state(config, setup.vocab, setup.mesh, setup.tx)
+  state = checkpoint.restore(manager, template)
+  if state is None:
+    raise FileNotFoundError(f'No checkpoint under {checkpoint.checkpoint_dir(workdir)}; '
+                            'train first (--mode=train) or point --workdir at a trained run.')
+  return run_evaluation(setup, state, workdir)

@@ -1,0 +1,102 @@
+"""The train state and the jitted, data-parallel train step.
+
+The model runs through the functional NNX form: `nnx.split` gives a static graphdef
+and plain state pytrees (parameters, batch-norm statistics) that jit, optax, orbax
+and shardings handle directly; `nnx.merge` rebuilds the module inside the jitted
+function. Parameters are created replicated; batches are split over 'data'.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx, struct
+from jax.sharding import Mesh
+
+from pix2seq_jax import optim, sharding
+from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax.models import pix2seq, variants
+
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array  # [] int32
+  params: nnx.State
+  batch_stats: nnx.State
+  opt_state: Any
+
+
+def build_model(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,
+                rngs: nnx.Rngs) -> pix2seq.Pix2Seq:
+  return pix2seq.Pix2Seq(
+      variants.get_spec(config.model.variant), vocab.size,
+      vocab_lib.sequence_length(config.data.max_instances),
+      dropout=config.model.dropout, rngs=rngs)
+
+
+def model_graphdef(config: ml_collections.ConfigDict,
+                   vocab: vocab_lib.Vocabulary) -> nnx.GraphDef:
+  """The static structure of the model, without allocating parameters."""
+  abstract = nnx.eval_shape(lambda: build_model(config, vocab, nnx.Rngs(0)))
+  return nnx.split(abstract, nnx.Param, nnx.BatchStat)[0]
+
+
+def create_train_state(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,
+                       mesh: Mesh, tx: optax.GradientTransformation) -> TrainState:
+  """Initialises parameters and optimizer state directly in their (replicated) sharding."""
+
+  def init() -> TrainState:
+    model = build_model(config, vocab, nnx.Rngs(config.seed))
+    _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=batch_stats, opt_state=tx.init(params))
+
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))()
+
+
+def weighted_cross_entropy(logits: jax.Array, targets: jax.Array,
+                           weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Sum of weighted token cross-entropies and sum of weights (over the global batch)."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  return jnp.sum(losses * weights), jnp.sum(weights)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef,
+               tx: optax.GradientTransformation, schedule: optax.Schedule,
+               seed: int) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One AdamW step on the global batch; returns the new state and scalar metrics."""
+  rng = jax.random.fold_in(jax.random.key(seed), state.step)
+
+  def loss_fn(params, batch_stats):
+    model = nnx.merge(graphdef, params, batch_stats, copy=True)  # fresh Variables in this trace
+    logits = model(batch['image'], batch['input_tokens'], train=True,
+                   rngs=nnx.Rngs(dropout=rng))  # [B, L, V]
+    total, weight = weighted_cross_entropy(logits, batch['target_tokens'],
+                                           batch['loss_weights'])
+    return total / jnp.maximum(weight, 1e-8), nnx.state(model, nnx.BatchStat)
+
+  (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params, state.batch_stats)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads),
+             'learning_rate': schedule(state.step)}
+  new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
+                         opt_state=opt_state)
+  return new_state, metrics
+
+
+def make_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, mesh: Mesh,
+                    tx: optax.GradientTransformation) -> Callable:
+  """train_step jitted over `mesh`: state replicated (and donated), batch split over 'data'."""
+  step = functools.partial(train_step, graphdef=graphdef, tx=tx,
+                           schedule=optim.learning_rate_schedule(config.train),
+                           seed=config.seed)
+  return jax.jit(step, in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+                 out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)),
+                 donate_argnums=0)
