@@ -11,12 +11,12 @@ def get_config():
   config.data.num_bins = 128  # one bin per canvas pixel
   config.model.variant = 'tiny'
   config.model.dropout = 0.0
-  config.train.steps = 3000
+  config.train.steps = 1800
   config.train.batch_size = 32
   config.train.learning_rate = 1e-3
   config.train.warmup_steps = 200
   config.train.log_every = 100
-  config.train.eval_every = 1000
-  config.train.checkpoint_every = 1000
+  config.train.eval_every = 600
+  config.train.checkpoint_every = 600
   config.eval.batch_size = 50
   return config

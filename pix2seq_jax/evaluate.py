@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import json
 import sys
@@ -31,7 +32,7 @@ def load_ground_truth(annotations_path: str) -> COCO:
 def _results(coco_gt: COCO, detections: list[dict]) -> COCO:
   if detections:
     with contextlib.redirect_stdout(io.StringIO()):
-      return coco_gt.loadRes(detections)
+      return coco_gt.loadRes(copy.deepcopy(detections))  # loadRes adds keys to its input
   empty = COCO()
   empty.dataset = {'images': coco_gt.dataset['images'],
                    'categories': coco_gt.dataset['categories'], 'annotations': []}

@@ -1,0 +1,60 @@
+"""Shared fixtures: a tiny config and a small shapes dataset; paths to the shared real data."""
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+
+# Compile fast: the tests run tiny models where XLA's optimisations cost more than they save.
+jax.config.update('jax_disable_most_optimizations', True)
+
+from configs import default  # noqa: E402
+
+SHARED_DATA = os.environ.get('PIX2SEQ_SHARED_DATA',
+                             os.path.join(os.path.dirname(ROOT), 'shared', 'data'))
+
+
+def shared_path(*parts: str) -> str:
+  """A path under the shared real data; skips the test when it is absent."""
+  path = os.path.join(SHARED_DATA, *parts)
+  if not os.path.exists(path):
+    pytest.skip(f'{path} is absent: set PIX2SEQ_SHARED_DATA to the folder holding '
+                'coco_tiny/ and cocoapi_eval/.')
+  return path
+
+
+def tiny_config(data_dir: str):
+  """The tiny model on 64-px shapes: a train step compiles and runs in seconds."""
+  config = default.get_config()
+  config.data.source = 'shapes'
+  config.data.shapes_dir = data_dir
+  config.data.shapes_num_train = 24
+  config.data.shapes_num_val = 6
+  config.data.image_size = 64
+  config.data.max_instances = 8
+  config.data.num_bins = 64
+  config.model.variant = 'tiny'
+  config.model.dropout = 0.1
+  config.train.steps = 4
+  config.train.batch_size = 4
+  config.train.warmup_steps = 1
+  config.train.learning_rate = 1e-3
+  config.train.log_every = 2
+  config.train.checkpoint_every = 2
+  config.eval.batch_size = 4
+  return config
+
+
+@pytest.fixture(scope='session')
+def shapes_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('shapes'))
+
+
+@pytest.fixture
+def config(shapes_dir):
+  return tiny_config(shapes_dir)

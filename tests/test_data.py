@@ -1,0 +1,130 @@
+"""COCO-format reading, the shapes generator, and the tf.data pipelines on real files."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax.data import coco_json, pipeline, shapes, sources
+from tests.conftest import shared_path, tiny_config
+
+
+def _write(path, content):
+  with open(path, 'w') as f:
+    f.write(content if isinstance(content, str) else json.dumps(content))
+  return str(path)
+
+
+def test_coco_tiny_maps_category_ids_with_gaps():
+  split = coco_json.load_split(shared_path('coco_tiny', 'annotations', 'instances_val2017.json'),
+                               shared_path('coco_tiny', 'val2017'))
+  cats = split.categories
+  assert cats.num_classes == 80 and cats.category_ids[0] == 1 and cats.category_ids[-1] == 90
+  assert 12 not in cats.category_ids and cats.label_of(13) == 11
+  assert len(split.records) == 80 and split.dropped['crowd'] == 11
+  assert all(os.path.exists(r.path) for r in split.records)
+  kept = sum(len(r.labels) for r in split.records)
+  assert kept == 815 - 11 - split.dropped.get('degenerate_box', 0)
+  for r in split.records:
+    assert ((r.boxes >= 0) & (r.boxes <= 1)).all()
+    assert (r.boxes[:, :2] < r.boxes[:, 2:]).all()
+
+
+def test_crowd_degenerate_and_empty_images(tmp_path):
+  path = _write(tmp_path / 'a.json', {
+      'images': [{'id': 1, 'file_name': 'a.jpg', 'height': 100, 'width': 200},
+                 {'id': 2, 'file_name': 'b.jpg', 'height': 10, 'width': 10}],
+      'categories': [{'id': 7, 'name': 'cat'}, {'id': 3, 'name': 'dog'}],
+      'annotations': [
+          {'image_id': 1, 'category_id': 7, 'bbox': [20, 10, 100, 50], 'iscrowd': 0},
+          {'image_id': 1, 'category_id': 3, 'bbox': [0, 0, 10, 10], 'iscrowd': 1},
+          {'image_id': 1, 'category_id': 3, 'bbox': [5, 5, 0, 10]},
+          {'image_id': 1, 'category_id': 3, 'bbox': [190, 90, 50, 50]},  # clipped
+      ]})
+  split = coco_json.load_split(path, str(tmp_path))
+  assert split.categories.category_ids == (3, 7)  # labels follow the ids' order
+  first, second = split.records
+  np.testing.assert_array_equal(first.labels, [1, 0])
+  np.testing.assert_allclose(first.boxes, [[0.1, 0.1, 0.6, 0.6], [0.9, 0.95, 1.0, 1.0]])
+  assert len(second.labels) == 0 and second.boxes.shape == (0, 4)
+  assert split.dropped == {'crowd': 1, 'degenerate_box': 1}
+
+
+@pytest.mark.parametrize('content,message', [
+    ('{"images": [', 'not valid JSON'),
+    ('[]', 'JSON object'),
+    ('{"images": [], "annotations": []}', "['categories']"),
+    ('{"images": [{"id": 1}], "annotations": [], "categories": [{"id": 1}]}', 'images[0]'),
+])
+def test_bad_annotation_files_are_refused_with_the_file_named(tmp_path, content, message):
+  path = _write(tmp_path / 'bad.json', content)
+  with pytest.raises(coco_json.AnnotationFileError, match='bad.json') as error:
+    coco_json.load_split(path, str(tmp_path))
+  assert message in str(error.value)
+
+
+def test_shapes_are_deterministic_and_reused(tmp_path):
+  a = shapes.ensure_dataset(str(tmp_path / 'a'), seed=3, num_train=6, num_val=2)
+  b = shapes.ensure_dataset(str(tmp_path / 'b'), seed=3, num_train=6, num_val=2)
+  for split in ('train', 'val'):
+    with open(a[split][1]) as fa, open(b[split][1]) as fb:
+      assert json.load(fa) == json.load(fb)
+    for name in os.listdir(a[split][0]):
+      with open(os.path.join(a[split][0], name), 'rb') as fa:
+        with open(os.path.join(b[split][0], name), 'rb') as fb:
+          assert fa.read() == fb.read()
+  stamp = os.path.getmtime(a['train'][1])
+  shapes.ensure_dataset(str(tmp_path / 'a'), seed=3, num_train=6, num_val=2)
+  assert os.path.getmtime(a['train'][1]) == stamp
+  with pytest.raises(ValueError, match='shapes_dir'):
+    shapes.ensure_dataset(str(tmp_path / 'a'), seed=4, num_train=6, num_val=2)
+  split = coco_json.load_split(a['train'][1], a['train'][0])
+  counts = [len(r.labels) for r in split.records]
+  assert min(counts) >= 1 and max(counts) <= 8
+  assert split.categories.num_classes == len(shapes.CATEGORIES)
+
+
+def test_train_batches_are_deterministic_and_resume_by_step(shapes_dir):
+  config = tiny_config(shapes_dir)
+  split = sources.load_splits(config.data).train
+  vocab = vocab_lib.Vocabulary(split.categories.num_classes, config.data.num_bins)
+
+  def batches(start_step, count):
+    it = pipeline.train_batches(split, config.data, vocab, seed=5, local_batch_size=4,
+                                start_step=start_step)
+    return [next(it) for _ in range(count)]
+
+  first = batches(0, 8)  # 32 examples: crosses the 24-image epoch boundary
+  again = batches(0, 8)
+  resumed = batches(5, 3)
+  for a, b in zip(first, again):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  for a, b in zip(first[5:], resumed):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  batch = first[0]
+  length = vocab_lib.sequence_length(config.data.max_instances)
+  assert batch['image'].shape == (4, 64, 64, 3) and batch['image'].dtype == np.float32
+  assert batch['input_tokens'].shape == batch['target_tokens'].shape == (4, length)
+  epoch = np.concatenate([b['image_id'] for b in first])[:24]
+  assert sorted(epoch) == list(range(1, 25))  # each image once per epoch
+
+
+def test_eval_batches_pad_with_a_mask_and_split_over_processes(shapes_dir):
+  config = tiny_config(shapes_dir)
+  split = sources.load_splits(config.data).val  # 6 images
+  vocab = vocab_lib.Vocabulary(split.categories.num_classes, config.data.num_bins)
+  seen = []
+  for process in range(2):
+    batches = list(pipeline.eval_batches(split, config.data, vocab, global_batch_size=4,
+                                         process_index=process, process_count=2))
+    assert len(batches) == 2 and all(b['image'].shape[0] == 2 for b in batches)
+    seen += [i for b in batches for i, m in zip(b['image_id'], b['mask']) if m]
+  assert sorted(seen) == [r.image_id for r in split.records]
+  batch = next(pipeline.eval_batches(split, config.data, vocab, global_batch_size=4))
+  record = split.records[0]
+  assert tuple(batch['original_size'][0]) == (record.height, record.width)
+  assert batch['scale'][0] == pytest.approx(64 / max(record.height, record.width))
