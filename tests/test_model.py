@@ -34,7 +34,8 @@ def test_tiny_model_output_shapes(shapes_dir):
 def test_backbone_strides_match_the_table(name):
   backbone = nnx.eval_shape(lambda: resnet.BACKBONES[name](rngs=nnx.Rngs(0)))
   assert backbone.stride == resnet.STRIDES[name]
-  features = jax.eval_shape(lambda: backbone(jnp.zeros((1, 64, 64, 3)), train=False))
+  features = jax.eval_shape(
+      lambda: resnet.BACKBONES[name](rngs=nnx.Rngs(0))(jnp.zeros((1, 64, 64, 3)), train=False))
   assert features.shape[1:3] == (64 // backbone.stride, 64 // backbone.stride)
 
 
