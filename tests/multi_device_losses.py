@@ -13,7 +13,7 @@ import numpy as np
 jax.config.update('jax_disable_most_optimizations', True)
 sys.path.insert(0, sys.argv[1])
 
-from pix2seq_jax import optim, sharding, train_step  # noqa: E402
+from pix2seq_jax import optim, sharding, synthetic, train_step  # noqa: E402
 from pix2seq_jax import vocab as vocab_lib  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
 
@@ -30,10 +30,7 @@ def main():
   length = vocab_lib.sequence_length(config.data.max_instances)
   losses = []
   for _ in range(3):
-    batch = {'image': rng.uniform(size=(8, 64, 64, 3)).astype(np.float32),
-             'input_tokens': rng.integers(0, vocab.size, (8, length)).astype(np.int32),
-             'target_tokens': rng.integers(0, vocab.size, (8, length)).astype(np.int32),
-             'loss_weights': rng.uniform(size=(8, length)).astype(np.float32)}
+    batch = synthetic.random_batch(rng, 8, 64, length, vocab.size)
     state, metrics = step(state, sharding.put_batch(batch, mesh))
     losses.append(float(metrics['loss']))
   print(json.dumps({'devices': jax.device_count(), 'losses': losses}))

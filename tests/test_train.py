@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from pix2seq_jax import checkpoint, optim, sharding, train_step
+from pix2seq_jax import checkpoint, optim, sharding, synthetic, train_step
 from pix2seq_jax import vocab as vocab_lib
 from tests.conftest import ROOT, tiny_config
 
@@ -34,12 +34,9 @@ def test_one_and_four_devices_give_the_same_losses():
 
 
 def _batch(config, rng):
-  length = vocab_lib.sequence_length(config.data.max_instances)
-  size, batch = config.data.image_size, config.train.batch_size
-  return {'image': rng.uniform(size=(batch, size, size, 3)).astype(np.float32),
-          'input_tokens': rng.integers(0, VOCAB.size, (batch, length)).astype(np.int32),
-          'target_tokens': rng.integers(0, VOCAB.size, (batch, length)).astype(np.int32),
-          'loss_weights': np.ones((batch, length), np.float32)}
+  return synthetic.random_batch(rng, config.train.batch_size, config.data.image_size,
+                                vocab_lib.sequence_length(config.data.max_instances), VOCAB.size,
+                                uniform_weights=True)
 
 
 @pytest.fixture

@@ -1,0 +1,76 @@
+"""Times the jitted train step on synthetic in-memory batches (no TensorFlow needed).
+
+  python benchmarks/train_step.py --variant=r50 --image_size=512 --batch_size=2 --objects=20
+
+Prints one line per setting and, last, one JSON object with seconds_per_step,
+images_per_second and XLA's FLOP count per step.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs import default  # noqa: E402
+from pix2seq_jax import optim, sharding, synthetic, train_step  # noqa: E402
+from pix2seq_jax import vocab as vocab_lib  # noqa: E402
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--variant', default='r50')
+  parser.add_argument('--image_size', type=int, default=512)
+  parser.add_argument('--batch_size', type=int, default=2)
+  parser.add_argument('--objects', type=int, default=20, help='objects per image (sets max_instances)')
+  parser.add_argument('--num_bins', type=int, default=1000)
+  parser.add_argument('--num_classes', type=int, default=80)
+  parser.add_argument('--steps', type=int, default=5)
+  args = parser.parse_args()
+
+  config = default.get_config()
+  config.model.variant = args.variant
+  config.data.image_size = args.image_size
+  config.data.max_instances = args.objects
+  config.data.num_bins = args.num_bins
+  config.train.batch_size = args.batch_size
+  vocab = vocab_lib.Vocabulary(args.num_classes, args.num_bins)
+  mesh = sharding.make_mesh()
+  tx = optim.make_optimizer(config.train)
+  state = train_step.create_train_state(config, vocab, mesh, tx)
+  step = train_step.make_train_step(config, train_step.model_graphdef(config, vocab), mesh, tx)
+
+  rng = np.random.default_rng(0)
+  length = vocab_lib.sequence_length(args.objects)
+  size, batch_size = args.image_size, args.batch_size
+  batch = sharding.put_batch(synthetic.random_batch(
+      rng, batch_size, size, length, vocab.size, uniform_weights=True), mesh)
+  compiled = step.lower(state, batch).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get('flops', 0.0)) if cost else 0.0
+
+  state, metrics = step(state, batch)  # warm up
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(args.steps):
+    state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  seconds = (time.perf_counter() - start) / args.steps
+  result = {'variant': args.variant, 'image_size': size, 'batch_size': batch_size,
+            'objects': args.objects, 'devices': jax.device_count(),
+            'backend': jax.default_backend(), 'seconds_per_step': seconds,
+            'images_per_second': batch_size / seconds, 'flops_per_step': flops,
+            'achieved_flops_per_second': flops / seconds}
+  print(f"{args.variant} {size}px batch {batch_size}: {seconds:.3f} s/step, "
+        f"{batch_size / seconds:.1f} images/s, {flops / 1e9:.1f} GFLOP/step")
+  print(json.dumps(result))
+
+
+if __name__ == '__main__':
+  main()
