@@ -5,7 +5,6 @@ Shared by evaluation (train loop, --mode=eval) and prediction (Predictor).
 
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import jax
@@ -34,8 +33,8 @@ def make_decode_fn(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
                    out_shardings=sharding.batch_sharded(mesh))
   seed = config.seed
 
-  @functools.wraps(run)
   def decode_fn(params, batch_stats, images, step: int = 0):
+    """Decodes with the sampling key of `step` (greedy decoding ignores it)."""
     return jitted(params, batch_stats, images, jax.random.fold_in(jax.random.key(seed), step))
 
   return decode_fn

@@ -102,8 +102,7 @@ def _restore_or_create(setup: Setup, manager) -> train_step_lib.TrainState:
   state = train_step_lib.create_train_state(setup.config, setup.vocab, setup.mesh, setup.tx)
   restored = checkpoint.restore(manager, state)
   if restored is not None:
-    logging.info('Resumed from %s at step %d.', checkpoint.checkpoint_dir(manager.directory),
-                 int(restored.step))
+    logging.info('Resumed from %s at step %d.', manager.directory, int(restored.step))
     return restored
   return state
 
