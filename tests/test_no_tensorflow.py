@@ -1,0 +1,24 @@
+"""The model, train step, decoding, evaluation and Predictor import without TensorFlow."""
+
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+_SCRIPT = '''
+import sys
+class BlockTensorFlow:
+  def find_spec(self, name, path=None, target=None):
+    if name == 'tensorflow' or name.startswith('tensorflow.'):
+      raise ImportError('TensorFlow is blocked in this test: ' + name)
+sys.meta_path.insert(0, BlockTensorFlow())
+import pix2seq_jax.decode, pix2seq_jax.evaluate, pix2seq_jax.inference
+import pix2seq_jax.predict, pix2seq_jax.train_step, pix2seq_jax.models.pix2seq
+assert 'tensorflow' not in sys.modules
+'''
+
+
+def test_runtime_modules_do_not_import_tensorflow():
+  run = subprocess.run([sys.executable, '-c', _SCRIPT], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-2000:]
