@@ -1,15 +1,14 @@
 """Orbax checkpoints of the train state under `<workdir>/checkpoints/<step>`.
 
 Saves are committed atomically by orbax (a step folder appears only when complete),
-so the latest step is always readable. Restoring takes the shardings of a template
-state, so a checkpoint comes back already placed on the current mesh.
+so the latest step is always readable. Restoring takes an abstract template (shapes,
+dtypes and shardings), so a checkpoint comes back already placed on the current mesh.
 """
 
 from __future__ import annotations
 
 import os
 
-import jax
 import orbax.checkpoint as ocp
 
 
@@ -28,17 +27,12 @@ def save(manager: ocp.CheckpointManager, step: int, state) -> None:
   manager.wait_until_finished()
 
 
-def _abstract(template):
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), template)
-
-
-def restore(manager: ocp.CheckpointManager, template, step: int | None = None):
-  """Restores `step` (default: the latest) shaped and sharded like `template`.
+def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
+  """Restores `step` (default: the latest) as `abstract_state`'s ShapeDtypeStructs say.
 
   Returns None when there is no checkpoint.
   """
   step = manager.latest_step() if step is None else step
   if step is None:
     return None
-  return manager.restore(step, args=ocp.args.StandardRestore(_abstract(template)))
+  return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))

@@ -20,11 +20,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pix2seq_jax import checkpoint, detections, inference, optim, sharding
+from pix2seq_jax.canvas import PAD_VALUE
 from pix2seq_jax import train_step as train_step_lib
 from pix2seq_jax import vocab as vocab_lib
 from pix2seq_jax.data import coco_json
-
-PAD_VALUE = 0.3  # as data/transforms.py (kept TF-free here)
 
 
 def load_image(path: str) -> np.ndarray:
@@ -57,7 +56,7 @@ class Predictor:
     devices = jax.device_count()
     self.batch_size = -(-batch_size // devices) * devices
     tx = optim.make_optimizer(self.config.train)
-    template = train_step_lib.create_train_state(self.config, self.vocab, self.mesh, tx)
+    template = train_step_lib.abstract_train_state(self.config, self.vocab, self.mesh, tx)
     state = checkpoint.restore(checkpoint.make_manager(workdir), template, step)
     if state is None:
       raise FileNotFoundError(f'No checkpoint under {checkpoint.checkpoint_dir(workdir)}.')

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import time
+from typing import Callable
 
 import jax
 import ml_collections
@@ -42,6 +43,7 @@ class Setup:
   mesh: Mesh
   graphdef: nnx.GraphDef
   tx: optax.GradientTransformation
+  decode_fn: Callable  # jitted once, reused by every evaluation
 
 
 def make_setup(config: ml_collections.ConfigDict, mode: str) -> Setup:
@@ -53,8 +55,10 @@ def make_setup(config: ml_collections.ConfigDict, mode: str) -> Setup:
     if split.dropped:
       logging.info('%s: left out %s', split.annotations_path, split.dropped)
   vocab = vocab_lib.Vocabulary(splits.categories.num_classes, config.data.num_bins)
-  return Setup(config, splits, vocab, sharding.make_mesh(),
-               train_step_lib.model_graphdef(config, vocab), optim.make_optimizer(config.train))
+  mesh = sharding.make_mesh()
+  graphdef = train_step_lib.model_graphdef(config, vocab)
+  return Setup(config, splits, vocab, mesh, graphdef, optim.make_optimizer(config.train),
+               inference.make_decode_fn(config, graphdef, vocab, mesh))
 
 
 def _write_json(path: str, content) -> None:
@@ -69,7 +73,6 @@ def run_evaluation(setup: Setup, state: train_step_lib.TrainState, workdir: str)
   config, split = setup.config, setup.splits.val
   step = int(state.step)
   records = split.records[:config.eval.max_images] if config.eval.max_images else split.records
-  decode_fn = inference.make_decode_fn(config, setup.graphdef, setup.vocab, setup.mesh)
   batches = pipeline.eval_batches(
       split, config.data, setup.vocab, global_batch_size=config.eval.batch_size,
       max_images=config.eval.max_images, process_index=jax.process_index(),
@@ -79,7 +82,7 @@ def run_evaluation(setup: Setup, state: train_step_lib.TrainState, workdir: str)
   for batch in tqdm(batches, total=total, desc=f'eval@{step}', leave=False,
                     disable=jax.process_index() > 0):
     images = sharding.put_batch({'image': batch['image']}, setup.mesh)['image']
-    tokens, scores = decode_fn(state.params, state.batch_stats, images, step)
+    tokens, scores = setup.decode_fn(state.params, state.batch_stats, images, step)
     meta = {k: batch[k] for k in ('image_id', 'scale', 'original_size', 'mask')}
     tokens, scores, meta = multihost_utils.process_allgather(
         (inference.local_rows(tokens), inference.local_rows(scores), meta), tiled=True)
@@ -98,13 +101,16 @@ def run_evaluation(setup: Setup, state: train_step_lib.TrainState, workdir: str)
   return metrics
 
 
+def _abstract_state(setup: Setup) -> train_step_lib.TrainState:
+  return train_step_lib.abstract_train_state(setup.config, setup.vocab, setup.mesh, setup.tx)
+
+
 def _restore_or_create(setup: Setup, manager) -> train_step_lib.TrainState:
-  state = train_step_lib.create_train_state(setup.config, setup.vocab, setup.mesh, setup.tx)
-  restored = checkpoint.restore(manager, state)
+  restored = checkpoint.restore(manager, _abstract_state(setup))
   if restored is not None:
     logging.info('Resumed from %s at step %d.', manager.directory, int(restored.step))
     return restored
-  return state
+  return train_step_lib.create_train_state(setup.config, setup.vocab, setup.mesh, setup.tx)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -158,8 +164,7 @@ def evaluate_latest(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluates the latest checkpoint in `workdir` on the val split."""
   setup = make_setup(config, 'eval')
   manager = checkpoint.make_manager(workdir)
-  template = train_step_lib.create_train_state(config, setup.vocab, setup.mesh, setup.tx)
-  state = checkpoint.restore(manager, template)
+  state = checkpoint.restore(manager, _abstract_state(setup))
   if state is None:
     raise FileNotFoundError(f'No checkpoint under {checkpoint.checkpoint_dir(workdir)}; '
                             'train first (--mode=train) or point --workdir at a trained run.')

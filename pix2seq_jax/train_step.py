@@ -46,17 +46,28 @@ def model_graphdef(config: ml_collections.ConfigDict,
   return nnx.split(abstract, nnx.Param, nnx.BatchStat)[0]
 
 
-def create_train_state(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,
-                       mesh: Mesh, tx: optax.GradientTransformation) -> TrainState:
-  """Initialises parameters and optimizer state directly in their (replicated) sharding."""
-
+def _init_fn(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,
+             tx: optax.GradientTransformation) -> Callable[[], TrainState]:
   def init() -> TrainState:
     model = build_model(config, vocab, nnx.Rngs(config.seed))
     _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=batch_stats, opt_state=tx.init(params))
+  return init
 
-  return jax.jit(init, out_shardings=sharding.replicated(mesh))()
+
+def create_train_state(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,
+                       mesh: Mesh, tx: optax.GradientTransformation) -> TrainState:
+  """Initialises parameters and optimizer state directly in their (replicated) sharding."""
+  return jax.jit(_init_fn(config, vocab, tx), out_shardings=sharding.replicated(mesh))()
+
+
+def abstract_train_state(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,
+                         mesh: Mesh, tx: optax.GradientTransformation) -> TrainState:
+  """The train state's shapes, dtypes and (replicated) shardings, allocating nothing."""
+  replicated = sharding.replicated(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                      jax.eval_shape(_init_fn(config, vocab, tx)))
 
 
 def weighted_cross_entropy(logits: jax.Array, targets: jax.Array,

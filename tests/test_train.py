@@ -69,11 +69,11 @@ def test_checkpoint_round_trip(trainer, tmp_path):
   manager = checkpoint.make_manager(str(tmp_path))
   checkpoint.save(manager, 1, state)
   assert os.path.isdir(os.path.join(tmp_path, 'checkpoints', '1'))
-  fresh = train_step.create_train_state(config, VOCAB, mesh, tx)
-  restored = checkpoint.restore(checkpoint.make_manager(str(tmp_path)), fresh)
+  abstract = train_step.abstract_train_state(config, VOCAB, mesh, tx)
+  restored = checkpoint.restore(checkpoint.make_manager(str(tmp_path)), abstract)
   assert int(restored.step) == 1
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), jax.device_get(restored))
   _, expected = step(state, batch)
   _, got = step(restored, batch)
   assert float(got['loss']) == float(expected['loss'])
-  assert checkpoint.restore(checkpoint.make_manager(str(tmp_path / 'empty')), fresh) is None
+  assert checkpoint.restore(checkpoint.make_manager(str(tmp_path / 'empty')), abstract) is None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-PAD_VALUE = 0.3  # the official code pads with 0.3 on images in [0, 1]
+from pix2seq_jax.canvas import PAD_VALUE
 
 
 def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
