@@ -3,6 +3,7 @@
   train    train (resuming from the latest checkpoint), evaluate periodically and at the end
   eval     evaluate the latest checkpoint of --workdir on the val split
   predict  detect objects in --images=GLOB, write --output=FILE.json, draw into --draw_dir
+           (the workdir's config; --config, if given, supplies only the decode settings)
 """
 
 import logging as std_logging
@@ -39,8 +40,10 @@ def main(argv):
     from pix2seq_jax import predict
     if not FLAGS.images or not FLAGS.output:
       raise app.UsageError('--mode=predict needs --images=GLOB and --output=FILE.json.')
+    # The workdir's own config is used; --config, when given, supplies the decode settings.
+    decode = FLAGS.config.decode.to_dict() if FLAGS.config is not None else None
     predict.predict_files(FLAGS.workdir, FLAGS.images, FLAGS.output, FLAGS.draw_dir,
-                          min_score=FLAGS.min_score)
+                          min_score=FLAGS.min_score, decode=decode)
     return
   if FLAGS.config is None:
     raise app.UsageError('--config is required for train and eval.')

@@ -82,4 +82,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.decode = decode = ml_collections.ConfigDict()
   # 0 decodes greedily; > 0 samples from softmax(logits / temperature).
   decode.temperature = 0.0
+  # When sampling, draw only from the k most likely tokens (0: no limit).
+  decode.top_k = 0
+  # When sampling, draw only from the smallest set of tokens whose probability reaches
+  # top_p (nucleus sampling; the official code uses 0.4 at temperature 1; 1: no limit).
+  decode.top_p = 1.0
+  # Objects per image at most (EOS is forced after them); at most data.max_instances,
+  # since the decoder has no positions beyond.
+  decode.max_objects = 100
+  # Object score: 'class' (probability of its class token, as the official code) or
+  # 'class_x_coords' (times the probabilities of its four coordinate tokens).
+  decode.score = 'class'
+  # Predictor only: canvases per image shape. 1 pads every image to the square training
+  # canvas; k > 1 also offers S x (i*S/k) canvases for wide and tall images (less
+  # padding, faster), each compiled once.
+  decode.canvas_buckets = 1
   return config

@@ -2,11 +2,25 @@
 
 The image is encoded once and every decoder layer's cross-attention keys/values are
 projected once; self-attention keys/values live in an explicit cache pytree that the
-loop carries. A per-slot grammar masks the logits so that every sequence parses:
-slot 0 of an object takes a coordinate or EOS, slots 1-3 a coordinate, slot 4 a class
-or "n/a"; the last position can only be EOS. The loop stops as soon as every
-sequence in the batch has emitted EOS. `temperature` 0 is greedy; otherwise tokens
-are sampled from softmax(logits / temperature).
+loop carries in a small `DecodeState`. The core loop, `sample`, only sees a
+`logits_fn(last_token, position, cache) -> (logits, cache)`, so tests can drive it with
+a fake model whose output is known.
+
+A per-row grammar masks the logits so that every sequence parses: slot 0 of an object
+takes a coordinate or EOS, slots 1 and 3 a coordinate, slot 2 (ymax) a coordinate not
+below the object's ymin, slot 3 (xmax) one not below its xmin, slot 4 a class or "n/a";
+the last position (after `max_objects` objects) can only be EOS. The loop stops as soon
+as every row has emitted EOS.
+
+Sampling: `temperature` 0 is greedy; otherwise tokens are drawn from
+softmax(logits / temperature), restricted to the `top_k` most likely tokens (0: all)
+and to the smallest set whose probability reaches `top_p` (nucleus; 1: all).
+
+Scores (`detection_outputs`): an object's class is the most likely real class at its
+class slot and its score that class's probability under the grammar-masked softmax
+('class', as the official code), optionally times the probabilities of its four
+coordinate tokens ('class_x_coords'). Objects whose class slot emitted "n/a" are dropped
+by the parser.
 
 For tests and benchmarks, `step='recompute'` runs the full decoder over the whole
 (causally masked) prefix at every step instead of using the cache.
@@ -14,7 +28,7 @@ For tests and benchmarks, `step='recompute'` runs the full decoder over the whol
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,24 +38,36 @@ from pix2seq_jax import vocab as vocab_lib
 from pix2seq_jax.models.pix2seq import Pix2Seq
 
 NEG_INF = -1e30
+SCORE_MODES = ('class', 'class_x_coords')
+_SLOTS = vocab_lib.TOKENS_PER_OBJECT
+
+# (last token [B], position [], cache) -> (logits [B, V], cache)
+LogitsFn = Callable[[jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
 
 
 @struct.dataclass
 class DecodeState:
   position: jax.Array  # [] int32: the position being generated
-  tokens: jax.Array  # [B, L] int32: generated tokens, PADDING where not yet generated
-  scores: jax.Array  # [B, L] float32: probability of each chosen token (grammar-masked)
-  done: jax.Array  # [B] bool: the sequence has emitted EOS
-  cache: Any  # per-layer self-attention cache (None when recomputing)
+  tokens: jax.Array  # [B, L] int32: emitted tokens, PADDING where not yet generated
+  token_probs: jax.Array  # [B, L] float32: probability of each emitted token (grammar-masked)
+  class_tokens: jax.Array  # [B, L] int32: best real class token at class slots, else PADDING
+  class_probs: jax.Array  # [B, L] float32: its probability at class slots, else 0
+  done: jax.Array  # [B] bool: the row has emitted EOS
+  cache: Any  # the logits function's cache (per-layer self-attention K/V)
   rng: jax.Array
   logits: jax.Array | None = None  # [B, L, V] float32, only when asked for
 
 
-def grammar_mask(position: jax.Array, vocab: vocab_lib.Vocabulary, length: int) -> jax.Array:
-  """[V] bool: the tokens allowed at `position` of a response sequence of `length`."""
+def grammar_mask(position: jax.Array, tokens: jax.Array, vocab: vocab_lib.Vocabulary,
+                 length: int) -> jax.Array:
+  """[B, V] bool: the tokens each row may take at `position`, given its `tokens` [B, L]."""
   ids = jnp.arange(vocab.size)
-  slot = position % vocab_lib.TOKENS_PER_OBJECT
-  coord = (ids >= vocab.coord_offset) & (ids < vocab.size)
+  slot = position % _SLOTS
+  # ymax (slot 2) and xmax (slot 3) may not fall below ymin / xmin, two tokens back.
+  lower = jax.lax.dynamic_index_in_dim(tokens, jnp.maximum(position - 2, 0), axis=1,
+                                       keepdims=True)  # [B, 1]
+  lower = jnp.where((slot == 2) | (slot == 3), lower, vocab.coord_offset)
+  coord = (ids >= vocab.coord_offset) & (ids >= lower)  # [B, V]
   label = ((ids >= vocab_lib.CLASS_OFFSET) & (ids < vocab.coord_offset)) | (
       ids == vocab_lib.NOISE_CLASS)
   eos = ids == vocab_lib.EOS
@@ -49,48 +75,69 @@ def grammar_mask(position: jax.Array, vocab: vocab_lib.Vocabulary, length: int) 
   return jnp.where(position == length - 1, eos, allowed)
 
 
-def decode(model: Pix2Seq, images: jax.Array, vocab: vocab_lib.Vocabulary, *,
-           length: int, temperature: float = 0.0, rng: jax.Array | None = None,
-           step: str = 'cached', return_logits: bool = False) -> DecodeState:
-  """Generates [B, length] response tokens for images [B, S, S, 3] (call inside jit)."""
-  if step not in ('cached', 'recompute'):
-    raise ValueError(f'step must be "cached" or "recompute", got {step!r}.')
-  batch = images.shape[0]
-  memory = model.encode(images, train=False)  # [B, N, D]
-  memory_kv = model.decoder.memory_kv(memory)
+def filter_logits(logits: jax.Array, *, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+  """Sets logits [B, V] outside the top-k / nucleus(top-p) set to NEG_INF.
 
-  def next_logits(state: DecodeState, last: jax.Array) -> tuple[jax.Array, Any]:
-    if step == 'cached':
-      return model.decoder.step(last, state.position, state.cache, memory_kv)
-    prefix = jnp.concatenate(  # [B, length]: START + generated tokens; later ones masked
-        [jnp.full((batch, 1), vocab_lib.START, jnp.int32), state.tokens[:, :-1]], axis=1)
-    full = model.decoder(prefix, memory)
-    return jax.lax.dynamic_index_in_dim(full, state.position, axis=1, keepdims=False), None
+  top_k 0 and top_p 1 keep everything; the most likely token is always kept, so
+  top_k 1 or top_p 0 leave only the argmax.
+  """
+  if top_k > 0:
+    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]  # [B, 1]
+    logits = jnp.where(logits < kth, NEG_INF, logits)
+  if top_p < 1.0:
+    ordered = jnp.sort(logits, axis=-1)[:, ::-1]  # [B, V] descending
+    probs = jax.nn.softmax(ordered, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    keep = (mass_before < top_p) | (jnp.arange(logits.shape[-1]) == 0)
+    threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < threshold, NEG_INF, logits)
+  return logits
+
+
+def choose_tokens(logits: jax.Array, rng: jax.Array, *, temperature: float, top_k: int,
+                  top_p: float) -> jax.Array:
+  """[B, V] (grammar-masked) logits -> [B] tokens: greedy or sampled."""
+  if temperature <= 0:
+    return jnp.argmax(logits, axis=-1)
+  filtered = filter_logits(logits / temperature, top_k=top_k, top_p=top_p)
+  return jax.random.categorical(rng, filtered, axis=-1)
+
+
+def sample(logits_fn: LogitsFn, cache: Any, batch: int, vocab: vocab_lib.Vocabulary, *,
+           length: int, rng: jax.Array, temperature: float = 0.0, top_k: int = 0,
+           top_p: float = 1.0, return_logits: bool = False) -> DecodeState:
+  """The decoding loop: [B, length] response tokens from `logits_fn`."""
+  real_class = (jnp.arange(vocab.size) >= vocab_lib.CLASS_OFFSET) & (
+      jnp.arange(vocab.size) < vocab.coord_offset)
 
   def body(state: DecodeState) -> DecodeState:
     last = jnp.where(state.position == 0, vocab_lib.START,
                      jax.lax.dynamic_index_in_dim(state.tokens, state.position - 1, axis=1,
                                                   keepdims=False))
-    logits, cache = next_logits(state, last)  # [B, V]
-    logits = logits.astype(jnp.float32)
-    masked = jnp.where(grammar_mask(state.position, vocab, length), logits, NEG_INF)
+    logits, cache = logits_fn(last, state.position, state.cache)
+    logits = logits.astype(jnp.float32)  # [B, V]
+    masked = jnp.where(grammar_mask(state.position, state.tokens, vocab, length), logits,
+                       NEG_INF)
     rng, sample_rng = jax.random.split(state.rng)
-    if temperature > 0:
-      token = jax.random.categorical(sample_rng, masked / temperature, axis=-1)
-    else:
-      token = jnp.argmax(masked, axis=-1)
+    token = choose_tokens(masked, sample_rng, temperature=temperature, top_k=top_k,
+                          top_p=top_p)
     token = jnp.where(state.done, vocab_lib.PADDING, token).astype(jnp.int32)
-    prob = jnp.take_along_axis(jax.nn.softmax(masked, axis=-1), token[:, None], axis=1)[:, 0]
+    probs = jax.nn.softmax(masked, axis=-1)  # [B, V]
+    pick = lambda t: jnp.take_along_axis(probs, t[:, None], axis=1)[:, 0]
+    is_class_slot = (state.position % _SLOTS == 4) & ~state.done
+    best_class = jnp.argmax(jnp.where(real_class, masked, NEG_INF), axis=-1).astype(jnp.int32)
+    write = lambda array, value: jax.lax.dynamic_update_slice_in_dim(
+        array, value[:, None], state.position, axis=1)
     new_logits = state.logits
     if return_logits:
-      new_logits = jax.lax.dynamic_update_slice_in_dim(
-          state.logits, logits[:, None], state.position, axis=1)
+      new_logits = write(state.logits, logits)
     return DecodeState(
         position=state.position + 1,
-        tokens=jax.lax.dynamic_update_slice_in_dim(state.tokens, token[:, None],
-                                                   state.position, axis=1),
-        scores=jax.lax.dynamic_update_slice_in_dim(
-            state.scores, jnp.where(state.done, 0.0, prob)[:, None], state.position, axis=1),
+        tokens=write(state.tokens, token),
+        token_probs=write(state.token_probs, jnp.where(state.done, 0.0, pick(token))),
+        class_tokens=write(state.class_tokens,
+                           jnp.where(is_class_slot, best_class, vocab_lib.PADDING)),
+        class_probs=write(state.class_probs, jnp.where(is_class_slot, pick(best_class), 0.0)),
         done=state.done | (token == vocab_lib.EOS),
         cache=cache, rng=rng, logits=new_logits)
 
@@ -100,9 +147,68 @@ def decode(model: Pix2Seq, images: jax.Array, vocab: vocab_lib.Vocabulary, *,
   init = DecodeState(
       position=jnp.zeros((), jnp.int32),
       tokens=jnp.full((batch, length), vocab_lib.PADDING, jnp.int32),
-      scores=jnp.zeros((batch, length), jnp.float32),
+      token_probs=jnp.zeros((batch, length), jnp.float32),
+      class_tokens=jnp.full((batch, length), vocab_lib.PADDING, jnp.int32),
+      class_probs=jnp.zeros((batch, length), jnp.float32),
       done=jnp.zeros((batch,), bool),
-      cache=model.decoder.init_cache(batch, length, memory.dtype) if step == 'cached' else None,
-      rng=jax.random.key(0) if rng is None else rng,
+      cache=cache, rng=rng,
       logits=jnp.zeros((batch, length, vocab.size), jnp.float32) if return_logits else None)
   return jax.lax.while_loop(cond, body, init)
+
+
+def decode(model: Pix2Seq, images: jax.Array, vocab: vocab_lib.Vocabulary, *,
+           length: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+           rng: jax.Array | None = None, step: str = 'cached',
+           return_logits: bool = False) -> DecodeState:
+  """Generates [B, length] response tokens for images [B, H, W, 3] (call inside jit).
+
+  `length` is `vocab.sequence_length(max_objects)` and at most the decoder's
+  `max_seq_len`.
+  """
+  if step not in ('cached', 'recompute'):
+    raise ValueError(f'step must be "cached" or "recompute", got {step!r}.')
+  if length > model.decoder.max_seq_len:
+    raise ValueError(f'Cannot decode {length} tokens: the decoder has '
+                     f'{model.decoder.max_seq_len} positions.')
+  batch = images.shape[0]
+  memory = model.encode(images, train=False)  # [B, N, D]
+
+  if step == 'cached':
+    memory_kv = model.decoder.memory_kv(memory)
+    cache = model.decoder.init_cache(batch, length, memory.dtype)
+
+    def logits_fn(last, position, cache):
+      return model.decoder.step(last, position, cache, memory_kv)
+  else:
+    cache = jnp.full((batch, length), vocab_lib.START, jnp.int32)  # the input prefix
+
+    def logits_fn(last, position, prefix):
+      prefix = jax.lax.dynamic_update_slice_in_dim(prefix, last[:, None], position, axis=1)
+      full = model.decoder(prefix, memory)  # [B, length, V]; later positions are masked
+      return jax.lax.dynamic_index_in_dim(full, position, axis=1, keepdims=False), prefix
+
+  return sample(logits_fn, cache, batch, vocab, length=length,
+                rng=jax.random.key(0) if rng is None else rng, temperature=temperature,
+                top_k=top_k, top_p=top_p, return_logits=return_logits)
+
+
+def detection_outputs(state: DecodeState, vocab: vocab_lib.Vocabulary,
+                      score: str = 'class') -> tuple[jax.Array, jax.Array]:
+  """(tokens [B, L], scores [B, L]) for `detections.parse_tokens`.
+
+  At each class slot where a real class was emitted, the token becomes the most likely
+  real class and the score that object's score; "n/a", EOS and padding stay as emitted.
+  """
+  if score not in SCORE_MODES:
+    raise ValueError(f'decode.score must be one of {SCORE_MODES}, got {score!r}.')
+  tokens = state.tokens
+  emitted_class = (tokens >= vocab_lib.CLASS_OFFSET) & (tokens < vocab.coord_offset)
+  tokens = jnp.where(emitted_class, state.class_tokens, tokens)
+  batch, length = tokens.shape
+  objects = (length - 1) // _SLOTS
+  per_object = state.token_probs[:, :objects * _SLOTS].reshape(batch, objects, _SLOTS)
+  object_scores = state.class_probs[:, 4:objects * _SLOTS:_SLOTS]  # [B, objects]
+  if score == 'class_x_coords':
+    object_scores = object_scores * jnp.prod(per_object[:, :, :4], axis=-1)
+  scores = jnp.zeros((batch, length), jnp.float32)
+  return tokens, scores.at[:, 4:objects * _SLOTS:_SLOTS].set(object_scores)

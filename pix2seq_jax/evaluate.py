@@ -41,9 +41,9 @@ def _results(coco_gt: COCO, detections: list[dict]) -> COCO:
   return empty
 
 
-def coco_metrics(coco_gt: COCO, detections: list[dict],
-                 image_ids: list[int] | None = None, verbose: bool = False) -> dict:
-  """The 12 COCO box metrics of `detections` (COCO results format) against `coco_gt`.
+def run_cocoeval(coco_gt: COCO, detections: list[dict],
+                 image_ids: list[int] | None = None, verbose: bool = False) -> COCOeval:
+  """pycocotools' box evaluation of `detections` (COCO results format), summarised.
 
   Args:
     image_ids: the images evaluated; default all images of the ground truth.
@@ -59,8 +59,44 @@ def coco_metrics(coco_gt: COCO, detections: list[dict],
     coco_eval.summarize()
   if verbose:
     print(out.getvalue(), end='')
+  return coco_eval
+
+
+def coco_metrics(coco_gt: COCO, detections: list[dict],
+                 image_ids: list[int] | None = None, verbose: bool = False) -> dict:
+  """The 12 COCO box metrics of `detections` against `coco_gt` (see `run_cocoeval`)."""
+  coco_eval = run_cocoeval(coco_gt, detections, image_ids, verbose)
   # pycocotools reports -1 where no ground truth exists for a metric; keep its numbers.
   return {k: float(v) for k, v in zip(METRIC_KEYS, np.asarray(coco_eval.stats))}
+
+
+def _precision(coco_eval: COCOeval) -> np.ndarray:
+  """[IoU thresholds, recall thresholds, categories]: all areas, 100 detections."""
+  if not coco_eval.eval:
+    raise ValueError('Run evaluate() and accumulate() first (see run_cocoeval).')
+  return np.asarray(coco_eval.eval['precision'])[:, :, :, 0, -1]
+
+
+def per_category_ap(coco_eval: COCOeval) -> dict[int, float]:
+  """{category id: AP over IoU 0.5:0.95}; nan for categories without ground truth."""
+  precision = _precision(coco_eval)
+  out = {}
+  for k, category_id in enumerate(coco_eval.params.catIds):
+    valid = precision[:, :, k][precision[:, :, k] > -1]
+    out[int(category_id)] = float(valid.mean()) if valid.size else float('nan')
+  return out
+
+
+def precision_recall(coco_eval: COCOeval, iou: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+  """(recall [101], precision [101]) at one IoU threshold, averaged over categories."""
+  thresholds = np.asarray(coco_eval.params.iouThrs)
+  index = int(np.argmin(np.abs(thresholds - iou)))
+  if abs(thresholds[index] - iou) > 1e-6:
+    raise ValueError(f'iou={iou} is not one of the thresholds {thresholds.tolist()}.')
+  precision = _precision(coco_eval)[index]  # [recall thresholds, categories]
+  with_gt = (precision > -1).any(axis=0)
+  curve = np.where(precision[:, with_gt] > -1, precision[:, with_gt], 0.0).mean(axis=1)
+  return np.asarray(coco_eval.params.recThrs), curve
 
 
 def evaluate_files(annotations_path: str, detections_path: str) -> dict:

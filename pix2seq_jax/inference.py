@@ -19,14 +19,19 @@ from pix2seq_jax import vocab as vocab_lib
 
 def make_decode_fn(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
                    vocab: vocab_lib.Vocabulary, mesh: Mesh) -> Callable:
-  """(params, batch_stats, images [B, S, S, 3]) -> (tokens [B, L], scores [B, L])."""
-  length = vocab_lib.sequence_length(config.data.max_instances)
+  """(params, batch_stats, images [B, H, W, 3]) -> (tokens [B, L], scores [B, L]).
+
+  The outputs are `decode.detection_outputs`, ready for `detections.parse_tokens`. One
+  compilation per image shape.
+  """
+  dec = config.decode
+  length = vocab_lib.sequence_length(dec.max_objects)
 
   def run(params, batch_stats, images, rng):
     model = nnx.merge(graphdef, params, batch_stats)
-    state = decode.decode(model, images, vocab, length=length,
-                          temperature=config.decode.temperature, rng=rng)
-    return state.tokens, state.scores
+    state = decode.decode(model, images, vocab, length=length, temperature=dec.temperature,
+                          top_k=dec.top_k, top_p=dec.top_p, rng=rng)
+    return decode.detection_outputs(state, vocab, dec.score)
 
   jitted = jax.jit(run, in_shardings=(sharding.replicated(mesh), sharding.replicated(mesh),
                                       sharding.batch_sharded(mesh), sharding.replicated(mesh)),
@@ -37,6 +42,7 @@ def make_decode_fn(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
     """Decodes with the sampling key of `step` (greedy decoding ignores it)."""
     return jitted(params, batch_stats, images, jax.random.fold_in(jax.random.key(seed), step))
 
+  decode_fn.compilations = jitted._cache_size  # executables compiled so far (one per shape)
   return decode_fn
 
 

@@ -3,8 +3,9 @@
   predictor = Predictor('workdirs/shapes')
   per_image = predictor(['a.jpg', 'b.png'])   # or uint8 arrays [H, W, 3]
 
-Images of any size are resized (longest side) and padded onto the config's canvas,
-and batches have a fixed size, so new image sizes never trigger a recompilation.
+Images of any size are resized (longest side) and padded onto one of a few canvases
+(`canvas.canvas_shapes`), and batches have a fixed size, so a new image size never
+triggers a recompilation.
 """
 
 from __future__ import annotations
@@ -12,18 +13,19 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pix2seq_jax import checkpoint, detections, inference, optim, sharding
-from pix2seq_jax.canvas import PAD_VALUE
+from pix2seq_jax import canvas, checkpoint, config_checks, detections, evaluate, inference
+from pix2seq_jax import optim, sharding
 from pix2seq_jax import train_step as train_step_lib
 from pix2seq_jax import vocab as vocab_lib
 from pix2seq_jax.data import coco_json
+from pix2seq_jax.models import resnet, variants
 
 
 def load_image(path: str) -> np.ndarray:
@@ -32,23 +34,34 @@ def load_image(path: str) -> np.ndarray:
     return np.asarray(image.convert('RGB'))
 
 
-def to_canvas(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
-  """uint8 [H, W, 3] -> (float32 [size, size, 3] in [0, 1], scale), as the input pipeline."""
-  height, width = image.shape[:2]
-  scale = size / max(height, width)
-  new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-  resized = np.asarray(Image.fromarray(image).resize(new_size, Image.BILINEAR), np.float32)
-  canvas = np.full((size, size, 3), PAD_VALUE, np.float32)
-  canvas[:new_size[1], :new_size[0]] = resized / 255.0
-  return canvas, scale
+def load_config(workdir: str, decode_overrides: dict | None = None) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with, with `decode` fields optionally replaced."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} is missing: is {workdir!r} a training workdir?')
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  for key, value in (decode_overrides or {}).items():
+    if key not in config.decode:
+      raise KeyError(f'decode.{key} is not a decode setting; have {sorted(config.decode)}.')
+    config.decode[key] = value
+  config_checks.validate(config, mode='predict')
+  return config
 
 
 class Predictor:
-  """Loads config, label map and the latest (or a given) checkpoint from a workdir."""
+  """Config, label map and the latest (or a given) checkpoint of a workdir, ready to detect.
 
-  def __init__(self, workdir: str, step: int | None = None, batch_size: int = 8):
-    with open(os.path.join(workdir, 'config.json')) as f:
-      self.config = ml_collections.ConfigDict(json.load(f))
+  Args:
+    workdir: a training workdir (config.json, categories.json, checkpoints/).
+    step: the checkpoint step; default the latest.
+    batch_size: images per decode call (rounded up to a multiple of the device count).
+    decode: overrides of the config's `decode` fields, e.g. {'top_p': 0.4}.
+  """
+
+  def __init__(self, workdir: str, step: int | None = None, batch_size: int = 8,
+               decode: dict | None = None):
+    self.config = load_config(workdir, decode)
     with open(os.path.join(workdir, 'categories.json')) as f:
       self.categories = coco_json.CategoryMap.from_categories(json.load(f))
     self.vocab = vocab_lib.Vocabulary(self.categories.num_classes, self.config.data.num_bins)
@@ -64,50 +77,108 @@ class Predictor:
     self.params, self.batch_stats = state.params, state.batch_stats
     graphdef = train_step_lib.model_graphdef(self.config, self.vocab)
     self._decode = inference.make_decode_fn(self.config, graphdef, self.vocab, self.mesh)
+    stride = resnet.STRIDES[variants.get_spec(self.config.model.variant).backbone]
+    self.size = self.config.data.image_size
+    self.canvas_shapes = canvas.canvas_shapes(self.size, stride,
+                                              self.config.decode.canvas_buckets)
+
+  @property
+  def compilations(self) -> int:
+    """How many image shapes the decoder has been compiled for so far."""
+    return self._decode.compilations()
+
+  def _detect_batch(self, images: list[np.ndarray], shape: tuple[int, int]) -> list[list[dict]]:
+    canvases = np.full((self.batch_size, *shape, 3), canvas.PAD_VALUE, np.float32)
+    scales = np.ones(self.batch_size, np.float32)
+    for row, image in enumerate(images):
+      canvases[row], scales[row] = canvas.to_canvas(image, self.size, shape)
+    placed = sharding.put_batch({'image': canvases}, self.mesh)['image']
+    tokens, scores = self._decode(self.params, self.batch_stats, placed, self.step)
+    tokens, scores = np.asarray(tokens), np.asarray(scores)
+    out = []
+    for row, image in enumerate(images):
+      found = detections.parse_tokens(tokens[row], self.vocab, scores[row])
+      boxes = detections.to_original_pixels(found.boxes, self.size, float(scales[row]),
+                                            image.shape[:2])
+      out.append([{'category_id': self.categories.category_ids[label],
+                   'category_name': self.categories.names[label],
+                   'bbox': [round(float(v), 2) for v in box], 'score': float(score)}
+                  for box, label, score in zip(boxes, found.labels, found.scores)])
+    return out
 
   def __call__(self, images: Sequence[str | np.ndarray]) -> list[list[dict]]:
     """Per image, a list of {category_id, category_name, bbox [x, y, w, h] px, score}."""
-    size = self.config.data.image_size
-    out = []
-    for start in range(0, len(images), self.batch_size):
-      chunk = [load_image(i) if isinstance(i, str) else np.asarray(i)
-               for i in images[start:start + self.batch_size]]
-      canvases = np.full((self.batch_size, size, size, 3), PAD_VALUE, np.float32)
-      scales = np.ones(self.batch_size, np.float32)
-      for row, image in enumerate(chunk):
-        canvases[row], scales[row] = to_canvas(image, size)
-      placed = sharding.put_batch({'image': canvases}, self.mesh)['image']
-      tokens, scores = self._decode(self.params, self.batch_stats, placed, self.step)
-      tokens, scores = np.asarray(tokens), np.asarray(scores)
-      for row, image in enumerate(chunk):
-        found = detections.parse_tokens(tokens[row], self.vocab, scores[row])
-        boxes = detections.to_original_pixels(found.boxes, size, float(scales[row]),
-                                              image.shape[:2])
-        out.append([{'category_id': self.categories.category_ids[label],
-                     'category_name': self.categories.names[label],
-                     'bbox': [round(float(v), 2) for v in box], 'score': float(score)}
-                    for box, label, score in zip(boxes, found.labels, found.scores)])
+    arrays = [load_image(i) if isinstance(i, str) else np.asarray(i, np.uint8) for i in images]
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, image in enumerate(arrays):
+      if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f'Image {index}: expected uint8 [H, W, 3], got shape {image.shape}.')
+      resized, _ = canvas.resized_shape(*image.shape[:2], self.size)
+      groups.setdefault(canvas.choose_canvas(*resized, self.canvas_shapes), []).append(index)
+    out: list[list[dict]] = [[] for _ in arrays]
+    for shape, indices in groups.items():
+      for start in range(0, len(indices), self.batch_size):
+        chunk = indices[start:start + self.batch_size]
+        for index, found in zip(chunk, self._detect_batch([arrays[i] for i in chunk], shape)):
+          out[index] = found
     return out
 
 
-def draw(image: np.ndarray, found: list[dict], path: str) -> None:
-  """Saves `image` with each detection's box, name and score drawn on it."""
-  canvas = Image.fromarray(image)
-  pen = ImageDraw.Draw(canvas)
+def predict_coco_split(predictor: Predictor, annotations_path: str, images_dir: str,
+                       max_images: int = 0,
+                       progress: bool = False) -> tuple[list[dict], list[int]]:
+  """COCO results for the images of an annotation file, and the image ids evaluated.
+
+  The annotation file's categories must be the checkpoint's (same ids).
+  """
+  coco_gt = evaluate.load_ground_truth(annotations_path)
+  gt_ids = sorted(coco_gt.getCatIds())
+  if gt_ids != sorted(predictor.categories.category_ids):
+    raise ValueError(f'{annotations_path}: category ids {gt_ids[:10]}... differ from the '
+                     f'checkpoint\'s {list(predictor.categories.category_ids)[:10]}...')
+  infos = coco_gt.dataset['images'][:max_images or None]
+  batches: Iterable = range(0, len(infos), predictor.batch_size)
+  if progress:
+    from tqdm.auto import tqdm
+    batches = tqdm(batches, desc='predict', unit='batch')
+  results = []
+  for start in batches:
+    chunk = infos[start:start + predictor.batch_size]
+    images = [load_image(os.path.join(images_dir, info['file_name'])) for info in chunk]
+    for info, found in zip(chunk, predictor(images)):
+      results += [{'image_id': info['id'], 'category_id': d['category_id'], 'bbox': d['bbox'],
+                   'score': d['score']} for d in found]
+  return results, [info['id'] for info in infos]
+
+
+def draw(image: np.ndarray, found: list[dict], path: str | None = None,
+         ground_truth: list[dict] | None = None) -> Image.Image:
+  """`image` with each detection's box, name and score drawn (and ground truth in green).
+
+  Detections are {bbox [x, y, w, h], category_name, score}; ground truth {bbox}.
+  Saved to `path` when given.
+  """
+  picture = Image.fromarray(image)
+  pen = ImageDraw.Draw(picture)
+  for gt in ground_truth or []:
+    x, y, w, h = gt['bbox']
+    pen.rectangle([x, y, x + w, y + h], outline=(40, 220, 80), width=1)
   for det in found:
     x, y, w, h = det['bbox']
     pen.rectangle([x, y, x + w, y + h], outline=(255, 220, 0), width=2)
     pen.text((x + 2, y + 1), f"{det['category_name']} {det['score']:.2f}", fill=(255, 220, 0))
-  canvas.save(path)
+  if path:
+    picture.save(path)
+  return picture
 
 
 def predict_files(workdir: str, pattern: str, output: str, draw_dir: str | None = None,
-                  min_score: float = 0.0) -> list[dict]:
+                  min_score: float = 0.0, decode: dict | None = None) -> list[dict]:
   """Runs the predictor on every file matching `pattern`; writes JSON (and drawings)."""
   paths = sorted(glob.glob(pattern))
   if not paths:
     raise FileNotFoundError(f'No image matches --images={pattern!r}.')
-  predictor = Predictor(workdir)
+  predictor = Predictor(workdir, decode=decode)
   entries = []
   for start in range(0, len(paths), predictor.batch_size):
     chunk = paths[start:start + predictor.batch_size]

@@ -47,6 +47,7 @@ def tiny_config(data_dir: str):
   config.train.log_every = 2
   config.train.checkpoint_every = 2
   config.eval.batch_size = 4
+  config.decode.max_objects = 8
   return config
 
 
@@ -58,3 +59,15 @@ def shapes_dir(tmp_path_factory):
 @pytest.fixture
 def config(shapes_dir):
   return tiny_config(shapes_dir)
+
+
+@pytest.fixture(scope='session')
+def tiny_workdir(shapes_dir, tmp_path_factory):
+  """A workdir with a 2-step tiny checkpoint (config.json, categories.json, checkpoints/)."""
+  from pix2seq_jax import train
+  workdir = str(tmp_path_factory.mktemp('tiny_workdir'))
+  config = tiny_config(shapes_dir)
+  config.train.steps = 2
+  config.eval.max_images = 4
+  train.train_and_evaluate(config, workdir)
+  return workdir

@@ -1,8 +1,13 @@
-"""Cached decoding equals full-prefix recomputation; the grammar makes every sequence parse."""
+"""Decoding: cached == recompute, sampling filters, the grammar, early exit and scores.
+
+Most tests drive `decode.sample` with fake logits functions whose output is known; the
+cache of those fakes counts the loop's iterations.
+"""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from pix2seq_jax import decode, detections, train_step
@@ -11,6 +16,11 @@ from tests.conftest import tiny_config
 
 VOCAB = vocab_lib.Vocabulary(num_classes=5, num_bins=64)
 LENGTH = vocab_lib.sequence_length(8)
+EOS, NA, C0 = vocab_lib.EOS, vocab_lib.NOISE_CLASS, vocab_lib.CLASS_OFFSET
+
+
+def coord(b):
+  return VOCAB.coord_offset + b
 
 
 def _model(shapes_dir, seed=0):
@@ -27,7 +37,27 @@ def _run(model, images, **kwargs):
   return fn(state, images)
 
 
-def test_cached_equals_recompute_tokens_and_logits(shapes_dir):
+def _sample(logits_fn, batch, length=LENGTH, **kwargs):
+  """Runs the loop with `logits_fn(position) -> [B, V]`; cache counts the iterations."""
+  fn = lambda last, position, calls: (logits_fn(last, position), calls + 1)
+  kwargs.setdefault('rng', jax.random.key(0))
+  return jax.jit(lambda: decode.sample(fn, jnp.int32(0), batch, VOCAB, length=length,
+                                       **kwargs))()
+
+
+def _assert_parses(tokens):
+  """Whole objects, then one EOS at an object boundary, then padding; valid boxes."""
+  end = np.flatnonzero(tokens == EOS)
+  assert end.size == 1 and end[0] % vocab_lib.TOKENS_PER_OBJECT == 0
+  body = tokens[:end[0]].reshape(-1, vocab_lib.TOKENS_PER_OBJECT)
+  assert VOCAB.is_coord(body[:, :4]).all()
+  assert (VOCAB.is_class(body[:, 4]) | (body[:, 4] == NA)).all()
+  assert (body[:, 2] >= body[:, 0]).all() and (body[:, 3] >= body[:, 1]).all()
+  assert (tokens[end[0] + 1:] == vocab_lib.PADDING).all()
+  return body
+
+
+def test_cached_equals_recompute_tokens_logits_and_probabilities(shapes_dir):
   model = _model(shapes_dir)
   images = jax.random.uniform(jax.random.key(1), (3, 64, 64, 3))
   cached = _run(model, images, step='cached', return_logits=True)
@@ -37,42 +67,160 @@ def test_cached_equals_recompute_tokens_and_logits(shapes_dir):
   assert steps == int(full.position) and steps > 5
   np.testing.assert_allclose(cached.logits[:, :steps], full.logits[:, :steps], atol=1e-5,
                              rtol=1e-5)
-  np.testing.assert_allclose(cached.scores, full.scores, atol=1e-5)
+  np.testing.assert_allclose(cached.token_probs, full.token_probs, atol=1e-5)
+  np.testing.assert_allclose(cached.class_probs, full.class_probs, atol=1e-5)
 
 
-def test_every_decoded_sequence_parses_into_whole_objects(shapes_dir):
-  for seed in range(3):
-    model = _model(shapes_dir, seed)
-    images = jax.random.uniform(jax.random.key(seed), (4, 64, 64, 3))
-    state = _run(model, images, temperature=1.0, rng=jax.random.key(seed))
+def test_model_samples_always_parse(shapes_dir):
+  model = _model(shapes_dir)
+  images = jax.random.uniform(jax.random.key(2), (4, 64, 64, 3))
+  state = _run(model, images, temperature=1.0, top_p=0.9, rng=jax.random.key(3))
+  for tokens in np.asarray(state.tokens):
+    body = _assert_parses(tokens)
+    parsed = detections.parse_tokens(tokens, VOCAB)
+    assert len(parsed.labels) == (body[:, 4] != NA).sum()
+
+
+def test_sequences_sampled_from_random_logits_all_parse():
+  random_logits = lambda last, position: 3.0 * jax.random.normal(
+      jax.random.fold_in(jax.random.key(7), position), (64, VOCAB.size))
+  for kwargs in ({'temperature': 1.0}, {'temperature': 2.0, 'top_k': 50},
+                 {'temperature': 1.0, 'top_p': 0.4}, {}):
+    state = _sample(random_logits, 64, **kwargs)
     for tokens in np.asarray(state.tokens):
-      end = np.flatnonzero(tokens == vocab_lib.EOS)
-      assert end.size == 1 and end[0] % vocab_lib.TOKENS_PER_OBJECT == 0
-      body = tokens[:end[0]].reshape(-1, vocab_lib.TOKENS_PER_OBJECT)
-      assert VOCAB.is_coord(body[:, :4]).all()
-      assert (VOCAB.is_class(body[:, 4]) | (body[:, 4] == vocab_lib.NOISE_CLASS)).all()
-      assert (tokens[end[0] + 1:] == vocab_lib.PADDING).all()
-      parsed = detections.parse_tokens(tokens, VOCAB)
-      assert len(parsed.labels) == (body[:, 4] != vocab_lib.NOISE_CLASS).sum()
+      _assert_parses(tokens)
 
 
-def test_decoding_stops_when_every_sequence_has_ended(shapes_dir):
+def test_known_logits_give_the_known_sequence_and_scores():
+  # Two objects then EOS; every position offers its target with probability 0.7.
+  target = [coord(10), coord(20), coord(30), coord(40), C0 + 2,
+            coord(5), coord(6), coord(7), coord(8), C0 + 0, EOS]
+
+  def logits_fn(last, position):
+    want = jnp.asarray(target + [EOS] * (LENGTH - len(target)))[position]
+    runner_up = jnp.where(position % 5 == 4, NA, VOCAB.size - 1)  # a legal alternative
+    logits = jnp.full((2, VOCAB.size), -1e9).at[:, runner_up].set(jnp.log(0.3))
+    return logits.at[:, want].set(jnp.log(0.7))
+
+  state = _sample(logits_fn, 2)
+  expected = np.full(LENGTH, vocab_lib.PADDING)
+  expected[:len(target)] = target
+  np.testing.assert_array_equal(state.tokens, np.stack([expected] * 2))
+  assert int(state.position) == len(target) == int(state.cache)  # stopped after EOS
+  np.testing.assert_allclose(state.class_probs[0, [4, 9]], [0.7, 0.7], rtol=1e-5)
+  tokens, scores = decode.detection_outputs(state, VOCAB, 'class')
+  found = detections.parse_tokens(np.asarray(tokens[0]), VOCAB, np.asarray(scores[0]))
+  np.testing.assert_array_equal(found.labels, [2, 0])
+  np.testing.assert_allclose(found.scores, [0.7, 0.7], rtol=1e-5)
+  np.testing.assert_allclose(found.boxes[0], VOCAB.bin_to_coord(np.array([10, 20, 30, 40])))
+  _, scores = decode.detection_outputs(state, VOCAB, 'class_x_coords')
+  np.testing.assert_allclose(scores[0, [4, 9]], [0.7 ** 5] * 2, rtol=1e-4)
+
+
+def test_class_is_the_best_real_class_and_na_objects_are_dropped():
+  # Class slot: "n/a" 0.5, class 3 0.3, class 1 0.2. Greedy emits "n/a" for object 1;
+  # object 2's slot prefers class 3 over "n/a".
+  def logits_fn(last, position):
+    logits = jnp.full((1, VOCAB.size), -1e9).at[:, coord(9)].set(0.0).at[:, EOS].set(
+        jnp.where(position == 10, 1e3, -1e9))
+    na = jnp.where(position == 4, jnp.log(0.5), jnp.log(0.1))
+    return logits.at[:, NA].set(na).at[:, C0 + 3].set(jnp.log(0.3)).at[:, C0 + 1].set(
+        jnp.log(0.2))
+
+  state = _sample(logits_fn, 1)
+  np.testing.assert_array_equal(state.tokens[0, [4, 9, 10]], [NA, C0 + 3, EOS])
+  tokens, scores = decode.detection_outputs(state, VOCAB)
+  found = detections.parse_tokens(np.asarray(tokens[0]), VOCAB, np.asarray(scores[0]))
+  np.testing.assert_array_equal(found.labels, [3])
+  np.testing.assert_allclose(found.scores, [0.3 / 0.6], rtol=1e-5)
+
+
+def test_grammar_orders_corners():
+  # The model wants ymax and xmax below ymin and xmin: the grammar lifts them to >=.
+  def logits_fn(last, position):
+    want = jnp.asarray([coord(40), coord(50), coord(3), coord(4), C0])[position % 5]
+    return jnp.zeros((1, VOCAB.size)).at[:, want].set(10.0).at[:, EOS].set(
+        jnp.where(position == 5, 1e3, -1e9))
+
+  state = _sample(logits_fn, 1)
+  np.testing.assert_array_equal(state.tokens[0, :6], [coord(40), coord(50), coord(40),
+                                                      coord(50), C0, EOS])
+
+
+def test_max_objects_forces_eos_and_early_exit_stops_the_loop():
+  never_eos = lambda last, position: jnp.zeros((3, VOCAB.size)).at[:, EOS].set(-1e9)
+  length = vocab_lib.sequence_length(2)
+  state = _sample(never_eos, 3, length=length, temperature=1.0)
+  assert int(state.cache) == length
+  for tokens in np.asarray(state.tokens):
+    assert len(_assert_parses(tokens)) == 2
+
+  # Row r ends after r objects: the loop runs until the longest row ends, no further.
+  def eos_after_rows(last, position):
+    ends = 5 * jnp.arange(3)[:, None]  # [B, 1]
+    is_eos = jnp.arange(VOCAB.size) == EOS
+    return jnp.where(is_eos, jnp.where(position == ends, 1e3, -1e9), 0.0)
+
+  state = _sample(eos_after_rows, 3)
+  assert int(state.cache) == int(state.position) == 11
+  assert [list(t).index(EOS) for t in np.asarray(state.tokens)] == [0, 5, 10]
+
+
+def test_model_stops_when_every_sequence_has_ended(shapes_dir):
   model = _model(shapes_dir)
   bias = np.zeros(VOCAB.size, np.float32)
-  bias[vocab_lib.EOS] = 1e4  # EOS wins wherever the grammar allows it: at position 0
+  bias[EOS] = 1e4  # EOS wins wherever the grammar allows it: at position 0
   model.decoder.output_bias[...] = jnp.asarray(bias)
   state = _run(model, jnp.zeros((2, 64, 64, 3)))
   assert int(state.position) == 1
-  np.testing.assert_array_equal(state.tokens[:, 0], vocab_lib.EOS)
+  np.testing.assert_array_equal(state.tokens[:, 0], EOS)
   assert (np.asarray(state.tokens)[:, 1:] == vocab_lib.PADDING).all()
 
 
+@pytest.mark.parametrize('kwargs', [{'top_k': 1}, {'top_p': 0.0}, {'top_p': 1e-6}])
+def test_top_k_one_and_top_p_zero_equal_greedy(kwargs):
+  random_logits = lambda last, position: jax.random.normal(
+      jax.random.fold_in(jax.random.key(1), position), (16, VOCAB.size))
+  greedy = _sample(random_logits, 16)
+  sampled = _sample(random_logits, 16, temperature=1.0, rng=jax.random.key(5), **kwargs)
+  np.testing.assert_array_equal(sampled.tokens, greedy.tokens)
+
+
+def test_sampling_is_deterministic_given_the_key():
+  random_logits = lambda last, position: jax.random.normal(
+      jax.random.fold_in(jax.random.key(1), position), (8, VOCAB.size))
+  a = _sample(random_logits, 8, temperature=1.0, rng=jax.random.key(3))
+  b = _sample(random_logits, 8, temperature=1.0, rng=jax.random.key(3))
+  c = _sample(random_logits, 8, temperature=1.0, rng=jax.random.key(4))
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  assert (np.asarray(a.tokens) != np.asarray(c.tokens)).any()
+
+
+def test_filters_keep_the_nucleus_and_the_top_k():
+  logits = jnp.log(jnp.asarray([[0.05, 0.5, 0.15, 0.3]]))
+  kept = lambda **kw: np.asarray(decode.filter_logits(logits, **kw)[0] > decode.NEG_INF)
+  np.testing.assert_array_equal(kept(top_p=0.5), [0, 1, 0, 0])  # 0.5 reaches 0.5
+  np.testing.assert_array_equal(kept(top_p=0.7), [0, 1, 0, 1])
+  np.testing.assert_array_equal(kept(top_p=0.81), [0, 1, 1, 1])
+  np.testing.assert_array_equal(kept(top_k=2), [0, 1, 0, 1])
+  np.testing.assert_array_equal(kept(top_k=3, top_p=0.7), [0, 1, 0, 1])
+  # Sampled frequencies follow the renormalised nucleus: 0.5/0.8 and 0.3/0.8.
+  draws = decode.choose_tokens(jnp.tile(logits, (20000, 1)), jax.random.key(0),
+                               temperature=1.0, top_k=0, top_p=0.7)
+  freq = np.bincount(np.asarray(draws), minlength=4) / 20000
+  np.testing.assert_allclose(freq, [0, 0.625, 0, 0.375], atol=0.015)
+
+
 def test_grammar_mask_by_slot():
-  mask = lambda p: np.asarray(decode.grammar_mask(jnp.int32(p), VOCAB, LENGTH))
+  tokens = jnp.full((1, LENGTH), vocab_lib.PADDING).at[0, :2].set(jnp.asarray([coord(7),
+                                                                              coord(9)]))
+  mask = lambda p: np.asarray(decode.grammar_mask(jnp.int32(p), tokens, VOCAB, LENGTH))[0]
   coords = np.zeros(VOCAB.size, bool)
   coords[VOCAB.coord_offset:] = True
   np.testing.assert_array_equal(mask(1), coords)
-  assert mask(0)[vocab_lib.EOS] and mask(5)[vocab_lib.EOS] and not mask(3)[vocab_lib.EOS]
-  assert mask(4)[vocab_lib.NOISE_CLASS] and mask(4)[vocab_lib.CLASS_OFFSET]
-  assert not mask(4)[VOCAB.coord_offset]
-  assert mask(LENGTH - 1).sum() == 1 and mask(LENGTH - 1)[vocab_lib.EOS]
+  above = lambda b: coords & (np.arange(VOCAB.size) >= coord(b))
+  np.testing.assert_array_equal(mask(2), above(7))  # ymax >= ymin
+  np.testing.assert_array_equal(mask(3), above(9))  # xmax >= xmin
+  assert mask(0)[EOS] and mask(5)[EOS] and not mask(3)[EOS]
+  assert mask(4)[NA] and mask(4)[C0] and not mask(4)[VOCAB.coord_offset]
+  assert mask(LENGTH - 1).sum() == 1 and mask(LENGTH - 1)[EOS]

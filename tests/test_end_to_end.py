@@ -86,6 +86,7 @@ def test_coco_tiny_detections_use_the_files_category_ids(tmp_path):
   config.data.source = 'coco_files'
   config.data.coco_dir = root
   config.data.max_instances = 20
+  config.decode.max_objects = 20
   config.train.steps = 2
   config.eval.max_images = 8
   workdir = str(tmp_path / 'coco')

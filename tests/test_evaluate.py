@@ -56,3 +56,21 @@ def test_detections_file_must_be_a_list(tmp_path):
   path.write_text('{"image_id": 1}')
   with pytest.raises(ValueError, match='d.json'):
     evaluate.evaluate_files(shared_path('cocoapi_eval', 'instances_val2014_100.json'), str(path))
+
+
+def test_per_category_ap_and_precision_recall_agree_with_the_summary():
+  coco_gt = evaluate.load_ground_truth(shared_path('cocoapi_eval', 'instances_val2014_100.json'))
+  with open(shared_path('cocoapi_eval', 'instances_val2014_fakebbox100_results.json')) as f:
+    detections = json.load(f)
+  coco_eval = evaluate.run_cocoeval(coco_gt, detections)
+  per_category = evaluate.per_category_ap(coco_eval)
+  assert set(per_category) == set(coco_gt.getCatIds())
+  with_gt = [v for v in per_category.values() if v == v]  # nan: no ground truth
+  assert 0 < len(with_gt) < len(per_category)
+  assert sum(with_gt) / len(with_gt) == pytest.approx(PUBLISHED['AP'], abs=1e-12)
+  recall, precision = evaluate.precision_recall(coco_eval, iou=0.5)
+  assert recall.shape == precision.shape == (101,) and recall[0] == 0 and recall[-1] == 1
+  assert precision.mean() == pytest.approx(PUBLISHED['AP50'], abs=1e-12)
+  assert (precision[:-1] >= precision[1:] - 1e-12).all()  # interpolated: non-increasing
+  with pytest.raises(ValueError, match='0.52'):
+    evaluate.precision_recall(coco_eval, iou=0.52)

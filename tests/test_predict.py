@@ -1,0 +1,75 @@
+"""The Predictor: canvases for any image size, one compilation per canvas, batching."""
+
+import os
+
+import numpy as np
+import pytest
+
+from pix2seq_jax import canvas, evaluate, predict
+
+
+def test_canvas_shapes_and_choice():
+  shapes = canvas.canvas_shapes(96, 16, buckets=4)
+  assert shapes == [(32, 96), (96, 32), (48, 96), (96, 48), (80, 96), (96, 80), (96, 96)]
+  assert canvas.canvas_shapes(96, 16) == [(96, 96)]
+  assert canvas.choose_canvas(30, 96, shapes) == (32, 96)
+  assert canvas.choose_canvas(96, 33, shapes) == (96, 48)
+  assert canvas.choose_canvas(81, 96, shapes) == (96, 96)
+  with pytest.raises(ValueError, match='buckets'):
+    canvas.canvas_shapes(96, 16, buckets=0)
+
+
+def test_to_canvas_resizes_the_longest_side_and_pads_bottom_right():
+  image = np.full((50, 200, 3), 255, np.uint8)
+  square, scale = canvas.to_canvas(image, 96)
+  assert square.shape == (96, 96, 3) and scale == pytest.approx(0.48)
+  np.testing.assert_allclose(square[:24], 1.0)
+  np.testing.assert_allclose(square[24:], canvas.PAD_VALUE)
+  wide, _ = canvas.to_canvas(image, 96, (32, 96))
+  np.testing.assert_array_equal(wide, square[:32])  # the same pixels, less padding
+  with pytest.raises(ValueError, match='does not fit'):
+    canvas.to_canvas(image, 96, (16, 96))
+
+
+def test_new_image_sizes_reuse_the_compiled_canvases(tiny_workdir):
+  predictor = predict.Predictor(tiny_workdir, batch_size=2, decode={'canvas_buckets': 2})
+  assert predictor.canvas_shapes == [(32, 64), (64, 32), (64, 64)]
+  rng = np.random.default_rng(0)
+  sizes = [(40, 120), (120, 40), (90, 90), (33, 100), (100, 34), (64, 63), (20, 200)]
+  images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+  found = predictor(images)
+  assert len(found) == len(images) and predictor.compilations == 3
+  more = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(31, 77), (77, 31)]]
+  predictor(more)
+  assert predictor.compilations == 3
+  for per_image, (h, w) in zip(found, sizes):
+    for det in per_image:
+      x, y, bw, bh = det['bbox']
+      assert 0 <= x <= x + bw <= w + 0.01 and 0 <= y <= y + bh <= h + 0.01
+      assert 1 <= det['category_id'] <= 9 and 0 < det['score'] <= 1
+
+
+def test_an_images_detections_do_not_depend_on_its_batch(tiny_workdir, shapes_dir):
+  predictor = predict.Predictor(tiny_workdir, batch_size=4)
+  paths = sorted(os.path.join(shapes_dir, 'val', f) for f in
+                 os.listdir(os.path.join(shapes_dir, 'val')))[:3]
+  together = predictor(paths)
+  alone = [predictor([p])[0] for p in paths]
+  assert together == alone
+  assert any(together), 'the grammar makes an untrained model emit boxes'
+
+
+def test_predict_coco_split_scores_with_pycocotools(tiny_workdir, shapes_dir):
+  predictor = predict.Predictor(tiny_workdir, batch_size=4,
+                                decode={'temperature': 1.0, 'top_p': 0.4})
+  annotations = os.path.join(shapes_dir, 'annotations', 'instances_val.json')
+  results, image_ids = predict.predict_coco_split(
+      predictor, annotations, os.path.join(shapes_dir, 'val'), max_images=5)
+  assert len(image_ids) == 5 and {r['image_id'] for r in results} <= set(image_ids)
+  metrics = evaluate.coco_metrics(evaluate.load_ground_truth(annotations), results, image_ids)
+  assert set(metrics) == set(evaluate.METRIC_KEYS)
+
+
+def test_unknown_decode_override_is_refused(tiny_workdir):
+  with pytest.raises(KeyError, match='top_q'):
+    predict.Predictor(tiny_workdir, decode={'top_q': 0.4})
