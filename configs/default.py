@@ -87,9 +87,9 @@ def get_config() -> ml_collections.ConfigDict:
   # When sampling, draw only from the smallest set of tokens whose probability reaches
   # top_p (nucleus sampling; the official code uses 0.4 at temperature 1; 1: no limit).
   decode.top_p = 1.0
-  # Objects per image at most (EOS is forced after them); at most data.max_instances,
-  # since the decoder has no positions beyond.
-  decode.max_objects = 100
+  # Objects per image at most (EOS is forced after them); 0: data.max_instances, which
+  # also bounds it (the decoder has no positions beyond).
+  decode.max_objects = 0
   # Object score: 'class' (probability of its class token, as the official code) or
   # 'class_x_coords' (times the probabilities of its four coordinate tokens).
   decode.score = 'class'

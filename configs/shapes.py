@@ -19,5 +19,4 @@ def get_config():
   config.train.eval_every = 1800
   config.train.checkpoint_every = 1800
   config.eval.batch_size = 50
-  config.decode.max_objects = 10
   return config

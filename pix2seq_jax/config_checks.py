@@ -56,11 +56,11 @@ def validate(config: ml_collections.ConfigDict, *, mode: str = 'train') -> None:
 
 def _check_decode(config: ml_collections.ConfigDict) -> None:
   dec, max_instances = config.decode, config.data.max_instances
-  if not 0 < dec.max_objects <= max_instances:
+  if not 0 <= dec.max_objects <= max_instances:
     raise ConfigError(
-        f'config.decode.max_objects={dec.max_objects} must be in [1, data.max_instances='
-        f'{max_instances}]: the decoder has positions for {max_instances} objects. Set '
-        f'--config.decode.max_objects={max_instances} or raise data.max_instances.')
+        f'config.decode.max_objects={dec.max_objects} must be in [0, data.max_instances='
+        f'{max_instances}] (0: data.max_instances): the decoder has positions for '
+        f'{max_instances} objects. Lower it or raise data.max_instances.')
   if dec.temperature < 0:
     raise ConfigError(f'config.decode.temperature={dec.temperature} must be >= 0 '
                       '(0 decodes greedily).')

@@ -25,7 +25,7 @@ def make_decode_fn(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
   compilation per image shape.
   """
   dec = config.decode
-  length = vocab_lib.sequence_length(dec.max_objects)
+  length = vocab_lib.sequence_length(dec.max_objects or config.data.max_instances)
 
   def run(params, batch_stats, images, rng):
     model = nnx.merge(graphdef, params, batch_stats)

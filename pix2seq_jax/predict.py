@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw
 
+from configs import default as default_config
 from pix2seq_jax import canvas, checkpoint, config_checks, detections, evaluate, inference
 from pix2seq_jax import optim, sharding
 from pix2seq_jax import train_step as train_step_lib
@@ -35,12 +36,17 @@ def load_image(path: str) -> np.ndarray:
 
 
 def load_config(workdir: str, decode_overrides: dict | None = None) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with, with `decode` fields optionally replaced."""
+  """The config a workdir was trained with, with `decode` fields optionally replaced.
+
+  Fields added to configs/default.py after the workdir was written take their defaults.
+  """
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} is missing: is {workdir!r} a training workdir?')
   with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+    saved = json.load(f)
+  config = default_config.get_config()
+  config.update(saved)
   for key, value in (decode_overrides or {}).items():
     if key not in config.decode:
       raise KeyError(f'decode.{key} is not a decode setting; have {sorted(config.decode)}.')

@@ -47,7 +47,6 @@ def tiny_config(data_dir: str):
   config.train.log_every = 2
   config.train.checkpoint_every = 2
   config.eval.batch_size = 4
-  config.decode.max_objects = 8
   return config
 
 

@@ -86,7 +86,6 @@ def test_coco_tiny_detections_use_the_files_category_ids(tmp_path):
   config.data.source = 'coco_files'
   config.data.coco_dir = root
   config.data.max_instances = 20
-  config.decode.max_objects = 20
   config.train.steps = 2
   config.eval.max_images = 8
   workdir = str(tmp_path / 'coco')
@@ -106,3 +105,13 @@ def test_coco_tiny_detections_use_the_files_category_ids(tmp_path):
     categories = json.load(f)
   assert [c['id'] for c in categories] == sorted(coco_gt.getCatIds())
   assert np.isfinite(list(metrics.values())).all()
+
+  output, draw_dir = str(tmp_path / 'p.json'), str(tmp_path / 'drawn')
+  entries = predict.predict_files(workdir, os.path.join(root, 'val2017', '*.jpg'), output,
+                                  draw_dir)
+  val_images = len(coco_gt.dataset['images'])
+  assert len(entries) == val_images and len(os.listdir(draw_dir)) == val_images
+  for entry in entries:
+    for det in entry['detections']:
+      assert det['category_id'] in coco_gt.cats
+      assert det['category_name'] == coco_gt.cats[det['category_id']]['name']

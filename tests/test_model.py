@@ -61,3 +61,14 @@ def test_batch_norm_statistics_update_only_in_training(shapes_dir):
   after_train = nnx.state(model, nnx.BatchStat)
   changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), before, after_train)
   assert any(jax.tree.leaves(changed))
+
+
+def test_pointwise_conv_equals_a_1x1_conv():
+  from pix2seq_jax.models import resnet
+  for stride, size in ((1, 8), (2, 8), (2, 7)):
+    pointwise = resnet.PointwiseConv(6, 5, stride, rngs=nnx.Rngs(0))
+    conv = nnx.Conv(6, 5, (1, 1), strides=stride, padding='SAME', use_bias=False,
+                    rngs=nnx.Rngs(1))
+    conv.kernel[...] = pointwise.kernel[...]
+    x = jax.random.normal(jax.random.key(stride), (2, size, size, 6))
+    np.testing.assert_allclose(pointwise(x), conv(x), rtol=1e-5, atol=1e-5)

@@ -73,3 +73,18 @@ def test_predict_coco_split_scores_with_pycocotools(tiny_workdir, shapes_dir):
 def test_unknown_decode_override_is_refused(tiny_workdir):
   with pytest.raises(KeyError, match='top_q'):
     predict.Predictor(tiny_workdir, decode={'top_q': 0.4})
+
+
+def test_a_workdir_written_before_newer_fields_still_loads(tiny_workdir, tmp_path):
+  import json
+  import shutil
+  old = str(tmp_path / 'old')
+  shutil.copytree(tiny_workdir, old)
+  with open(os.path.join(old, 'config.json')) as f:
+    saved = json.load(f)
+  saved['decode'] = {'temperature': 0.0}  # as written before top_k, top_p, ... existed
+  with open(os.path.join(old, 'config.json'), 'w') as f:
+    json.dump(saved, f)
+  config = predict.load_config(old, {'top_p': 0.5})
+  assert config.decode.top_p == 0.5 and config.decode.max_objects == 0
+  assert config.data.image_size == saved['data']['image_size']

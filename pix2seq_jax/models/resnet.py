@@ -15,7 +15,29 @@ from flax import nnx
 _CONV_INIT = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
-def _conv(cin: int, cout: int, kernel: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
+class PointwiseConv(nnx.Module):
+  """A bias-free 1x1 convolution computed as a matmul over pixels.
+
+  Same parameter (`kernel` [1, 1, cin, cout]) and result as `nnx.Conv` with a 1x1
+  kernel and SAME padding, but XLA's CPU backend runs it as a dot about twice as fast
+  as its convolution (benchmarks/decode.py, BENCHMARKS.md).
+  """
+
+  def __init__(self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs):
+    self.stride = stride
+    self.kernel = nnx.Param(_CONV_INIT(rngs.params(), (1, 1, cin, cout)))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.stride > 1:
+      x = x[:, ::self.stride, ::self.stride]  # [B, ceil(H/s), ceil(W/s), Cin], as SAME
+    kernel = self.kernel[...][0, 0]
+    return jnp.einsum('bhwc,cd->bhwd', x, kernel.astype(x.dtype))
+
+
+def _conv(cin: int, cout: int, kernel: int, stride: int,
+          rngs: nnx.Rngs) -> nnx.Conv | PointwiseConv:
+  if kernel == 1:
+    return PointwiseConv(cin, cout, stride, rngs=rngs)
   return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding='SAME',
                   use_bias=False, kernel_init=_CONV_INIT, rngs=rngs)
 
