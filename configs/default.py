@@ -95,6 +95,7 @@ def get_config() -> ml_collections.ConfigDict:
   decode.score = 'class'
   # Predictor only: canvases per image shape. 1 pads every image to the square training
   # canvas; k > 1 also offers S x (i*S/k) canvases for wide and tall images (less
-  # padding, faster), each compiled once.
+  # padding; pays off only where the backbone dominates, see BENCHMARKS.md), each
+  # compiled once.
   decode.canvas_buckets = 1
   return config

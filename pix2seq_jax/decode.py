@@ -67,9 +67,8 @@ def grammar_mask(position: jax.Array, tokens: jax.Array, vocab: vocab_lib.Vocabu
   lower = jax.lax.dynamic_index_in_dim(tokens, jnp.maximum(position - 2, 0), axis=1,
                                        keepdims=True)  # [B, 1]
   lower = jnp.where((slot == 2) | (slot == 3), lower, vocab.coord_offset)
-  coord = (ids >= vocab.coord_offset) & (ids >= lower)  # [B, V]
-  label = ((ids >= vocab_lib.CLASS_OFFSET) & (ids < vocab.coord_offset)) | (
-      ids == vocab_lib.NOISE_CLASS)
+  coord = vocab.is_coord(ids) & (ids >= lower)  # [B, V]
+  label = vocab.is_class(ids) | (ids == vocab_lib.NOISE_CLASS)
   eos = ids == vocab_lib.EOS
   allowed = jnp.where(slot == 0, coord | eos, jnp.where(slot == 4, label, coord))
   return jnp.where(position == length - 1, eos, allowed)
@@ -107,8 +106,7 @@ def sample(logits_fn: LogitsFn, cache: Any, batch: int, vocab: vocab_lib.Vocabul
            length: int, rng: jax.Array, temperature: float = 0.0, top_k: int = 0,
            top_p: float = 1.0, return_logits: bool = False) -> DecodeState:
   """The decoding loop: [B, length] response tokens from `logits_fn`."""
-  real_class = (jnp.arange(vocab.size) >= vocab_lib.CLASS_OFFSET) & (
-      jnp.arange(vocab.size) < vocab.coord_offset)
+  real_class = vocab.is_class(jnp.arange(vocab.size))  # [V]
 
   def body(state: DecodeState) -> DecodeState:
     last = jnp.where(state.position == 0, vocab_lib.START,
@@ -202,8 +200,7 @@ def detection_outputs(state: DecodeState, vocab: vocab_lib.Vocabulary,
   if score not in SCORE_MODES:
     raise ValueError(f'decode.score must be one of {SCORE_MODES}, got {score!r}.')
   tokens = state.tokens
-  emitted_class = (tokens >= vocab_lib.CLASS_OFFSET) & (tokens < vocab.coord_offset)
-  tokens = jnp.where(emitted_class, state.class_tokens, tokens)
+  tokens = jnp.where(vocab.is_class(tokens), state.class_tokens, tokens)
   batch, length = tokens.shape
   objects = (length - 1) // _SLOTS
   per_object = state.token_probs[:, :objects * _SLOTS].reshape(batch, objects, _SLOTS)
