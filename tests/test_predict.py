@@ -1,6 +1,8 @@
 """The Predictor: canvases for any image size, one compilation per canvas, batching."""
 
+import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -76,8 +78,6 @@ def test_unknown_decode_override_is_refused(tiny_workdir):
 
 
 def test_a_workdir_written_before_newer_fields_still_loads(tiny_workdir, tmp_path):
-  import json
-  import shutil
   old = str(tmp_path / 'old')
   shutil.copytree(tiny_workdir, old)
   with open(os.path.join(old, 'config.json')) as f:
