@@ -35,10 +35,24 @@ def get_config() -> ml_collections.ConfigDict:
   data.max_instances = 100
   # Coordinate quantisation bins.
   data.num_bins = 1000
-  # Loss weight of the EOS target token (object tokens weigh 1, padding 0).
+  # Loss weight of the EOS target token (real objects' tokens weigh 1, padding 0).
   data.eos_weight = 0.1
-  # Random horizontal flips in training.
+  # Training augmentation (all off for evaluation). Scale jitter: resize the longest
+  # side to image_size * U[scale_min, scale_max], then crop a random image_size window
+  # (boxes clipped to it, boxes left without area dropped), then pad.
+  data.scale_jitter = True
+  data.scale_min = 0.3
+  data.scale_max = 2.0
+  # Random horizontal flips (p 0.5).
   data.random_flip = True
+  # Sequence augmentation (data/sequences.py): top each sequence up to max_instances
+  # objects with "n/a" noise objects (duplicates and bad boxes of the real ones), and
+  # replace every class token of the decoder input by a random class or "n/a".
+  data.noise_objects = True
+  data.corrupt_classes = True
+  # Loss weights of noise objects' coordinate tokens and class token (real objects: 1).
+  data.noise_coord_weight = 0.0
+  data.noise_class_weight = 1.0
 
   config.model = model = ml_collections.ConfigDict()
   # Model sizes: 'tiny' (CPU) or 'r50' (the official resnet variant).

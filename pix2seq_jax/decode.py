@@ -19,8 +19,9 @@ and to the smallest set whose probability reaches `top_p` (nucleus; 1: all).
 Scores (`detection_outputs`): an object's class is the most likely real class at its
 class slot and its score that class's probability under the grammar-masked softmax
 ('class', as the official code), optionally times the probabilities of its four
-coordinate tokens ('class_x_coords'). Objects whose class slot emitted "n/a" are dropped
-by the parser.
+coordinate tokens ('class_x_coords'). Objects whose class slot emitted "n/a" are kept
+the same way, as the official code does: a model trained with noise objects says "n/a"
+where it is unsure, and its best real class then comes with a low score.
 
 For tests and benchmarks, `step='recompute'` runs the full decoder over the whole
 (causally masked) prefix at every step instead of using the cache.
@@ -194,13 +195,14 @@ def detection_outputs(state: DecodeState, vocab: vocab_lib.Vocabulary,
                       score: str = 'class') -> tuple[jax.Array, jax.Array]:
   """(tokens [B, L], scores [B, L]) for `detections.parse_tokens`.
 
-  At each class slot where a real class was emitted, the token becomes the most likely
-  real class and the score that object's score; "n/a", EOS and padding stay as emitted.
+  At each class slot where a real class or "n/a" was emitted, the token becomes the most
+  likely real class and the score that object's score; EOS and padding stay as emitted.
   """
   if score not in SCORE_MODES:
     raise ValueError(f'decode.score must be one of {SCORE_MODES}, got {score!r}.')
   tokens = state.tokens
-  tokens = jnp.where(vocab.is_class(tokens), state.class_tokens, tokens)
+  label_slot = vocab.is_class(tokens) | (tokens == vocab_lib.NOISE_CLASS)
+  tokens = jnp.where(label_slot, state.class_tokens, tokens)
   batch, length = tokens.shape
   objects = (length - 1) // _SLOTS
   per_object = state.token_probs[:, :objects * _SLOTS].reshape(batch, objects, _SLOTS)

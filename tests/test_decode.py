@@ -117,7 +117,7 @@ def test_known_logits_give_the_known_sequence_and_scores():
   np.testing.assert_allclose(scores[0, [4, 9]], [0.7 ** 5] * 2, rtol=1e-4)
 
 
-def test_class_is_the_best_real_class_and_na_objects_are_dropped():
+def test_class_is_the_best_real_class_and_na_objects_are_kept():
   # Class slot: "n/a" 0.5, class 3 0.3, class 1 0.2. Greedy emits "n/a" for object 1;
   # object 2's slot prefers class 3 over "n/a".
   def logits_fn(last, position):
@@ -131,8 +131,9 @@ def test_class_is_the_best_real_class_and_na_objects_are_dropped():
   np.testing.assert_array_equal(state.tokens[0, [4, 9, 10]], [NA, C0 + 3, EOS])
   tokens, scores = decode.detection_outputs(state, VOCAB)
   found = detections.parse_tokens(np.asarray(tokens[0]), VOCAB, np.asarray(scores[0]))
-  np.testing.assert_array_equal(found.labels, [3])
-  np.testing.assert_allclose(found.scores, [0.3 / 0.6], rtol=1e-5)
+  # Both objects report class 3; the "n/a" one with its (lower) probability.
+  np.testing.assert_array_equal(found.labels, [3, 3])
+  np.testing.assert_allclose(found.scores, [0.3, 0.3 / 0.6], rtol=1e-5)
 
 
 def test_grammar_orders_corners():

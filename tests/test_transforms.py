@@ -37,8 +37,19 @@ CASES = {
     'flip': (lambda im, b: transforms.random_horizontal_flip(im, b, SEED), (_image(), BOXES)),
     'pad': (lambda im, b: transforms.pad_to_canvas(im, b, 64), (_image(), BOXES)),
     'shuffle': (lambda b, l: transforms.shuffle_objects(b, l, SEED), (BOXES, LABELS)),
+    'scale_jitter': (lambda im: transforms.random_scale_jitter(im, 64, SEED, 0.3, 2.0),
+                     (_image(),)),
+    'crop': (lambda im, b, l: transforms.random_crop(im, b, l, 20, SEED),
+             (_image(), BOXES, LABELS)),
     'sequences': (lambda b, l: sequences.build_sequences(
         b, l, vocab_lib.Vocabulary(6, 32), max_instances=4, eos_weight=0.1), (BOXES, LABELS)),
+    'sequences_augmented': (lambda b, l: sequences.build_sequences(
+        b, l, vocab_lib.Vocabulary(6, 32), max_instances=7, eos_weight=0.1, seed=SEED,
+        noise_objects=True, corrupt_classes=True), (BOXES, LABELS)),
+    'noise_boxes': (lambda b: sequences.noise_boxes(b, tf.constant(5), 6, SEED), (BOXES,)),
+    'jitter_boxes': (lambda b: sequences.jitter_boxes(b, SEED), (BOXES,)),
+    'shift_boxes': (lambda b: sequences.shift_boxes(b, SEED), (BOXES,)),
+    'random_boxes': (lambda: sequences.random_boxes(9, SEED), ()),
 }
 
 
@@ -46,7 +57,10 @@ CASES = {
 def test_eager_equals_in_dataset(name):
   fn, args = CASES[name]
   eager = fn(*args)
-  ds = tf.data.Dataset.from_tensors(args).map(lambda *a: fn(*a))
+  if args:
+    ds = tf.data.Dataset.from_tensors(args).map(lambda *a: fn(*a))
+  else:
+    ds = tf.data.Dataset.range(1).map(lambda _: fn())
   in_dataset = next(iter(ds))
   tf.nest.map_structure(lambda a, b: np.testing.assert_allclose(a.numpy(), b.numpy()),
                         eager, in_dataset)

@@ -23,7 +23,7 @@ import tensorflow as tf
 from pix2seq_jax import vocab as vocab_lib
 from pix2seq_jax.data import coco_json, sequences, transforms
 
-_FLIP_OP, _ORDER_OP = 1, 2
+_FLIP_OP, _ORDER_OP, _SCALE_OP, _CROP_OP, _SEQUENCE_OP = 1, 2, 3, 4, 5
 
 
 def _record_tables(records: list[coco_json.ImageRecord]) -> dict[str, tf.Tensor]:
@@ -41,21 +41,36 @@ def _record_tables(records: list[coco_json.ImageRecord]) -> dict[str, tf.Tensor]
 
 def preprocess(tables: dict[str, tf.Tensor], index: tf.Tensor, data: ml_collections.ConfigDict,
                vocab: vocab_lib.Vocabulary, seed: tf.Tensor | None) -> dict[str, tf.Tensor]:
-  """Reads record `index` and builds one example; `seed` [2] enables training randomness."""
+  """Reads record `index` and builds one example; `seed` [2] enables training randomness.
+
+  Training: scale jitter and random crop (`data.scale_jitter`), flip (`data.random_flip`),
+  object shuffling, padding, and sequence augmentation (`data.noise_objects`,
+  `data.corrupt_classes`). Evaluation (`seed` None): resize the longest side, pad.
+  """
   boxes = tables['boxes'][index]
   labels = tables['labels'][index]
   image = transforms.decode_image(tf.io.read_file(tables['path'][index]))
   original_size = tf.shape(image)[:2]
-  image, scale = transforms.resize_longest_side(image, data.image_size)
+  fold = lambda op: tf.random.experimental.stateless_fold_in(seed, op)
+  if seed is not None and data.scale_jitter:
+    image, scale = transforms.random_scale_jitter(image, data.image_size, fold(_SCALE_OP),
+                                                  data.scale_min, data.scale_max)
+    image, boxes, labels = transforms.random_crop(image, boxes, labels, data.image_size,
+                                                  fold(_CROP_OP))
+  else:
+    image, scale = transforms.resize_longest_side(image, data.image_size)
   if seed is not None:
     if data.random_flip:
-      image, boxes = transforms.random_horizontal_flip(
-          image, boxes, tf.random.experimental.stateless_fold_in(seed, _FLIP_OP))
-    boxes, labels = transforms.shuffle_objects(
-        boxes, labels, tf.random.experimental.stateless_fold_in(seed, _ORDER_OP))
+      image, boxes = transforms.random_horizontal_flip(image, boxes, fold(_FLIP_OP))
+    boxes, labels = transforms.shuffle_objects(boxes, labels, fold(_ORDER_OP))
   image, boxes = transforms.pad_to_canvas(image, boxes, data.image_size)
-  example = sequences.build_sequences(boxes, labels, vocab, data.max_instances,
-                                      data.eos_weight)
+  augment = seed is not None
+  example = sequences.build_sequences(
+      boxes, labels, vocab, data.max_instances, data.eos_weight,
+      seed=fold(_SEQUENCE_OP) if augment else None,
+      noise_objects=augment and data.noise_objects,
+      corrupt_classes=augment and data.corrupt_classes,
+      noise_coord_weight=data.noise_coord_weight, noise_class_weight=data.noise_class_weight)
   example.update(image=image, image_id=tables['image_id'][index],
                  original_size=original_size, scale=scale)
   return example

@@ -20,16 +20,47 @@ def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
   return tf.image.convert_image_dtype(image, tf.float32)
 
 
-def resize_longest_side(image: tf.Tensor, size: int) -> tuple[tf.Tensor, tf.Tensor]:
+def resize_longest_side(image: tf.Tensor,
+                        size: int | tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
   """Resizes so the longest side is `size`, keeping aspect. Returns (image, scale).
 
   Normalised boxes are unchanged by this transform; `scale` is resized / original.
   """
   shape = tf.cast(tf.shape(image)[:2], tf.float32)
-  scale = size / tf.reduce_max(shape)
+  scale = tf.cast(size, tf.float32) / tf.reduce_max(shape)
   new_shape = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), 1)
   resized = tf.image.resize(image, new_shape, method='bilinear', antialias=True)
   return tf.clip_by_value(resized, 0.0, 1.0), scale
+
+
+def random_scale_jitter(image: tf.Tensor, size: int, seed: tf.Tensor, min_scale: float,
+                        max_scale: float) -> tuple[tf.Tensor, tf.Tensor]:
+  """Resizes the longest side to `size * s`, s ~ U[min_scale, max_scale], keeping aspect.
+
+  Normalised boxes are unchanged. Returns (image [H', W', 3], resized / original).
+  """
+  jitter = tf.random.stateless_uniform([], seed=seed, minval=min_scale, maxval=max_scale)
+  return resize_longest_side(image, tf.cast(size, tf.float32) * jitter)
+
+
+def random_crop(image: tf.Tensor, boxes: tf.Tensor, labels: tf.Tensor, size: int,
+                seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """Crops a random window of at most size x size; boxes follow, clipped to the window.
+
+  Boxes (image-normalised) that keep no area inside the window are dropped with their
+  labels. Sides already <= size are kept whole (the window is min(side, size)).
+  """
+  shape = tf.shape(image)[:2]
+  window = tf.minimum(shape, size)
+  offset = tf.cast(tf.floor(tf.random.stateless_uniform([2], seed=seed) *
+                            tf.cast(shape - window + 1, tf.float32)), tf.int32)
+  offset = tf.minimum(offset, shape - window)  # uniform in [0, shape - window]
+  cropped = tf.image.crop_to_bounding_box(image, offset[0], offset[1], window[0], window[1])
+  shape_f, offset_f, window_f = (tf.tile(tf.cast(t, tf.float32), [2])
+                                 for t in (shape, offset, window))  # (h, w, h, w)
+  moved = tf.clip_by_value((boxes * shape_f - offset_f) / window_f, 0.0, 1.0)
+  keep = (moved[:, 2] > moved[:, 0]) & (moved[:, 3] > moved[:, 1])
+  return cropped, tf.boolean_mask(moved, keep), tf.boolean_mask(labels, keep)
 
 
 def random_horizontal_flip(image: tf.Tensor, boxes: tf.Tensor, seed: tf.Tensor,
