@@ -1,9 +1,10 @@
-"""Command line: python main.py --config=configs/X.py --workdir=DIR [--mode=train|eval|predict].
+"""Command line: python main.py --config=configs/X.py --workdir=DIR [--mode=...].
 
   train    train (resuming from the latest checkpoint), evaluate periodically and at the end
   eval     evaluate the latest checkpoint of --workdir on the val split
   predict  detect objects in --images=GLOB, write --output=FILE.json, draw into --draw_dir
            (the workdir's config; --config, if given, supplies only the decode settings)
+  summary  print the model's parameters per module and `total_params=N` (no --workdir)
 """
 
 import logging as std_logging
@@ -14,12 +15,11 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and evaluation output.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'], 'What to do.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'summary'], 'What to do.')
 flags.DEFINE_string('images', None, 'predict: a glob of image files.')
 flags.DEFINE_string('output', None, 'predict: the JSON file to write detections to.')
 flags.DEFINE_string('draw_dir', None, 'predict: a folder for the images with boxes drawn.')
 flags.DEFINE_float('min_score', 0.0, 'predict: drop detections scored below this.')
-flags.mark_flags_as_required(['workdir'])
 
 
 def _quiet_orbax(record: std_logging.LogRecord) -> bool:
@@ -36,6 +36,14 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_quiet_orbax)
 
+  if FLAGS.mode == 'summary':
+    if FLAGS.config is None:
+      raise app.UsageError('--mode=summary needs --config.')
+    from pix2seq_jax import summary
+    print(summary.summarise(FLAGS.config))
+    return
+  if not FLAGS.workdir:
+    raise app.UsageError(f'--mode={FLAGS.mode} needs --workdir.')
   if FLAGS.mode == 'predict':
     from pix2seq_jax import predict
     if not FLAGS.images or not FLAGS.output:

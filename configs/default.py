@@ -59,12 +59,24 @@ def get_config() -> ml_collections.ConfigDict:
   model.variant = 'r50'
   # Dropout rate in the transformer (attention/MLP outputs and inputs).
   model.dropout = 0.1
+  # DropPath (stochastic depth) rate of every encoder and decoder residual branch.
+  model.drop_path = 0.1
 
   config.train = train = ml_collections.ConfigDict()
   # Number of optimisation steps.
   train.steps = 100_000
+  # > 0: train for this many epochs of the train split instead (steps = ceil(epochs *
+  # images / batch_size)); warmup_epochs then sets the warmup (warmup_steps ignored).
+  train.epochs = 0.0
+  train.warmup_epochs = 0.0
   # Global batch size, split over all devices of all processes.
   train.batch_size = 32
+  # Split each global batch into this many micro-batches whose gradients are summed
+  # before one update (fits a large batch on few devices; batch norm sees micro-batches).
+  train.grad_accum_steps = 1
+  # 'float32', or 'bfloat16': bfloat16 activations and matmuls with float32 parameters,
+  # optimizer state, softmaxes and loss.
+  train.compute_dtype = 'float32'
   # Peak learning rate of AdamW.
   train.learning_rate = 1e-4
   # Linear warmup steps from 0 to the peak learning rate.

@@ -11,6 +11,7 @@ def get_config():
   config.data.num_bins = 96  # one bin per canvas pixel
   config.model.variant = 'tiny'
   config.model.dropout = 0.0
+  config.model.drop_path = 0.0
   config.train.steps = 5400
   config.train.batch_size = 16  # more, smaller steps learn faster here than batch 32
   config.train.learning_rate = 1e-3

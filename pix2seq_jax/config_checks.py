@@ -8,11 +8,14 @@ import ml_collections
 
 from pix2seq_jax import decode
 from pix2seq_jax.data import sources
-from pix2seq_jax.models import resnet, variants
+from pix2seq_jax.models import backbones, variants
 
 
 class ConfigError(ValueError):
   pass
+
+
+COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 
 def _positive(config: ml_collections.ConfigDict, *names: str) -> None:
@@ -37,9 +40,12 @@ def validate(config: ml_collections.ConfigDict, *, mode: str = 'train') -> None:
   if data.num_bins < 2:
     raise ConfigError(f'config.data.num_bins={data.num_bins} must be at least 2.')
   _check_decode(config)
-  if mode == 'train' and config.train.steps <= 0:
-    raise ConfigError(f'config.train.steps={config.train.steps} must be positive.')
-  stride = resnet.STRIDES[spec.backbone]
+  _check_augmentation(data)
+  _check_train(config)
+  if mode == 'train' and config.train.steps <= 0 and config.train.epochs <= 0:
+    raise ConfigError(f'config.train.steps={config.train.steps} must be positive '
+                      '(or set config.train.epochs).')
+  stride = backbones.STRIDES[spec.backbone]
   if data.image_size % stride:
     raise ConfigError(
         f'config.data.image_size={data.image_size} is not divisible by the {spec.backbone} '
@@ -52,6 +58,33 @@ def validate(config: ml_collections.ConfigDict, *, mode: str = 'train') -> None:
           field = 'data.coco_dir' if data.coco_dir else f'data.{split}_{kind}'
           raise ConfigError(f'config.{field}: {split} {kind} path {path!r} does not exist. '
                             'Set data.coco_dir to a COCO-layout folder or give the paths.')
+
+
+def _check_augmentation(data: ml_collections.ConfigDict) -> None:
+  if not 0 < data.scale_min <= data.scale_max:
+    raise ConfigError(f'config.data.scale_min={data.scale_min} and scale_max={data.scale_max} '
+                      'must satisfy 0 < scale_min <= scale_max (official: 0.3 and 2.0).')
+  for name in ('noise_coord_weight', 'noise_class_weight', 'eos_weight'):
+    if data[name] < 0:
+      raise ConfigError(f'config.data.{name}={data[name]} must be >= 0.')
+
+
+def _check_train(config: ml_collections.ConfigDict) -> None:
+  train, model = config.train, config.model
+  if train.compute_dtype not in COMPUTE_DTYPES:
+    raise ConfigError(f'config.train.compute_dtype={train.compute_dtype!r} is unknown; use '
+                      f'one of {list(COMPUTE_DTYPES)}.')
+  if train.grad_accum_steps < 1:
+    raise ConfigError(f'config.train.grad_accum_steps={train.grad_accum_steps} must be >= 1.')
+  if train.batch_size % train.grad_accum_steps:
+    raise ConfigError(
+        f'config.train.batch_size={train.batch_size} is not divisible by '
+        f'train.grad_accum_steps={train.grad_accum_steps}; make the batch a multiple of it.')
+  if train.epochs < 0 or train.warmup_epochs < 0:
+    raise ConfigError('config.train.epochs and train.warmup_epochs must be >= 0.')
+  for name in ('dropout', 'drop_path'):
+    if not 0.0 <= model[name] < 1.0:
+      raise ConfigError(f'config.model.{name}={model[name]} must be in [0, 1).')
 
 
 def _check_decode(config: ml_collections.ConfigDict) -> None:

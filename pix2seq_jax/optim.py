@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
+import copy
+import math
+
 import jax
 import ml_collections
 import optax
+
+
+def resolve_epochs(config: ml_collections.ConfigDict,
+                   num_train_images: int) -> ml_collections.ConfigDict:
+  """With `train.epochs` > 0: a copy whose steps and warmup_steps count those epochs.
+
+  steps = ceil(epochs * images / batch_size); warmup_steps = round(warmup_epochs *
+  images / batch_size). Without epochs the config is returned unchanged.
+  """
+  train = config.train
+  if train.epochs <= 0:
+    return config
+  resolved = copy.deepcopy(config)
+  steps_per_epoch = num_train_images / train.batch_size
+  resolved.train.steps = max(1, math.ceil(train.epochs * steps_per_epoch))
+  resolved.train.warmup_steps = round(train.warmup_epochs * steps_per_epoch)
+  return resolved
 
 
 def learning_rate_schedule(train: ml_collections.ConfigDict) -> optax.Schedule:

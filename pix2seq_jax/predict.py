@@ -26,7 +26,7 @@ from pix2seq_jax import optim, sharding
 from pix2seq_jax import train_step as train_step_lib
 from pix2seq_jax import vocab as vocab_lib
 from pix2seq_jax.data import coco_json
-from pix2seq_jax.models import resnet, variants
+from pix2seq_jax.models import backbones, variants
 
 
 def load_image(path: str) -> np.ndarray:
@@ -83,7 +83,7 @@ class Predictor:
     self.params, self.batch_stats = state.params, state.batch_stats
     graphdef = train_step_lib.model_graphdef(self.config, self.vocab)
     self._decode = inference.make_decode_fn(self.config, graphdef, self.vocab, self.mesh)
-    stride = resnet.STRIDES[variants.get_spec(self.config.model.variant).backbone]
+    stride = backbones.STRIDES[variants.get_spec(self.config.model.variant).backbone]
     self.size = self.config.data.image_size
     self.canvas_shapes = canvas.canvas_shapes(self.size, stride,
                                               self.config.decode.canvas_buckets)

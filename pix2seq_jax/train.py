@@ -50,10 +50,17 @@ def make_setup(config: ml_collections.ConfigDict, mode: str) -> Setup:
   config_checks.validate(config, mode=mode)
   sharding.check_batch_size(config.train.batch_size)
   sharding.check_batch_size(config.eval.batch_size, 'eval.batch_size')
+  sharding.check_batch_size(config.train.batch_size // config.train.grad_accum_steps,
+                            'train.batch_size / train.grad_accum_steps')
   splits = sources.load_splits(config.data)
   for split in (splits.train, splits.val):
     if split.dropped:
       logging.info('%s: left out %s', split.annotations_path, split.dropped)
+  if config.train.epochs > 0:
+    config = optim.resolve_epochs(config, len(splits.train.records))
+    logging.info('train.epochs=%g over %d images at batch %d: %d steps, %d warmup steps.',
+                 config.train.epochs, len(splits.train.records), config.train.batch_size,
+                 config.train.steps, config.train.warmup_steps)
   vocab = vocab_lib.Vocabulary(splits.categories.num_classes, config.data.num_bins)
   mesh = sharding.make_mesh()
   graphdef = train_step_lib.model_graphdef(config, vocab)
@@ -116,6 +123,7 @@ def _restore_or_create(setup: Setup, manager) -> train_step_lib.TrainState:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains for config.train.steps (resuming from the latest checkpoint), then evaluates."""
   setup = make_setup(config, 'train')
+  config = setup.config  # with train.epochs resolved to steps
   os.makedirs(workdir, exist_ok=True)
   _write_json(os.path.join(workdir, 'config.json'), config.to_dict())
   _write_json(os.path.join(workdir, 'categories.json'), setup.splits.categories.to_json())

@@ -4,6 +4,14 @@ The model runs through the functional NNX form: `nnx.split` gives a static graph
 and plain state pytrees (parameters, batch-norm statistics) that jit, optax, orbax
 and shardings handle directly; `nnx.merge` rebuilds the module inside the jitted
 function. Parameters are created replicated; batches are split over 'data'.
+
+Mixed precision (`train.compute_dtype='bfloat16'`): parameters and optimizer state stay
+float32; a bfloat16 copy of the parameters runs the model, so gradients arrive in
+float32 through the cast. Gradient accumulation (`train.grad_accum_steps=k`) scans over
+k micro-batches (rows j, j+k, j+2k, ... of the global batch, so every device keeps a
+share), sums the weighted token losses, their weights and gradients, and normalises
+once: the same update as one step on the whole batch, except that batch norm sees the
+statistics of each micro-batch.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ def build_model(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,
   return pix2seq.Pix2Seq(
       variants.get_spec(config.model.variant), vocab.size,
       vocab_lib.sequence_length(config.data.max_instances),
-      dropout=config.model.dropout, rngs=rngs)
+      dropout=config.model.dropout, drop_path=config.model.drop_path, rngs=rngs)
 
 
 def model_graphdef(config: ml_collections.ConfigDict,
@@ -77,22 +85,55 @@ def weighted_cross_entropy(logits: jax.Array, targets: jax.Array,
   return jnp.sum(losses * weights), jnp.sum(weights)
 
 
+def cast_floats(tree: Any, dtype: jnp.dtype) -> Any:
+  """Casts the floating-point leaves of `tree` to `dtype`."""
+  return jax.tree.map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def _micro_batches(batch: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
+  """[B, ...] -> [k, B/k, ...]; micro-batch j holds rows j, j + k, j + 2k, ..."""
+  def split(x):
+    return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+  return jax.tree.map(split, batch)
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef,
-               tx: optax.GradientTransformation, schedule: optax.Schedule,
-               seed: int) -> tuple[TrainState, dict[str, jax.Array]]:
+               tx: optax.GradientTransformation, schedule: optax.Schedule, seed: int,
+               compute_dtype: jnp.dtype = jnp.float32,
+               grad_accum_steps: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
   """One AdamW step on the global batch; returns the new state and scalar metrics."""
   rng = jax.random.fold_in(jax.random.key(seed), state.step)
 
-  def loss_fn(params, batch_stats):
-    model = nnx.merge(graphdef, params, batch_stats, copy=True)  # fresh Variables in this trace
-    logits = model(batch['image'], batch['input_tokens'], train=True,
-                   rngs=nnx.Rngs(dropout=rng))  # [B, L, V]
-    total, weight = weighted_cross_entropy(logits, batch['target_tokens'],
-                                           batch['loss_weights'])
-    return total / jnp.maximum(weight, 1e-8), nnx.state(model, nnx.BatchStat)
+  def loss_sum(params, batch_stats, micro, micro_rng):
+    model = nnx.merge(graphdef, cast_floats(params, compute_dtype), batch_stats,
+                      copy=True)  # fresh Variables in this trace
+    logits = model(micro['image'], micro['input_tokens'], train=True,
+                   rngs=nnx.Rngs(dropout=micro_rng))  # [b, L, V]
+    total, weight = weighted_cross_entropy(logits, micro['target_tokens'],
+                                           micro['loss_weights'])
+    return total, (weight, nnx.state(model, nnx.BatchStat))
 
-  (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params, state.batch_stats)
+  grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
+  if grad_accum_steps == 1:
+    (total, (weight, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch, rng)
+  else:
+    def accumulate(carry, micro_and_index):
+      micro, index = micro_and_index
+      total, weight, grads, batch_stats = carry
+      (t, (w, batch_stats)), g = grad_fn(state.params, batch_stats, micro,
+                                         jax.random.fold_in(rng, index))
+      return (total + t, weight + w, jax.tree.map(jnp.add, grads, g), batch_stats), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (total, weight, grads, batch_stats), _ = jax.lax.scan(
+        accumulate, (jnp.zeros(()), jnp.zeros(()), zeros, state.batch_stats),
+        (_micro_batches(batch, grad_accum_steps), jnp.arange(grad_accum_steps)))
+  # The loss is sum(w * CE) / sum(w) over the whole batch; its gradient is the summed
+  # gradient over the same normaliser.
+  normaliser = jnp.maximum(weight, 1e-8)
+  loss, grads = total / normaliser, jax.tree.map(lambda g: g / normaliser, grads)
+  batch_stats = cast_floats(batch_stats, jnp.float32)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads),
@@ -107,7 +148,9 @@ def make_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, m
   """train_step jitted over `mesh`: state replicated (and donated), batch split over 'data'."""
   step = functools.partial(train_step, graphdef=graphdef, tx=tx,
                            schedule=optim.learning_rate_schedule(config.train),
-                           seed=config.seed)
+                           seed=config.seed,
+                           compute_dtype=jnp.dtype(config.train.compute_dtype),
+                           grad_accum_steps=config.train.grad_accum_steps)
   return jax.jit(step, in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
                  out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)),
                  donate_argnums=0)

@@ -8,7 +8,7 @@ from flax import nnx
 
 from pix2seq_jax import train_step
 from pix2seq_jax import vocab as vocab_lib
-from pix2seq_jax.models import resnet, variants
+from pix2seq_jax.models import backbones, resnet, transformer, variants, vit
 from tests.conftest import tiny_config
 
 VOCAB = vocab_lib.Vocabulary(num_classes=5, num_bins=64)
@@ -30,24 +30,48 @@ def test_tiny_model_output_shapes(shapes_dir):
   assert np.isfinite(np.asarray(logits)).all()
 
 
-@pytest.mark.parametrize('name', sorted(resnet.BACKBONES))
+@pytest.mark.parametrize('name', sorted(backbones.BACKBONES))
 def test_backbone_strides_match_the_table(name):
-  backbone = nnx.eval_shape(lambda: resnet.BACKBONES[name](rngs=nnx.Rngs(0)))
-  assert backbone.stride == resnet.STRIDES[name]
-  features = jax.eval_shape(
-      lambda: resnet.BACKBONES[name](rngs=nnx.Rngs(0))(jnp.zeros((1, 64, 64, 3)), train=False))
+  backbone = nnx.eval_shape(lambda: backbones.BACKBONES[name](rngs=nnx.Rngs(0)))
+  assert backbone.stride == backbones.STRIDES[name]
+  features = jax.eval_shape(lambda: backbones.BACKBONES[name](rngs=nnx.Rngs(0))(
+      jnp.zeros((1, 64, 64, 3)), train=False))
   assert features.shape[1:3] == (64 // backbone.stride, 64 // backbone.stride)
+  assert features.shape[3] == backbone.num_features
 
 
-def test_r50_has_the_official_parameter_count(shapes_dir):
+# Official totals (REFERENCE.md) and, where known, the backbone's share.
+OFFICIAL = {'r50': (36.6e6, 23.5e6), 'r50_c4': (84.7e6, 8.5e6), 'vit_b': (115.2e6, None)}
+
+
+@pytest.mark.parametrize('variant', sorted(OFFICIAL))
+def test_variants_have_the_official_parameter_counts(shapes_dir, variant):
   config = tiny_config(shapes_dir)
-  config.model.variant = 'r50'
+  config.model.variant = variant
   config.data.max_instances = 100  # official: 512 positions; 501 here
-  config.data.num_bins = 1000
   vocab = vocab_lib.Vocabulary(num_classes=80 + 16, num_bins=2900)  # official vocab: 3000
   model = nnx.eval_shape(lambda: train_step.build_model(config, vocab, nnx.Rngs(0)))
-  assert abs(_param_count(model) - 36.6e6) / 36.6e6 < 0.03
-  assert abs(_param_count(model.backbone) - 23.5e6) / 23.5e6 < 0.01  # ResNet-50 trunk
+  total, trunk = OFFICIAL[variant]
+  assert abs(_param_count(model) - total) / total < 0.03
+  if trunk:
+    assert abs(_param_count(model.backbone) - trunk) / trunk < 0.01
+
+
+def test_patchify_keeps_patches_whole():
+  images = jnp.arange(2 * 16 * 24 * 3, dtype=jnp.float32).reshape(2, 16, 24, 3)
+  patches = vit.Patchify(8)(images, train=False)
+  assert patches.shape == (2, 2, 3, 8 * 8 * 3)
+  np.testing.assert_array_equal(patches[1, 1, 2].reshape(8, 8, 3), images[1, 8:16, 16:24])
+
+
+def test_drop_path_drops_whole_examples():
+  x = jnp.ones((4000, 3, 5))
+  out = transformer.DropPath(0.25)(x, nnx.Rngs(dropout=0))
+  per_example = np.asarray(out).reshape(4000, -1)
+  assert set(np.unique(per_example)) <= {np.float32(0.0), np.float32(1 / 0.75)}
+  assert np.all(per_example.min(axis=1) == per_example.max(axis=1))  # all or nothing
+  assert abs((per_example[:, 0] == 0).mean() - 0.25) < 0.03
+  np.testing.assert_array_equal(transformer.DropPath(0.25)(x, None), x)
 
 
 def test_batch_norm_statistics_update_only_in_training(shapes_dir):
@@ -64,7 +88,6 @@ def test_batch_norm_statistics_update_only_in_training(shapes_dir):
 
 
 def test_pointwise_conv_equals_a_1x1_conv():
-  from pix2seq_jax.models import resnet
   for stride, size in ((1, 8), (2, 8), (2, 7)):
     pointwise = resnet.PointwiseConv(6, 5, stride, rngs=nnx.Rngs(0))
     conv = nnx.Conv(6, 5, (1, 1), strides=stride, padding='SAME', use_bias=False,

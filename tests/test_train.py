@@ -77,3 +77,63 @@ def test_checkpoint_round_trip(trainer, tmp_path):
   _, got = step(restored, batch)
   assert float(got['loss']) == float(expected['loss'])
   assert checkpoint.restore(checkpoint.make_manager(str(tmp_path / 'empty')), abstract) is None
+
+
+def _one_step(config, batch, mesh=None):
+  """(loss, params) after one step from the seed's initial state."""
+  mesh = mesh or sharding.make_mesh()
+  tx = optim.make_optimizer(config.train)
+  step = train_step.make_train_step(config, train_step.model_graphdef(config, VOCAB), mesh, tx)
+  state = train_step.create_train_state(config, VOCAB, mesh, tx)
+  state, metrics = step(state, sharding.put_batch(batch, mesh))
+  return float(metrics['loss']), jax.device_get(state)
+
+
+def test_bfloat16_step_is_finite_and_close_to_float32(shapes_dir):
+  config = tiny_config(shapes_dir)
+  config.model.dropout = config.model.drop_path = 0.0
+  batch = _batch(config, np.random.default_rng(2))
+  loss32, state32 = _one_step(config, batch)
+  config.train.compute_dtype = 'bfloat16'
+  loss16, state16 = _one_step(config, batch)
+  assert np.isfinite(loss16)
+  assert abs(loss16 - loss32) / loss32 < 0.02
+  assert loss16 != loss32  # it really ran in bfloat16
+  # Parameters, batch statistics and optimizer state stay float32.
+  for leaf in jax.tree.leaves((state16.params, state16.batch_stats, state16.opt_state)):
+    assert leaf.dtype in (np.float32, np.int32), leaf.dtype
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-3), state16.params,
+               state32.params)
+
+
+def test_grad_accumulation_equals_one_step_on_the_whole_batch(shapes_dir):
+  # A ViT backbone: no batch norm, whose per-micro-batch statistics would differ.
+  config = tiny_config(shapes_dir)
+  config.model.variant = 'vit_tiny'
+  config.model.dropout = config.model.drop_path = 0.0
+  config.train.batch_size = 8
+  batch = _batch(config, np.random.default_rng(3))
+  batch['loss_weights'] = np.random.default_rng(4).uniform(
+      size=batch['loss_weights'].shape).astype(np.float32)  # unequal micro-batch weights
+  loss1, state1 = _one_step(config, batch)
+  config.train.grad_accum_steps = 4
+  loss4, state4 = _one_step(config, batch)
+  np.testing.assert_allclose(loss4, loss1, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               state4.params, state1.params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+               state4.opt_state, state1.opt_state)
+
+
+def test_epochs_resolve_to_steps(shapes_dir):
+  config = tiny_config(shapes_dir)
+  config.train.batch_size = 128
+  config.train.epochs, config.train.warmup_epochs = 80, 2
+  resolved = optim.resolve_epochs(config, 118_287)
+  assert resolved.train.steps == 73_930  # ceil(80 * 118287 / 128)
+  assert resolved.train.warmup_steps == 1848
+  assert config.train.steps == 4  # the original is left alone
+  schedule = optim.learning_rate_schedule(resolved.train)
+  assert float(schedule(1848)) == pytest.approx(config.train.learning_rate)
+  config.train.epochs = 0
+  assert optim.resolve_epochs(config, 118_287) is config

@@ -1,9 +1,13 @@
 """The Pix2Seq model: image -> backbone -> encoder -> memory; tokens -> decoder -> logits.
 
-  features [B, h, w, C] -> Dense(D_enc) -> LN -> + 2D sin-cos -> encoder -> LN
+  features [B, h, w, C] -> (dropout) -> Dense(D_enc) -> LN -> + 2D sin-cos -> encoder -> LN
   memory = Dense(D_dec) -> LN -> + 2D sin-cos -> residual pre-LN MLP        [B, h*w, D_dec]
   decoder: token embedding + learned positions -> layers -> LN -> h . E^T + b   [B, T, V]
-The token embedding is shared by the decoder's input and output.
+The token embedding is shared by the decoder's input and output. With a ViT variant the
+features are raw patches and Dense(D_enc) is the patch embedding (see vit.py).
+Computation follows the parameters' dtype: casting them to bfloat16 (train_step's
+`compute_dtype`) runs matmuls and activations in bfloat16, with softmaxes, norms'
+statistics and the loss in float32.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pix2seq_jax.models import resnet, transformer
+from pix2seq_jax.models import backbones, transformer
 from pix2seq_jax.models.variants import ModelSpec
 
 Cache = list[dict[str, jax.Array]]  # per decoder layer {'k', 'v'}: [B, L, H, K]
@@ -34,7 +38,7 @@ class Decoder(nnx.Module):
   """Autoregressive token decoder with a shared input/output embedding."""
 
   def __init__(self, spec: ModelSpec, vocab_size: int, max_seq_len: int, dropout: float,
-               *, rngs: nnx.Rngs):
+               drop_path: float = 0.0, *, rngs: nnx.Rngs):
     dim = spec.decoder_dim
     self.max_seq_len, self.heads = max_seq_len, spec.decoder_heads
     self.embed = nnx.Embed(vocab_size, dim, embedding_init=nnx.initializers.normal(0.02),
@@ -42,7 +46,7 @@ class Decoder(nnx.Module):
     self.positions = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (max_seq_len, dim)))
     self.layers = nnx.List([
         transformer.DecoderLayer(dim, spec.decoder_heads, spec.decoder_mlp_dim, dropout,
-                                 rngs=rngs) for _ in range(spec.decoder_layers)])
+                                 drop_path, rngs=rngs) for _ in range(spec.decoder_layers)])
     self.norm = transformer._layer_norm(dim, rngs)
     self.output_bias = nnx.Param(jnp.zeros((vocab_size,)))
     self.dropout = transformer.Dropout(dropout)
@@ -84,35 +88,38 @@ class Pix2Seq(nnx.Module):
   """Images [B, S, S, 3] in [0, 1] and input tokens [B, T] -> next-token logits [B, T, V]."""
 
   def __init__(self, spec: ModelSpec, vocab_size: int, max_seq_len: int, *,
-               dropout: float = 0.0, rngs: nnx.Rngs):
+               dropout: float = 0.0, drop_path: float = 0.0, rngs: nnx.Rngs):
     self.spec = spec
-    self.backbone = resnet.BACKBONES[spec.backbone](rngs=rngs)
+    self.backbone = backbones.BACKBONES[spec.backbone](rngs=rngs)
     enc, dec = spec.encoder_dim, spec.decoder_dim
     self.input_proj = transformer._dense(self.backbone.num_features, enc, rngs)
     self.input_norm = transformer._layer_norm(enc, rngs)
     self.encoder = nnx.List([
         transformer.EncoderLayer(enc, spec.encoder_heads, spec.encoder_mlp_dim, dropout,
-                                 rngs=rngs) for _ in range(spec.encoder_layers)])
+                                 drop_path, rngs=rngs) for _ in range(spec.encoder_layers)])
     self.encoder_norm = transformer._layer_norm(enc, rngs)
     self.memory_proj = transformer._dense(enc, dec, rngs)
     self.memory_norm = transformer._layer_norm(dec, rngs)
     self.memory_mlp_norm = transformer._layer_norm(dec, rngs)
     self.memory_mlp = transformer.MLP(dec, spec.decoder_mlp_dim, dropout, rngs=rngs)
-    self.decoder = Decoder(spec, vocab_size, max_seq_len, dropout, rngs=rngs)
+    self.decoder = Decoder(spec, vocab_size, max_seq_len, dropout, drop_path, rngs=rngs)
     self.dropout = transformer.Dropout(dropout)
 
   def encode(self, images: jax.Array, *, train: bool,
              rngs: nnx.Rngs | None = None) -> jax.Array:
     """images [B, S, S, 3] -> decoder memory [B, (S/stride)^2, D_dec]."""
+    images = images.astype(self.input_proj.kernel.dtype)
     features = self.backbone(images, train=train)  # [B, h, w, C]
     batch, height, width, channels = features.shape
     x = features.reshape(batch, height * width, channels)
-    x = self.input_norm(self.input_proj(self.dropout(x, rngs)))
-    x = x + sincos_2d(height, width, self.spec.encoder_dim)
+    if self.backbone.feature_dropout:
+      x = self.dropout(x, rngs)
+    x = self.input_norm(self.input_proj(x))
+    x = x + sincos_2d(height, width, self.spec.encoder_dim).astype(x.dtype)
     for layer in self.encoder:
       x = layer(x, rngs)
     x = self.memory_norm(self.memory_proj(self.encoder_norm(x)))
-    x = x + sincos_2d(height, width, self.spec.decoder_dim)
+    x = x + sincos_2d(height, width, self.spec.decoder_dim).astype(x.dtype)
     return x + self.memory_mlp(self.memory_mlp_norm(x), rngs)
 
   def __call__(self, images: jax.Array, input_tokens: jax.Array, *, train: bool,

@@ -1,4 +1,4 @@
-"""ResNet backbones in Flax NNX: ResNet-50 v1.5 (stride on the 3x3 conv) and a tiny variant.
+"""ResNet backbones in Flax NNX: ResNet-50 v1.5 (stride on the 3x3 conv), its C4 trunk, tiny.
 
 Batch norm is trained (statistics of the global batch when run under `jax.jit` over a
 mesh); `train=False` uses the running averages.
@@ -132,6 +132,8 @@ class ResNet(nnx.Module):
     for s in stage_strides:
       self.stride *= s
 
+  feature_dropout = True  # Pix2Seq applies dropout to these features
+
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
     x = images
     if self.stem_kind == 'small':
@@ -149,13 +151,13 @@ def resnet50(*, rngs: nnx.Rngs) -> ResNet:
                 stem='imagenet', stem_width=64, rngs=rngs)
 
 
+def resnet50_c4(*, rngs: nnx.Rngs) -> ResNet:
+  """ResNet-50 stages 1-4 (conv1 .. conv4_x): stride 16, 1024 features."""
+  return ResNet(BottleneckBlock, (3, 4, 6), (64, 128, 256), (1, 2, 2),
+                stem='imagenet', stem_width=64, rngs=rngs)
+
+
 def resnet_tiny(*, rngs: nnx.Rngs) -> ResNet:
   """~0.9M parameters, stride 16 (the last stage keeps its input size): fast on 2 CPU cores."""
   return ResNet(BasicBlock, (1, 1, 1, 1), (32, 64, 128, 192), (1, 2, 2, 1),
                 stem='small', stem_width=32, rngs=rngs)
-
-
-BACKBONES = {'resnet50': resnet50, 'resnet_tiny': resnet_tiny}
-# Output stride of each backbone (checked against ResNet.stride in the tests), so configs
-# can be validated without building a model.
-STRIDES = {'resnet50': 32, 'resnet_tiny': 16}

@@ -41,6 +41,20 @@ class Dropout(nnx.Module):
     return jnp.where(keep, x / (1.0 - self.rate), 0.0)
 
 
+class DropPath(nnx.Module):
+  """Stochastic depth: drops a residual branch for whole examples (rngs None: identity)."""
+
+  def __init__(self, rate: float):
+    self.rate = rate
+
+  def __call__(self, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
+    if rngs is None or self.rate == 0.0:
+      return x
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    keep = jax.random.bernoulli(rngs.dropout(), 1.0 - self.rate, shape)
+    return jnp.where(keep, x / (1.0 - self.rate), 0.0)
+
+
 class Attention(nnx.Module):
   """Multi-head attention whose keys/values can be projected once and reused."""
 
@@ -65,7 +79,7 @@ class Attention(nnx.Module):
     logits = jnp.einsum('bthk,bshk->bhts', q, kv[0])
     if mask is not None:
       logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-    weights = jax.nn.softmax(logits, axis=-1)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(kv[1].dtype)
     out = jnp.einsum('bhts,bshk->bthk', weights, kv[1])
     return self.out(out.reshape(*x.shape[:-1], -1))
 
@@ -79,39 +93,51 @@ class MLP(nnx.Module):
     return self.fc2(self.dropout(jax.nn.gelu(self.fc1(x), approximate=False), rngs))
 
 
+class _Residual(nnx.Module):
+  """Dropout then DropPath on a residual branch's output."""
+
+  def __init__(self, dropout: float, drop_path: float):
+    self.dropout, self.drop_path = Dropout(dropout), DropPath(drop_path)
+
+  def __call__(self, branch: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
+    return self.drop_path(self.dropout(branch, rngs), rngs)
+
+
 class EncoderLayer(nnx.Module):
   """x + SelfAttention(LN(x)); x + MLP(LN(x))."""
 
-  def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float, *, rngs: nnx.Rngs):
+  def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float,
+               drop_path: float = 0.0, *, rngs: nnx.Rngs):
     self.attn_norm, self.attn = _layer_norm(dim, rngs), Attention(dim, heads, rngs=rngs)
     self.mlp_norm, self.mlp = _layer_norm(dim, rngs), MLP(dim, mlp_dim, dropout, rngs=rngs)
-    self.dropout = Dropout(dropout)
+    self.residual = _Residual(dropout, drop_path)
 
   def __call__(self, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
     h = self.attn_norm(x)
-    x = x + self.dropout(self.attn(h, self.attn.project_kv(h)), rngs)
-    return x + self.dropout(self.mlp(self.mlp_norm(x), rngs), rngs)
+    x = x + self.residual(self.attn(h, self.attn.project_kv(h)), rngs)
+    return x + self.residual(self.mlp(self.mlp_norm(x), rngs), rngs)
 
 
 class DecoderLayer(nnx.Module):
   """Causal self-attention, cross-attention to the image memory, then an MLP (all pre-LN)."""
 
-  def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float, *, rngs: nnx.Rngs):
+  def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float,
+               drop_path: float = 0.0, *, rngs: nnx.Rngs):
     self.self_norm, self.self_attn = _layer_norm(dim, rngs), Attention(dim, heads, rngs=rngs)
     self.cross_norm, self.cross_attn = _layer_norm(dim, rngs), Attention(dim, heads, rngs=rngs)
     self.mlp_norm, self.mlp = _layer_norm(dim, rngs), MLP(dim, mlp_dim, dropout, rngs=rngs)
-    self.dropout = Dropout(dropout)
+    self.residual = _Residual(dropout, drop_path)
 
   def _cross_and_mlp(self, x: jax.Array, memory_kv: KeyValue,
                      rngs: nnx.Rngs | None) -> jax.Array:
-    x = x + self.dropout(self.cross_attn(self.cross_norm(x), memory_kv), rngs)
-    return x + self.dropout(self.mlp(self.mlp_norm(x), rngs), rngs)
+    x = x + self.residual(self.cross_attn(self.cross_norm(x), memory_kv), rngs)
+    return x + self.residual(self.mlp(self.mlp_norm(x), rngs), rngs)
 
   def __call__(self, x: jax.Array, memory_kv: KeyValue, rngs: nnx.Rngs | None) -> jax.Array:
     """x: [B, T, D], all positions at once under a causal mask."""
     h = self.self_norm(x)
     causal = jnp.tril(jnp.ones((x.shape[1], x.shape[1]), bool))
-    x = x + self.dropout(self.self_attn(h, self.self_attn.project_kv(h), causal), rngs)
+    x = x + self.residual(self.self_attn(h, self.self_attn.project_kv(h), causal), rngs)
     return self._cross_and_mlp(x, memory_kv, rngs)
 
   def step(self, x: jax.Array, position: jax.Array, cache: dict[str, jax.Array],

@@ -7,7 +7,7 @@ import dataclasses
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  backbone: str  # a key of resnet.BACKBONES
+  backbone: str  # a key of backbones.BACKBONES
   encoder_layers: int
   encoder_dim: int
   encoder_mlp_dim: int
@@ -21,8 +21,16 @@ class ModelSpec:
 VARIANTS = {
     # Fast on two CPU cores: stride-16 ResNet of basic blocks, 2+2 layers of width 128.
     'tiny': ModelSpec('resnet_tiny', 2, 128, 512, 4, 2, 128, 512, 4),
-    # The official `resnet` variant: R50 C5 features, 6x256 encoder, 6x256 decoder.
+    # A tiny ViT (8 px patches, 2+2 layers of width 128): a backbone without batch norm,
+    # for tests whose exact equalities batch statistics would break.
+    'vit_tiny': ModelSpec('vit_patch8', 2, 128, 512, 4, 2, 128, 512, 4),
+    # The official `resnet` variant: R50 C5 features, 6x256 encoder, 6x256 decoder (36.6M).
     'r50': ModelSpec('resnet50', 6, 256, 1024, 8, 6, 256, 1024, 8),
+    # The official `resnet-c` variant: R50 C4 features (stride 16), 12x512 encoder,
+    # 8x512 decoder (84.7M).
+    'r50_c4': ModelSpec('resnet50_c4', 12, 512, 2048, 16, 8, 512, 2048, 16),
+    # The official `vit-b` variant: ViT-B/16 encoder (12x768), 6x512 decoder (115.2M).
+    'vit_b': ModelSpec('vit_patch16', 12, 768, 3072, 12, 6, 512, 2048, 16),
 }
 
 

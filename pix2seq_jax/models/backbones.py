@@ -1,0 +1,17 @@
+"""Backbones by name (`ModelSpec.backbone`) and their output strides."""
+
+from __future__ import annotations
+
+from pix2seq_jax.models import resnet, vit
+
+BACKBONES = {
+    'resnet50': resnet.resnet50,
+    'resnet50_c4': resnet.resnet50_c4,
+    'resnet_tiny': resnet.resnet_tiny,
+    'vit_patch16': lambda *, rngs: vit.Patchify(16),
+    'vit_patch8': lambda *, rngs: vit.Patchify(8),
+}
+# Output stride of each backbone (checked against the modules in the tests), so configs
+# can be validated without building a model.
+STRIDES = {'resnet50': 32, 'resnet50_c4': 16, 'resnet_tiny': 16, 'vit_patch16': 16,
+           'vit_patch8': 8}

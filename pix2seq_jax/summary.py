@@ -1,0 +1,70 @@
+"""`--mode=summary`: the model's parameters per module, without allocating them.
+
+The vocabulary size follows the dataset: shapes' classes, or the categories of the
+COCO-format annotation file when it exists; otherwise COCO's 80 classes (the table
+says so).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from pix2seq_jax import config_checks
+from pix2seq_jax import train_step as train_step_lib
+from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax.data import shapes, sources
+
+COCO_CLASSES = 80
+# Module groups broken down one level further in the table.
+_EXPANDED = ('backbone', 'decoder')
+
+
+def num_classes_of(data: ml_collections.ConfigDict) -> tuple[int, str]:
+  """(number of classes, where it came from) without reading any images."""
+  if data.source == 'shapes':
+    return len(shapes.CATEGORIES), 'shapes categories'
+  if data.source == 'coco_files':
+    paths = sources.split_paths(data)
+    for split in ('val', 'train'):  # the val file is the smaller one to read
+      path = paths[split][1]
+      if path and os.path.exists(path):
+        with open(path) as f:
+          return len(json.load(f)['categories']), path
+  return COCO_CLASSES, f'no annotation file found: assuming COCO\'s {COCO_CLASSES} classes'
+
+
+def parameter_counts(config: ml_collections.ConfigDict,
+                     num_classes: int) -> 'OrderedDict[str, int]':
+  """{module group: parameter count} in definition order."""
+  vocab = vocab_lib.Vocabulary(num_classes, config.data.num_bins)
+  model = nnx.eval_shape(lambda: train_step_lib.build_model(config, vocab, nnx.Rngs(0)))
+  params = nnx.state(model, nnx.Param)
+  counts: 'OrderedDict[str, int]' = OrderedDict()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    keys = [str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path]
+    group = '.'.join(keys[:2]) if keys[0] in _EXPANDED and len(keys) > 2 else keys[0]
+    counts[group] = counts.get(group, 0) + int(np.prod(leaf.shape))
+  return counts
+
+
+def summarise(config: ml_collections.ConfigDict) -> str:
+  """The table printed by `--mode=summary`; its last line is `total_params=<N>`."""
+  config_checks.validate(config, mode='summary')
+  num_classes, origin = num_classes_of(config.data)
+  counts = parameter_counts(config, num_classes)
+  total = sum(counts.values())
+  width = max(len(name) for name in counts)
+  lines = [f'variant={config.model.variant} classes={num_classes} ({origin}) '
+           f'bins={config.data.num_bins}',
+           f'{"module":<{width}}  {"parameters":>12}  {"share":>6}']
+  for name, count in counts.items():
+    lines.append(f'{name:<{width}}  {count:>12,}  {count / total:>6.1%}')
+  lines.append(f'total_params={total}')
+  return '\n'.join(lines)
