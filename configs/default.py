@@ -59,6 +59,12 @@ def get_config() -> ml_collections.ConfigDict:
   model.variant = 'r50'
   # Dropout rate in the transformer (attention/MLP outputs and inputs).
   model.dropout = 0.1
+  # ImageNet ResNet-50 weights for the backbone (r50, r50_c4) at the start of training:
+  # a torchvision or timm state dict as .safetensors or .npz (pix2seq_jax/pretrained.py).
+  model.pretrained_backbone = ''
+  # 'none' feeds [0, 1] pixels (official Pix2Seq); 'imagenet' standardises them with
+  # ImageNet's mean and std first, as torchvision/timm weights expect.
+  model.image_normalization = 'none'
   # DropPath (stochastic depth) rate of every encoder and decoder residual branch.
   model.drop_path = 0.1
 

@@ -8,7 +8,7 @@ import ml_collections
 
 from pix2seq_jax import decode
 from pix2seq_jax.data import sources
-from pix2seq_jax.models import backbones, variants
+from pix2seq_jax.models import backbones, pix2seq, variants
 
 
 class ConfigError(ValueError):
@@ -82,6 +82,21 @@ def _check_train(config: ml_collections.ConfigDict) -> None:
         f'train.grad_accum_steps={train.grad_accum_steps}; make the batch a multiple of it.')
   if train.epochs < 0 or train.warmup_epochs < 0:
     raise ConfigError('config.train.epochs and train.warmup_epochs must be >= 0.')
+  if model.image_normalization not in pix2seq.IMAGE_NORMALIZATIONS:
+    raise ConfigError(f'config.model.image_normalization={model.image_normalization!r} is '
+                      f'unknown; use one of {list(pix2seq.IMAGE_NORMALIZATIONS)}.')
+  if model.pretrained_backbone:
+    backbone = variants.get_spec(model.variant).backbone
+    if not backbone.startswith('resnet50'):
+      raise ConfigError(f'config.model.pretrained_backbone holds ResNet-50 weights, but '
+                        f'variant {model.variant!r} has a {backbone} backbone; use r50 or '
+                        'r50_c4, or clear pretrained_backbone.')
+    if not os.path.exists(model.pretrained_backbone):
+      raise ConfigError(f'config.model.pretrained_backbone={model.pretrained_backbone!r} '
+                        'does not exist.')
+    if model.image_normalization != 'imagenet':
+      raise ConfigError('config.model.pretrained_backbone: ImageNet weights expect '
+                        'standardised images; set config.model.image_normalization=imagenet.')
   for name in ('dropout', 'drop_path'):
     if not 0.0 <= model[name] < 1.0:
       raise ConfigError(f'config.model.{name}={model[name]} must be in [0, 1).')

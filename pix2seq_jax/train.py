@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from pix2seq_jax import checkpoint, config_checks, evaluate, inference, metrics_log, optim, sharding
+from pix2seq_jax import val_loss
 from pix2seq_jax import train_step as train_step_lib
 from pix2seq_jax import vocab as vocab_lib
 from pix2seq_jax.data import pipeline, sources
@@ -44,6 +45,7 @@ class Setup:
   graphdef: nnx.GraphDef
   tx: optax.GradientTransformation
   decode_fn: Callable  # jitted once, reused by every evaluation
+  val_loss_fn: Callable  # likewise
 
 
 def make_setup(config: ml_collections.ConfigDict, mode: str) -> Setup:
@@ -65,7 +67,8 @@ def make_setup(config: ml_collections.ConfigDict, mode: str) -> Setup:
   mesh = sharding.make_mesh()
   graphdef = train_step_lib.model_graphdef(config, vocab)
   return Setup(config, splits, vocab, mesh, graphdef, optim.make_optimizer(config.train),
-               inference.make_decode_fn(config, graphdef, vocab, mesh))
+               inference.make_decode_fn(config, graphdef, vocab, mesh),
+               val_loss.make_val_loss_fn(graphdef, vocab, mesh))
 
 
 def _write_json(path: str, content) -> None:
@@ -76,7 +79,10 @@ def _write_json(path: str, content) -> None:
 
 
 def run_evaluation(setup: Setup, state: train_step_lib.TrainState, workdir: str) -> dict:
-  """Decodes the val split, scores it with COCOeval on process 0, writes eval/step_<N>/."""
+  """Decodes the val split, scores it with COCOeval on process 0, writes eval/step_<N>/.
+
+  Also measures the teacher-forced validation loss and perplexities (val_loss.py).
+  """
   config, split = setup.config, setup.splits.val
   step = int(state.step)
   records = split.records[:config.eval.max_images] if config.eval.max_images else split.records
@@ -84,12 +90,13 @@ def run_evaluation(setup: Setup, state: train_step_lib.TrainState, workdir: str)
       split, config.data, setup.vocab, global_batch_size=config.eval.batch_size,
       max_images=config.eval.max_images, process_index=jax.process_index(),
       process_count=jax.process_count())
-  results = []
+  results, likelihood = [], val_loss.ValLoss()
   total = pipeline.num_eval_batches(len(records), config.eval.batch_size)
   for batch in tqdm(batches, total=total, desc=f'eval@{step}', leave=False,
                     disable=jax.process_index() > 0):
-    images = sharding.put_batch({'image': batch['image']}, setup.mesh)['image']
-    tokens, scores = setup.decode_fn(state.params, state.batch_stats, images, step)
+    arrays = sharding.put_batch({k: batch[k] for k in val_loss.BATCH_KEYS}, setup.mesh)
+    likelihood.add(setup.val_loss_fn(state.params, state.batch_stats, arrays))
+    tokens, scores = setup.decode_fn(state.params, state.batch_stats, arrays['image'], step)
     meta = {k: batch[k] for k in ('image_id', 'scale', 'original_size', 'mask')}
     tokens, scores, meta = multihost_utils.process_allgather(
         (inference.local_rows(tokens), inference.local_rows(scores), meta), tiled=True)
@@ -100,6 +107,7 @@ def run_evaluation(setup: Setup, state: train_step_lib.TrainState, workdir: str)
   if jax.process_index() == 0:
     coco_gt = evaluate.load_ground_truth(split.annotations_path)
     metrics = evaluate.coco_metrics(coco_gt, results, image_ids=[r.image_id for r in records])
+    metrics.update(likelihood.metrics())
     out = os.path.join(workdir, 'eval', f'step_{step}')
     _write_json(os.path.join(out, 'metrics.json'), metrics)
     _write_json(os.path.join(out, 'detections.json'), results)
@@ -117,7 +125,13 @@ def _restore_or_create(setup: Setup, manager) -> train_step_lib.TrainState:
   if restored is not None:
     logging.info('Resumed from %s at step %d.', manager.directory, int(restored.step))
     return restored
-  return train_step_lib.create_train_state(setup.config, setup.vocab, setup.mesh, setup.tx)
+  state = train_step_lib.create_train_state(setup.config, setup.vocab, setup.mesh, setup.tx)
+  if setup.config.model.pretrained_backbone:
+    state, ignored = train_step_lib.with_pretrained_backbone(state, setup.config, setup.mesh)
+    logging.info('Loaded the backbone from %s (ignored %d keys: the classifier, batch counters '
+                 'and stages the backbone lacks).', setup.config.model.pretrained_backbone,
+                 len(ignored))
+  return state
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:

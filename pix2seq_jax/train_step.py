@@ -26,9 +26,9 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh
 
-from pix2seq_jax import optim, sharding
+from pix2seq_jax import optim, pretrained, sharding
 from pix2seq_jax import vocab as vocab_lib
-from pix2seq_jax.models import pix2seq, variants
+from pix2seq_jax.models import backbones, pix2seq, variants
 
 
 @struct.dataclass
@@ -44,7 +44,8 @@ def build_model(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,
   return pix2seq.Pix2Seq(
       variants.get_spec(config.model.variant), vocab.size,
       vocab_lib.sequence_length(config.data.max_instances),
-      dropout=config.model.dropout, drop_path=config.model.drop_path, rngs=rngs)
+      dropout=config.model.dropout, drop_path=config.model.drop_path,
+      image_normalization=config.model.image_normalization, rngs=rngs)
 
 
 def model_graphdef(config: ml_collections.ConfigDict,
@@ -68,6 +69,30 @@ def create_train_state(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocab
                        mesh: Mesh, tx: optax.GradientTransformation) -> TrainState:
   """Initialises parameters and optimizer state directly in their (replicated) sharding."""
   return jax.jit(_init_fn(config, vocab, tx), out_shardings=sharding.replicated(mesh))()
+
+
+def with_pretrained_backbone(state: TrainState, config: ml_collections.ConfigDict,
+                             mesh: Mesh) -> tuple[TrainState, list[str]]:
+  """`state` with the backbone loaded from `config.model.pretrained_backbone`.
+
+  Returns the new state (replicated over `mesh`) and the file's ignored keys.
+  """
+  spec = variants.get_spec(config.model.variant)
+  backbone = nnx.eval_shape(lambda: backbones.BACKBONES[spec.backbone](rngs=nnx.Rngs(0)))
+  if not hasattr(backbone, 'stage_sizes'):
+    raise pretrained.PretrainedWeightsError(
+        f'config.model.pretrained_backbone loads ResNet-50 weights; variant '
+        f'{config.model.variant!r} has a {spec.backbone} backbone.')
+  params = jax.device_get(state.params.to_pure_dict())
+  batch_stats = jax.device_get(state.batch_stats.to_pure_dict())
+  params['backbone'], batch_stats['backbone'], ignored = pretrained.load_resnet(
+      config.model.pretrained_backbone, params['backbone'], batch_stats['backbone'],
+      backbone.stage_sizes, backbone.stem_kind)
+  new_params, new_stats = jax.device_get(state.params), jax.device_get(state.batch_stats)
+  nnx.replace_by_pure_dict(new_params, params)
+  nnx.replace_by_pure_dict(new_stats, batch_stats)
+  state = state.replace(params=new_params, batch_stats=new_stats)
+  return jax.device_put(state, sharding.replicated(mesh)), ignored
 
 
 def abstract_train_state(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,

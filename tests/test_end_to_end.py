@@ -11,6 +11,8 @@ import numpy as np
 from pix2seq_jax import evaluate, predict, train
 from tests.conftest import ROOT, shared_path, tiny_config
 
+VAL_LOSS_KEYS = {'val_loss', 'val_perplexity', 'val_perplexity_coord', 'val_perplexity_class'}
+
 
 def _jsonl(path):
   with open(path) as f:
@@ -27,13 +29,15 @@ def test_train_resume_eval_predict_on_shapes(shapes_dir, tmp_path):
   config.train.eval_every = 3
   final = train.train_and_evaluate(config, workdir)
 
-  assert set(final) == set(evaluate.METRIC_KEYS)
+  assert set(final) == set(evaluate.METRIC_KEYS) | VAL_LOSS_KEYS
+  assert all(np.isfinite(final[k]) and final[k] > 0 for k in VAL_LOSS_KEYS)
   logged = _jsonl(os.path.join(workdir, 'metrics.jsonl'))
   train_steps = [m['step'] for m in logged if 'loss' in m]
   assert train_steps == [2, 4]  # step 2 once: the second run did not restart
   assert all({'step', 'loss', 'learning_rate', 'grad_norm'} <= set(m) for m in logged if 'loss' in m)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
   assert sorted(os.listdir(os.path.join(workdir, 'eval'))) == ['step_2', 'step_3', 'step_4']
+  assert any('eval/val_perplexity_coord' in m for m in logged)
   assert glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['train']['steps'] == 4
@@ -90,7 +94,7 @@ def test_coco_tiny_detections_use_the_files_category_ids(tmp_path):
   config.eval.max_images = 8
   workdir = str(tmp_path / 'coco')
   metrics = train.train_and_evaluate(config, workdir)
-  assert set(metrics) == set(evaluate.METRIC_KEYS)
+  assert set(metrics) == set(evaluate.METRIC_KEYS) | VAL_LOSS_KEYS
   with open(os.path.join(workdir, 'eval', 'step_2', 'detections.json')) as f:
     dets = json.load(f)
   annotations = os.path.join(root, 'annotations', 'instances_val2017.json')
@@ -115,3 +119,18 @@ def test_coco_tiny_detections_use_the_files_category_ids(tmp_path):
     for det in entry['detections']:
       assert det['category_id'] in coco_gt.cats
       assert det['category_name'] == coco_gt.cats[det['category_id']]['name']
+
+
+def test_summary_mode_prints_the_parameter_table():
+  out = subprocess.run([sys.executable, 'main.py', '--config=configs/coco.py', '--mode=summary',
+                        '--config.model.variant=r50_c4'], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = out.stdout.strip().splitlines()
+  assert lines[-1].startswith('total_params=')
+  total = int(lines[-1].split('=')[1])
+  # 80 classes and 1000 bins (1084 tokens; the official vocabulary has 3000).
+  assert abs(total - 84.7e6) / 84.7e6 < 0.03
+  rows = {line.split()[0]: int(line.split()[1].replace(',', '')) for line in lines[2:-1]}
+  assert {'backbone.stem', 'backbone.blocks', 'encoder', 'decoder.layers', 'decoder.embed'} <= set(rows)
+  assert sum(rows.values()) == total

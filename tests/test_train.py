@@ -137,3 +137,40 @@ def test_epochs_resolve_to_steps(shapes_dir):
   assert float(schedule(1848)) == pytest.approx(config.train.learning_rate)
   config.train.epochs = 0
   assert optim.resolve_epochs(config, 118_287) is config
+
+
+def test_val_loss_and_perplexities_match_a_direct_computation(shapes_dir):
+  from flax import nnx
+  from pix2seq_jax import val_loss
+  config = tiny_config(shapes_dir)
+  mesh = sharding.make_mesh()
+  graphdef = train_step.model_graphdef(config, VOCAB)
+  state = train_step.create_train_state(config, VOCAB, mesh, optim.make_optimizer(config.train))
+  rng = np.random.default_rng(5)
+  batch = _batch(config, rng)
+  batch['loss_weights'] = rng.choice([0.0, 0.1, 1.0], size=batch['loss_weights'].shape)
+  batch['loss_weights'] = batch['loss_weights'].astype(np.float32)
+  batch['mask'] = np.array([True, True, True, False])
+  sums = val_loss.make_val_loss_fn(graphdef, VOCAB, mesh)(
+      state.params, state.batch_stats, sharding.put_batch(batch, mesh))
+  # Twice the same batch: the ratios do not change.
+  accumulated = val_loss.ValLoss()
+  accumulated.add(sums)
+  accumulated.add(sums)
+  got = accumulated.metrics()
+
+  model = nnx.merge(graphdef, *jax.device_get((state.params, state.batch_stats)))
+  logits = np.asarray(model(batch['image'], batch['input_tokens'], train=False), np.float64)
+  log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1,
+                                                                               keepdims=True)) \
+      - logits.max(-1, keepdims=True)
+  nll = -np.take_along_axis(log_probs, batch['target_tokens'][..., None], -1)[..., 0]
+  w = batch['loss_weights'] * batch['mask'][:, None]
+  counted = w > 0
+  coord = counted & VOCAB.is_coord(batch['target_tokens'])
+  label = counted & VOCAB.is_class(batch['target_tokens'])
+  assert coord.sum() > 0 and label.sum() > 0
+  np.testing.assert_allclose(got['val_loss'], (nll * w).sum() / w.sum(), rtol=1e-5)
+  np.testing.assert_allclose(got['val_perplexity'], np.exp(nll[counted].mean()), rtol=1e-5)
+  np.testing.assert_allclose(got['val_perplexity_coord'], np.exp(nll[coord].mean()), rtol=1e-5)
+  np.testing.assert_allclose(got['val_perplexity_class'], np.exp(nll[label].mean()), rtol=1e-5)

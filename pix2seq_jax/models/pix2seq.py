@@ -84,12 +84,28 @@ class Decoder(nnx.Module):
     return self._logits(x)[:, 0], new_cache
 
 
+# ImageNet channel statistics of [0, 1] RGB images (torchvision's and timm's ResNets).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_NORMALIZATIONS = ('none', 'imagenet')
+
+
 class Pix2Seq(nnx.Module):
-  """Images [B, S, S, 3] in [0, 1] and input tokens [B, T] -> next-token logits [B, T, V]."""
+  """Images [B, S, S, 3] in [0, 1] and input tokens [B, T] -> next-token logits [B, T, V].
+
+  `image_normalization='imagenet'` standardises the images with ImageNet's channel mean
+  and std before the backbone (what ImageNet-pretrained ResNets expect); 'none' feeds
+  [0, 1] pixels, as the official Pix2Seq.
+  """
 
   def __init__(self, spec: ModelSpec, vocab_size: int, max_seq_len: int, *,
-               dropout: float = 0.0, drop_path: float = 0.0, rngs: nnx.Rngs):
+               dropout: float = 0.0, drop_path: float = 0.0,
+               image_normalization: str = 'none', rngs: nnx.Rngs):
+    if image_normalization not in IMAGE_NORMALIZATIONS:
+      raise ValueError(f'image_normalization={image_normalization!r}: use one of '
+                       f'{IMAGE_NORMALIZATIONS}.')
     self.spec = spec
+    self.image_normalization = image_normalization
     self.backbone = backbones.BACKBONES[spec.backbone](rngs=rngs)
     enc, dec = spec.encoder_dim, spec.decoder_dim
     self.input_proj = transformer._dense(self.backbone.num_features, enc, rngs)
@@ -108,6 +124,9 @@ class Pix2Seq(nnx.Module):
   def encode(self, images: jax.Array, *, train: bool,
              rngs: nnx.Rngs | None = None) -> jax.Array:
     """images [B, S, S, 3] -> decoder memory [B, (S/stride)^2, D_dec]."""
+    if self.image_normalization == 'imagenet':
+      images = (images - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD,
+                                                                             np.float32)
     images = images.astype(self.input_proj.kernel.dtype)
     features = self.backbone(images, train=train)  # [B, h, w, C]
     batch, height, width, channels = features.shape

@@ -114,6 +114,7 @@ class ResNet(nnx.Module):
     if stem not in ('imagenet', 'small'):
       raise ValueError(f'Unknown ResNet stem {stem!r}.')
     self.stem_kind = stem
+    self.stage_sizes = tuple(stage_sizes)
     if stem == 'imagenet':
       self.stem = _conv(3, stem_width, 7, 2, rngs)
     else:
