@@ -13,8 +13,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.data = data = ml_collections.ConfigDict()
-  # Where the data comes from: 'shapes' (synthetic, generated on first use) or
-  # 'coco_files' (any COCO-format dataset on disk).
+  # Where the data comes from: 'shapes' (synthetic, generated on first use),
+  # 'coco_files' (any COCO-format dataset on disk) or 'tfds' (COCO 2017 prepared by
+  # TensorFlow Datasets; never downloads).
   data.source = 'shapes'
   # coco_files: a folder in the COCO 2017 / DETR layout (train2017/, val2017/,
   # annotations/instances_{train,val}2017.json). Overrides the four paths below.
@@ -24,6 +25,10 @@ def get_config() -> ml_collections.ConfigDict:
   data.train_annotations = ''
   data.val_images = ''
   data.val_annotations = ''
+  # tfds: the TFDS data_dir holding coco/2017/<version>/ ('' = ~/tensorflow_datasets), and
+  # where it is exported once in the COCO layout ('' = <tfds_data_dir>/coco2017_files).
+  data.tfds_data_dir = ''
+  data.tfds_export_dir = ''
   # shapes: the folder it is generated into and reused from, its seed and sizes.
   data.shapes_dir = 'data_cache/shapes'
   data.shapes_seed = 0

@@ -7,7 +7,7 @@ import os
 import ml_collections
 
 from pix2seq_jax import decode
-from pix2seq_jax.data import sources
+from pix2seq_jax.data import sources, tfds_source
 from pix2seq_jax.models import backbones, pix2seq, variants
 
 
@@ -50,6 +50,11 @@ def validate(config: ml_collections.ConfigDict, *, mode: str = 'train') -> None:
     raise ConfigError(
         f'config.data.image_size={data.image_size} is not divisible by the {spec.backbone} '
         f'stride {stride}; try {max(stride, round(data.image_size / stride) * stride)}.')
+  if data.source == 'tfds' and mode in ('train', 'eval'):
+    try:
+      tfds_source.require_prepared(data.tfds_data_dir or tfds_source.default_data_dir())
+    except tfds_source.TfdsNotPreparedError as e:
+      raise ConfigError(str(e)) from None
   if data.source == 'coco_files' and mode in ('train', 'eval'):
     paths = sources.split_paths(data)
     for split, (images, annotations) in paths.items():

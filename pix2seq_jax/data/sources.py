@@ -4,6 +4,8 @@ Sources:
   shapes      synthetic shapes, generated once into `data.shapes_dir` (see shapes.py)
   coco_files  any COCO-format dataset: `data.coco_dir` (DETR/COCO 2017 layout) or
               explicit `data.{train,val}_{images,annotations}`
+  tfds        COCO 2017 prepared by TensorFlow Datasets in `data.tfds_data_dir`,
+              exported once to the COCO layout (tfds_source.py); offline, fails fast
 The train split's categories fix the label map for both splits.
 """
 
@@ -14,9 +16,9 @@ import os
 
 import ml_collections
 
-from pix2seq_jax.data import coco_json, shapes
+from pix2seq_jax.data import coco_json, shapes, tfds_source
 
-SOURCES = ('shapes', 'coco_files')
+SOURCES = ('shapes', 'coco_files', 'tfds')
 
 
 @dataclasses.dataclass
@@ -45,6 +47,8 @@ def split_paths(data: ml_collections.ConfigDict) -> dict[str, tuple[str, str]]:
       }
     return {'train': (data.train_images, data.train_annotations),
             'val': (data.val_images, data.val_annotations)}
+  if data.source == 'tfds':
+    return tfds_source.split_paths(data)
   raise ValueError(f'config.data.source={data.source!r} is not one of {SOURCES}.')
 
 
