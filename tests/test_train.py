@@ -104,6 +104,16 @@ def test_bfloat16_step_is_finite_and_close_to_float32(shapes_dir):
     assert leaf.dtype in (np.float32, np.int32), leaf.dtype
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-3), state16.params,
                state32.params)
+  # Activations are bfloat16 all the way (batch norm and embeddings keep the dtype);
+  # logits come out float32 for the loss.
+  from flax import nnx
+  model = nnx.merge(train_step.model_graphdef(config, VOCAB),
+                    train_step.cast_floats(state16.params, np.dtype('bfloat16')),
+                    jax.tree.map(jax.numpy.asarray, state16.batch_stats))
+  images = batch['image'][:2]
+  assert model.backbone(images.astype('bfloat16'), train=True).dtype == 'bfloat16'
+  assert model.encode(images, train=False).dtype == 'bfloat16'
+  assert model(images, batch['input_tokens'][:2], train=False).dtype == np.float32
 
 
 def test_grad_accumulation_equals_one_step_on_the_whole_batch(shapes_dir):

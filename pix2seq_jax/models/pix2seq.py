@@ -51,8 +51,16 @@ class Decoder(nnx.Module):
     self.output_bias = nnx.Param(jnp.zeros((vocab_size,)))
     self.dropout = transformer.Dropout(dropout)
 
+  def _embed(self, tokens: jax.Array) -> jax.Array:
+    """Token embeddings in the parameters' dtype (nnx.Embed returns float32)."""
+    return self.embed(tokens).astype(self.positions[...].dtype)
+
   def _logits(self, x: jax.Array) -> jax.Array:
-    return self.embed.attend(self.norm(x)) + self.output_bias[...]
+    """Hidden states [..., D] -> float32 logits [..., V] (matmul in the states' dtype)."""
+    h = self.norm(x)
+    logits = jnp.einsum('...d,vd->...v', h, self.embed.embedding[...].astype(h.dtype),
+                        preferred_element_type=jnp.float32)
+    return logits + self.output_bias[...].astype(jnp.float32)
 
   def memory_kv(self, memory: jax.Array) -> list[transformer.KeyValue]:
     """Cross-attention keys/values of every layer, computed once per image."""
@@ -61,7 +69,7 @@ class Decoder(nnx.Module):
   def __call__(self, tokens: jax.Array, memory: jax.Array,
                rngs: nnx.Rngs | None = None) -> jax.Array:
     """tokens [B, T] (T <= max_seq_len), memory [B, S, D] -> logits [B, T, V]."""
-    x = self.embed(tokens) + self.positions[:tokens.shape[1]]
+    x = self._embed(tokens) + self.positions[:tokens.shape[1]]
     x = self.dropout(x, rngs)
     for layer, kv in zip(self.layers, self.memory_kv(memory)):
       x = layer(x, kv, rngs)
@@ -75,7 +83,7 @@ class Decoder(nnx.Module):
   def step(self, tokens: jax.Array, position: jax.Array, cache: Cache,
            memory_kv: list[transformer.KeyValue]) -> tuple[jax.Array, Cache]:
     """tokens [B] at `position` -> logits [B, V] and the updated cache."""
-    x = self.embed(tokens)[:, None] + jax.lax.dynamic_slice_in_dim(
+    x = self._embed(tokens)[:, None] + jax.lax.dynamic_slice_in_dim(
         self.positions[...], position, 1)[None]
     new_cache = []
     for layer, layer_cache, kv in zip(self.layers, cache, memory_kv):

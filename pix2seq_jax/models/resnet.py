@@ -48,6 +48,11 @@ def _norm(channels: int, rngs: nnx.Rngs, zero_init: bool = False) -> nnx.BatchNo
                        rngs=rngs)
 
 
+def _normed(norm: nnx.BatchNorm, x: jax.Array, train: bool) -> jax.Array:
+  """Batch norm that keeps the input's dtype (its statistics are float32 either way)."""
+  return norm(x, use_running_average=not train).astype(x.dtype)
+
+
 class Projection(nnx.Module):
   """The 1x1 (strided) conv + norm on a residual branch whose shape changes."""
 
@@ -55,7 +60,7 @@ class Projection(nnx.Module):
     self.conv, self.norm = _conv(cin, cout, 1, stride, rngs), _norm(cout, rngs)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    return self.norm(self.conv(x), use_running_average=not train)
+    return _normed(self.norm, self.conv(x), train)
 
 
 def _shortcut(cin: int, cout: int, stride: int, rngs: nnx.Rngs) -> Projection | None:
@@ -73,8 +78,8 @@ class BasicBlock(nnx.Module):
     self.shortcut = nnx.data(_shortcut(cin, width, stride, rngs))
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = jax.nn.relu(self.norm1(self.conv1(x), use_running_average=not train))
-    y = self.norm2(self.conv2(y), use_running_average=not train)
+    y = jax.nn.relu(_normed(self.norm1, self.conv1(x), train))
+    y = _normed(self.norm2, self.conv2(y), train)
     if self.shortcut is not None:
       x = self.shortcut(x, train)
     return jax.nn.relu(x + y)
@@ -93,9 +98,9 @@ class BottleneckBlock(nnx.Module):
     self.shortcut = nnx.data(_shortcut(cin, cout, stride, rngs))
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = jax.nn.relu(self.norm1(self.conv1(x), use_running_average=not train))
-    y = jax.nn.relu(self.norm2(self.conv2(y), use_running_average=not train))
-    y = self.norm3(self.conv3(y), use_running_average=not train)
+    y = jax.nn.relu(_normed(self.norm1, self.conv1(x), train))
+    y = jax.nn.relu(_normed(self.norm2, self.conv2(y), train))
+    y = _normed(self.norm3, self.conv3(y), train)
     if self.shortcut is not None:
       x = self.shortcut(x, train)
     return jax.nn.relu(x + y)
@@ -138,8 +143,8 @@ class ResNet(nnx.Module):
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
     x = images
     if self.stem_kind == 'small':
-      x = jax.nn.relu(self.stem_pre_norm(self.stem_pre(x), use_running_average=not train))
-    x = jax.nn.relu(self.stem_norm(self.stem(x), use_running_average=not train))
+      x = jax.nn.relu(_normed(self.stem_pre_norm, self.stem_pre(x), train))
+    x = jax.nn.relu(_normed(self.stem_norm, self.stem(x), train))
     if self.stem_kind == 'imagenet':
       x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
     for block in self.blocks:
