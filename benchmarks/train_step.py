@@ -1,6 +1,7 @@
 """Times the jitted train step on synthetic in-memory batches (no TensorFlow needed).
 
-  python benchmarks/train_step.py --variant=r50 --image_size=512 --batch_size=2 --objects=20
+  python benchmarks/train_step.py --variant=r50 --image_size=512 --batch_size=2 --objects=20 \
+      [--compute_dtype=bfloat16] [--grad_accum_steps=K]
 
 Prints one line per setting and, last, one JSON object with seconds_per_step,
 images_per_second and XLA's FLOP count per step.
@@ -31,6 +32,8 @@ def main() -> None:
   parser.add_argument('--num_bins', type=int, default=1000)
   parser.add_argument('--num_classes', type=int, default=80)
   parser.add_argument('--steps', type=int, default=5)
+  parser.add_argument('--compute_dtype', default='float32', choices=['float32', 'bfloat16'])
+  parser.add_argument('--grad_accum_steps', type=int, default=1)
   args = parser.parse_args()
 
   config = default.get_config()
@@ -39,6 +42,8 @@ def main() -> None:
   config.data.max_instances = args.objects
   config.data.num_bins = args.num_bins
   config.train.batch_size = args.batch_size
+  config.train.compute_dtype = args.compute_dtype
+  config.train.grad_accum_steps = args.grad_accum_steps
   vocab = vocab_lib.Vocabulary(args.num_classes, args.num_bins)
   mesh = sharding.make_mesh()
   tx = optim.make_optimizer(config.train)
@@ -63,7 +68,8 @@ def main() -> None:
   jax.block_until_ready(metrics)
   seconds = (time.perf_counter() - start) / args.steps
   result = {'variant': args.variant, 'image_size': size, 'batch_size': batch_size,
-            'objects': args.objects, 'devices': jax.device_count(),
+            'objects': args.objects, 'compute_dtype': args.compute_dtype,
+            'grad_accum_steps': args.grad_accum_steps, 'devices': jax.device_count(),
             'backend': jax.default_backend(), 'seconds_per_step': seconds,
             'images_per_second': batch_size / seconds, 'flops_per_step': flops,
             'achieved_flops_per_second': flops / seconds}
