@@ -42,6 +42,7 @@ def main() -> None:
   config.data.max_instances = args.objects
   config.data.num_bins = args.num_bins
   config.train.batch_size = args.batch_size
+  config.model.drop_path = 0.0  # the seed has none; dropout stays 0.1 as in DETR
   config.train.compute_dtype = args.compute_dtype
   config.train.grad_accum_steps = args.grad_accum_steps
   vocab = vocab_lib.Vocabulary(args.num_classes, args.num_bins)
