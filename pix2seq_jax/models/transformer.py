@@ -29,30 +29,26 @@ def _layer_norm(dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
 
 
 class Dropout(nnx.Module):
-  """Dropout whose randomness comes from the caller's `rngs` (None: deterministic)."""
+  """Dropout whose randomness comes from the caller's `rngs` (None: deterministic).
 
-  def __init__(self, rate: float):
-    self.rate = rate
+  `whole_examples=True` drops all of an example at once: DropPath (stochastic depth)
+  when applied to a residual branch.
+  """
 
-  def __call__(self, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
-    if rngs is None or self.rate == 0.0:
-      return x
-    keep = jax.random.bernoulli(rngs.dropout(), 1.0 - self.rate, x.shape)
-    return jnp.where(keep, x / (1.0 - self.rate), 0.0)
-
-
-class DropPath(nnx.Module):
-  """Stochastic depth: drops a residual branch for whole examples (rngs None: identity)."""
-
-  def __init__(self, rate: float):
-    self.rate = rate
+  def __init__(self, rate: float, whole_examples: bool = False):
+    self.rate, self.whole_examples = rate, whole_examples
 
   def __call__(self, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
     if rngs is None or self.rate == 0.0:
       return x
-    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1) if self.whole_examples else x.shape
     keep = jax.random.bernoulli(rngs.dropout(), 1.0 - self.rate, shape)
     return jnp.where(keep, x / (1.0 - self.rate), 0.0)
+
+
+def DropPath(rate: float) -> Dropout:  # noqa: N802 (reads as the layer it builds)
+  """Stochastic depth: drops a residual branch for whole examples."""
+  return Dropout(rate, whole_examples=True)
 
 
 class Attention(nnx.Module):
