@@ -8,6 +8,7 @@
 """
 
 import logging as std_logging
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -57,7 +58,11 @@ def main(argv):
     raise app.UsageError('--config is required for train and eval.')
   from pix2seq_jax import train
   if FLAGS.mode == 'train':
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except train.Preempted as stopped:
+      print(stopped, file=sys.stderr)
+      sys.exit(stopped.exit_code)
   else:
     train.evaluate_latest(FLAGS.config, FLAGS.workdir)
 

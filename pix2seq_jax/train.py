@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import time
 from typing import Callable
 
@@ -116,6 +117,56 @@ def run_evaluation(setup: Setup, state: train_step_lib.TrainState, workdir: str)
   return metrics
 
 
+class Preempted(Exception):
+  """Training stopped on SIGTERM/SIGINT after saving a checkpoint; `exit_code` 128 + signal."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.exit_code = 128 + signum
+
+
+class _StopOnSignal:
+  """Turns SIGTERM and SIGINT into a request the loop honours between steps.
+
+  A second SIGINT interrupts at once (KeyboardInterrupt). Handlers are installed only in
+  the main thread and restored on exit.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum, self._previous = None, {}
+
+  def _handle(self, signum, frame):
+    if self.signum == signal.SIGINT and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+
+  def __enter__(self):
+    try:
+      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+    except ValueError:  # not the main thread: leave signals alone
+      self._previous = {}
+    return self
+
+  def __exit__(self, *exc):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+
+
+def _check_finite(scalars: dict, step: int, manager, workdir: str) -> None:
+  """Stops on a non-finite loss or gradient, naming the step and the last good checkpoint."""
+  bad = {k: float(scalars[k]) for k in ('loss', 'grad_norm') if not np.isfinite(scalars[k])}
+  if bad:
+    latest = manager.latest_step()
+    where = (f'step {latest} under {checkpoint.checkpoint_dir(workdir)}' if latest is not None
+             else 'none (no checkpoint was saved)')
+    raise FloatingPointError(
+        f'Non-finite {", ".join(f"{k}={v}" for k, v in bad.items())} at step {step}; '
+        f'nothing was saved after it. The last good checkpoint is {where}. Lower '
+        'train.learning_rate, keep train.grad_clip_norm > 0, or check the data.')
+
+
 def _abstract_state(setup: Setup) -> train_step_lib.TrainState:
   return train_step_lib.abstract_train_state(setup.config, setup.vocab, setup.mesh, setup.tx)
 
@@ -154,24 +205,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   metrics, last_log = {}, (start_step, time.perf_counter())
   progress = tqdm(total=train_config.steps, initial=start_step, desc='train',
                   disable=jax.process_index() > 0)
-  for step in range(start_step + 1, train_config.steps + 1):
-    state, metrics = step_fn(state, sharding.put_batch(next(batches), setup.mesh))
-    progress.update(1)
-    if step % train_config.log_every == 0 or step == train_config.steps:
-      scalars = jax.device_get(metrics)
-      if not np.isfinite(scalars['loss']):
-        raise FloatingPointError(
-            f'Non-finite loss {scalars["loss"]} at step {step}; the last good checkpoint is '
-            f'step {manager.latest_step()} under {checkpoint.checkpoint_dir(workdir)}.')
-      now = time.perf_counter()
-      scalars['steps_per_second'] = (step - last_log[0]) / (now - last_log[1])
-      last_log = (step, now)
-      log.write(step, scalars)
-      progress.set_postfix(loss=f'{scalars["loss"]:.3f}')
-    if step % train_config.checkpoint_every == 0 or step == train_config.steps:
-      checkpoint.save(manager, step, state)
-    if train_config.eval_every and step % train_config.eval_every == 0 and step != train_config.steps:
-      log.write(step, {f'eval/{k}': v for k, v in run_evaluation(setup, state, workdir).items()})
+  with _StopOnSignal() as stop:
+    for step in range(start_step + 1, train_config.steps + 1):
+      state, metrics = step_fn(state, sharding.put_batch(next(batches), setup.mesh))
+      progress.update(1)
+      signum = stop.signum  # read once: a signal may arrive at any point of the step
+      saving = (step % train_config.checkpoint_every == 0 or step == train_config.steps
+                or signum is not None)
+      if step % train_config.log_every == 0 or step == train_config.steps or saving:
+        scalars = jax.device_get(metrics)
+        _check_finite(scalars, step, manager, workdir)  # before any save of this state
+      if step % train_config.log_every == 0 or step == train_config.steps:
+        now = time.perf_counter()
+        scalars['steps_per_second'] = (step - last_log[0]) / (now - last_log[1])
+        last_log = (step, now)
+        log.write(step, scalars)
+        progress.set_postfix(loss=f'{scalars["loss"]:.3f}')
+      if saving:
+        checkpoint.save(manager, step, state)
+      if signum is not None:
+        name = signal.Signals(signum).name
+        progress.close()
+        log.close()
+        manager.close()
+        message = (f'{name} received: saved the checkpoint of step {step} under '
+                   f'{checkpoint.checkpoint_dir(workdir)} and stopped. Run the same command '
+                   'to resume from it.')
+        logging.warning(message)
+        raise Preempted(message, signum)
+      if (train_config.eval_every and step % train_config.eval_every == 0
+          and step != train_config.steps):
+        log.write(step, {f'eval/{k}': v for k, v in run_evaluation(setup, state, workdir).items()})
   progress.close()
   if manager.latest_step() != int(state.step):
     checkpoint.save(manager, int(state.step), state)

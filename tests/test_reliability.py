@@ -1,0 +1,141 @@
+"""Interrupted runs lose nothing: exact resume after SIGKILL, checkpoint on SIGTERM/SIGINT,
+and a stop without saving on a non-finite loss."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from pix2seq_jax import train
+from tests.conftest import ROOT, tiny_config
+
+
+def _command(workdir: str, shapes_dir: str, steps: int, checkpoint_every: int) -> list[str]:
+  """main.py training the tiny model on 64-px shapes (tests/conftest.tiny_config's sizes)."""
+  return [sys.executable, 'main.py', '--config=configs/shapes.py', f'--workdir={workdir}',
+          f'--config.data.shapes_dir={shapes_dir}', '--config.data.shapes_num_train=24',
+          '--config.data.shapes_num_val=6', '--config.data.image_size=64',
+          '--config.data.max_instances=8', '--config.data.num_bins=64',
+          '--config.train.batch_size=4', f'--config.train.steps={steps}',
+          '--config.train.warmup_steps=2', '--config.train.log_every=1',
+          f'--config.train.checkpoint_every={checkpoint_every}', '--config.train.eval_every=0',
+          '--config.eval.max_images=4', '--config.eval.batch_size=4']
+
+
+def _run(command, **kwargs):
+  return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def _losses(workdir: str) -> dict[int, float]:
+  """step -> loss from metrics.jsonl; a step logged twice (before a kill and after the
+  resume) keeps the later value, and both must agree."""
+  losses = {}
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    for line in f:
+      entry = json.loads(line)
+      if 'loss' in entry:
+        step = entry['step']
+        if step in losses:
+          assert losses[step] == entry['loss'], f'step {step} differs after resuming'
+        losses[step] = entry['loss']
+  return losses
+
+
+def _final_state(workdir: str, step: int):
+  path = os.path.join(workdir, 'checkpoints', str(step), 'default')
+  return ocp.StandardCheckpointer().restore(path)
+
+
+def _steps_saved(workdir: str) -> list[int]:
+  folder = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(folder):
+    return []
+  return sorted(int(d) for d in os.listdir(folder) if d.isdigit())
+
+
+def _start_and_signal(command, workdir, signum, after_checkpoints: int) -> subprocess.Popen:
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+  deadline = time.time() + 300
+  while len(_steps_saved(workdir)) < after_checkpoints:
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    assert time.time() < deadline, 'no checkpoint appeared'
+    time.sleep(0.02)
+  process.send_signal(signum)
+  return process
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory, shapes_dir):
+  workdir = str(tmp_path_factory.mktemp('uninterrupted'))
+  out = _run(_command(workdir, shapes_dir, steps=16, checkpoint_every=1))
+  assert out.returncode == 0, out.stderr[-3000:]
+  return workdir
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(
+    uninterrupted, shapes_dir, tmp_path):
+  workdir = str(tmp_path / 'killed')
+  command = _command(workdir, shapes_dir, steps=16, checkpoint_every=1)
+  # A checkpoint every step: the kill most likely lands inside a save.
+  process = _start_and_signal(command, workdir, signal.SIGKILL, after_checkpoints=4)
+  process.communicate()
+  assert process.returncode == -signal.SIGKILL
+  killed_at = _steps_saved(workdir)
+  assert killed_at and killed_at[-1] < 16, killed_at
+  out = _run(command)  # the same command resumes
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'Resumed from' in out.stderr
+
+  reference, resumed = _losses(uninterrupted), _losses(workdir)
+  assert sorted(resumed) == list(range(1, 17))
+  assert resumed == reference  # every step's loss, exactly
+  jax.tree.map(np.testing.assert_array_equal, _final_state(workdir, 16),
+               _final_state(uninterrupted, 16))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_save_the_current_step_and_exit(uninterrupted, shapes_dir, tmp_path,
+                                                           signum):
+  workdir = str(tmp_path / 'preempted')
+  command = _command(workdir, shapes_dir, steps=16, checkpoint_every=5)
+  process = _start_and_signal(command, workdir, signum, after_checkpoints=1)
+  _, stderr = process.communicate(timeout=300)
+  assert process.returncode == 128 + signum, stderr[-3000:]
+  saved = _steps_saved(workdir)
+  stopped_at = saved[-1]
+  assert 5 <= stopped_at < 16
+  name = signal.Signals(signum).name
+  assert f'{name} received: saved the checkpoint of step {stopped_at}' in stderr, (
+      saved, stderr[-600:])
+  assert max(_losses(workdir)) == stopped_at  # it stopped right after the saved step
+  out = _run(command)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert _losses(workdir) == _losses(uninterrupted)
+  jax.tree.map(np.testing.assert_array_equal, _final_state(workdir, 16),
+               _final_state(uninterrupted, 16))
+
+
+def test_non_finite_loss_stops_and_saves_nothing(shapes_dir, tmp_path):
+  config = tiny_config(shapes_dir)
+  config.train.learning_rate = 1e30  # the first update overflows the parameters
+  config.train.warmup_steps = 0
+  config.train.steps = 6
+  config.train.log_every = 100
+  config.train.checkpoint_every = 3
+  workdir = str(tmp_path / 'diverged')
+  with pytest.raises(FloatingPointError) as error:
+    train.train_and_evaluate(config, workdir)
+  message = str(error.value)
+  assert 'Non-finite' in message and 'at step 3' in message
+  assert 'last good checkpoint is none' in message
+  assert _steps_saved(workdir) == []
