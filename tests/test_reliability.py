@@ -3,6 +3,7 @@ and a stop without saving on a non-finite loss."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -139,3 +140,21 @@ def test_non_finite_loss_stops_and_saves_nothing(shapes_dir, tmp_path):
   assert 'Non-finite' in message and 'at step 3' in message
   assert 'last good checkpoint is none' in message
   assert _steps_saved(workdir) == []
+
+
+def test_a_checkpoint_of_another_model_is_refused_naming_the_shapes(tiny_workdir, shapes_dir):
+  from pix2seq_jax import checkpoint
+  config = tiny_config(shapes_dir)
+  config.data.num_bins = 80  # the checkpoint was written with 64 bins
+  with pytest.raises(checkpoint.CheckpointMismatchError) as error:
+    train.evaluate_latest(config, tiny_workdir)
+  message = str(error.value)
+  found = re.search(r'params/decoder/embed/embedding/value: checkpoint \((\d+), 128\) vs config '
+                    r'\((\d+), 128\)', message)
+  assert found, message
+  assert int(found.group(2)) - int(found.group(1)) == 80 - 64  # the extra coordinate bins
+  assert 'config.json' in message
+  config = tiny_config(shapes_dir)
+  config.model.variant = 'vit_tiny'
+  with pytest.raises(checkpoint.CheckpointMismatchError, match='only in the checkpoint'):
+    train.evaluate_latest(config, tiny_workdir)
