@@ -20,6 +20,7 @@ import os
 import re
 
 import numpy as np
+from flax import traverse_util
 
 _BN_NAMES = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
 _PREFIX_PROBE = 'layer1.0.conv1.weight'
@@ -79,22 +80,6 @@ def _torch_name(path: tuple, stage_sizes: tuple[int, ...]) -> str:
   return prefix + name + '.' + suffix
 
 
-def _flatten(tree: dict, prefix: tuple = ()) -> dict[tuple, np.ndarray]:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, prefix + (key,)))
-    else:
-      flat[prefix + (key,)] = value
-  return flat
-
-
-def _set(tree: dict, path: tuple, value) -> None:
-  for key in path[:-1]:
-    tree = tree[key]
-  tree[path[-1]] = value
-
-
 def _listing(title: str, names: list[str]) -> str:
   shown = ', '.join(names[:_LIST_LIMIT])
   more = f' (and {len(names) - _LIST_LIMIT} more)' if len(names) > _LIST_LIMIT else ''
@@ -112,24 +97,24 @@ def load_resnet(path: str, params: dict, batch_stats: dict, stage_sizes: tuple[i
         'config.model.pretrained_backbone needs a ResNet-50 variant (r50 or r50_c4); this '
         'backbone has no ImageNet counterpart.')
   weights = _strip_prefix(read_weights(path), path)
-  targets = {('params',) + p: v for p, v in _flatten(params).items()}
-  targets.update({('batch_stats',) + p: v for p, v in _flatten(batch_stats).items()})
-  new = {'params': _copy(params), 'batch_stats': _copy(batch_stats)}
+  flat = {'params': traverse_util.flatten_dict(params),
+          'batch_stats': traverse_util.flatten_dict(batch_stats)}  # {path tuple: array}
   missing, misshaped, used = [], [], set()
-  for full_path, current in targets.items():
-    name = _torch_name(full_path[1:], stage_sizes)
-    if name not in weights:
-      missing.append(name)
-      continue
-    used.add(name)
-    value = np.asarray(weights[name], np.float32)
-    if value.ndim == 4:
-      value = value.transpose(2, 3, 1, 0)  # [O, I, kh, kw] -> [kh, kw, I, O]
-    if value.shape != tuple(current.shape):
-      misshaped.append(f'{name} {tuple(weights[name].shape)} (expected '
-                       f'{tuple(current.shape)} after transposing)')
-      continue
-    _set(new[full_path[0]], full_path[1:], value)
+  for collection, arrays in flat.items():
+    for module_path, current in arrays.items():
+      name = _torch_name(module_path, stage_sizes)
+      if name not in weights:
+        missing.append(name)
+        continue
+      used.add(name)
+      value = np.asarray(weights[name], np.float32)
+      if value.ndim == 4:
+        value = value.transpose(2, 3, 1, 0)  # [O, I, kh, kw] -> [kh, kw, I, O]
+      if value.shape != tuple(current.shape):
+        misshaped.append(f'{name} {tuple(weights[name].shape)} (expected '
+                         f'{tuple(current.shape)} after transposing)')
+        continue
+      arrays[module_path] = value
   stages = len(stage_sizes)
   ignored, unexpected = [], []
   for name in sorted(set(weights) - used):
@@ -146,8 +131,6 @@ def load_resnet(path: str, params: dict, batch_stats: dict, stage_sizes: tuple[i
         + (_listing('unexpected', unexpected) if unexpected else '')
         + (_listing('mis-shaped', misshaped) if misshaped else '')
         + '\nGive a torchvision or timm ResNet-50 state dict (.safetensors or .npz).')
-  return new['params'], new['batch_stats'], ignored
+  return (traverse_util.unflatten_dict(flat['params']),
+          traverse_util.unflatten_dict(flat['batch_stats']), ignored)
 
-
-def _copy(tree: dict) -> dict:
-  return {k: _copy(v) if isinstance(v, dict) else v for k, v in tree.items()}

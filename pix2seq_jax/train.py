@@ -210,12 +210,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       state, metrics = step_fn(state, sharding.put_batch(next(batches), setup.mesh))
       progress.update(1)
       signum = stop.signum  # read once: a signal may arrive at any point of the step
-      saving = (step % train_config.checkpoint_every == 0 or step == train_config.steps
-                or signum is not None)
-      if step % train_config.log_every == 0 or step == train_config.steps or saving:
+      last = step == train_config.steps
+      saving = step % train_config.checkpoint_every == 0 or last or signum is not None
+      logging_step = step % train_config.log_every == 0 or last
+      if logging_step or saving:
         scalars = jax.device_get(metrics)
         _check_finite(scalars, step, manager, workdir)  # before any save of this state
-      if step % train_config.log_every == 0 or step == train_config.steps:
+      if logging_step:
         now = time.perf_counter()
         scalars['steps_per_second'] = (step - last_log[0]) / (now - last_log[1])
         last_log = (step, now)

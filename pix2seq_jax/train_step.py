@@ -79,16 +79,12 @@ def with_pretrained_backbone(state: TrainState, config: ml_collections.ConfigDic
   """
   spec = variants.get_spec(config.model.variant)
   backbone = nnx.eval_shape(lambda: backbones.BACKBONES[spec.backbone](rngs=nnx.Rngs(0)))
-  if not hasattr(backbone, 'stage_sizes'):
-    raise pretrained.PretrainedWeightsError(
-        f'config.model.pretrained_backbone loads ResNet-50 weights; variant '
-        f'{config.model.variant!r} has a {spec.backbone} backbone.')
-  params = jax.device_get(state.params.to_pure_dict())
-  batch_stats = jax.device_get(state.batch_stats.to_pure_dict())
+  new_params, new_stats = jax.device_get((state.params, state.batch_stats))
+  params, batch_stats = new_params.to_pure_dict(), new_stats.to_pure_dict()
+  # A backbone without an ImageNet stem (tiny ResNet, ViT patches) is refused in there.
   params['backbone'], batch_stats['backbone'], ignored = pretrained.load_resnet(
       config.model.pretrained_backbone, params['backbone'], batch_stats['backbone'],
-      backbone.stage_sizes, backbone.stem_kind)
-  new_params, new_stats = jax.device_get(state.params), jax.device_get(state.batch_stats)
+      getattr(backbone, 'stage_sizes', ()), getattr(backbone, 'stem_kind', None))
   nnx.replace_by_pure_dict(new_params, params)
   nnx.replace_by_pure_dict(new_stats, batch_stats)
   state = state.replace(params=new_params, batch_stats=new_stats)
