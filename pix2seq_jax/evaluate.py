@@ -24,9 +24,38 @@ METRIC_KEYS = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl',
                'AR1', 'AR10', 'AR100', 'ARs', 'ARm', 'ARl')
 
 
+def _complete_annotations(annotations: list[dict]) -> list[dict]:
+  """Fills what pycocotools needs and some COCO-format exporters leave out.
+
+  A missing `id` gets the next free number, `area` the box's w * h, `iscrowd` 0;
+  annotations whose box is not four finite numbers cannot be scored and are left out.
+  Files that have all of these come back unchanged.
+  """
+  used = {a['id'] for a in annotations if 'id' in a}
+  next_id = max(used, default=0) + 1
+  completed = []
+  for ann in annotations:
+    box = ann.get('bbox')
+    if not (isinstance(box, list) and len(box) == 4 and all(
+        isinstance(v, (int, float)) and np.isfinite(v) for v in box)):
+      continue
+    if 'id' not in ann:
+      ann = dict(ann, id=next_id)
+      next_id += 1
+    completed.append(dict({'area': float(box[2] * box[3]), 'iscrowd': 0}, **ann))
+  return completed
+
+
 def load_ground_truth(annotations_path: str) -> COCO:
+  """The instances file as pycocotools' COCO, completed where fields are missing."""
+  with open(annotations_path) as f:
+    dataset = json.load(f)
+  dataset['annotations'] = _complete_annotations(dataset['annotations'])
+  coco = COCO()
+  coco.dataset = dataset
   with contextlib.redirect_stdout(io.StringIO()):
-    return COCO(annotations_path)
+    coco.createIndex()
+  return coco
 
 
 def _results(coco_gt: COCO, detections: list[dict]) -> COCO:

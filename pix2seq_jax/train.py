@@ -4,6 +4,7 @@
   config.json            the resolved config
   categories.json        the label map: [{"id", "name"}] in label order
   checkpoints/<step>/    orbax checkpoints; training resumes from the latest
+  data_report.json       per split: what the data check left out, fixed and skipped
   metrics.jsonl          one JSON object per logged step
   events.out.tfevents.*  TensorBoard scalars
   eval/step_<N>/         metrics.json and detections.json (COCO results format)
@@ -51,14 +52,8 @@ class Setup:
 
 def make_setup(config: ml_collections.ConfigDict, mode: str) -> Setup:
   config_checks.validate(config, mode=mode)
-  sharding.check_batch_size(config.train.batch_size)
-  sharding.check_batch_size(config.eval.batch_size, 'eval.batch_size')
-  sharding.check_batch_size(config.train.batch_size // config.train.grad_accum_steps,
-                            'train.batch_size / train.grad_accum_steps')
   splits = sources.load_splits(config.data)
-  for split in (splits.train, splits.val):
-    if split.dropped:
-      logging.info('%s: left out %s', split.annotations_path, split.dropped)
+  _log_data_report(splits)
   if config.train.epochs > 0:
     config = optim.resolve_epochs(config, len(splits.train.records))
     logging.info('train.epochs=%g over %d images at batch %d: %d steps, %d warmup steps.',
@@ -70,6 +65,33 @@ def make_setup(config: ml_collections.ConfigDict, mode: str) -> Setup:
   return Setup(config, splits, vocab, mesh, graphdef, optim.make_optimizer(config.train),
                inference.make_decode_fn(config, graphdef, vocab, mesh),
                val_loss.make_val_loss_fn(graphdef, vocab, mesh))
+
+
+_SKIPPED_NAMED_IN_LOG = 20
+
+
+def data_report(splits: sources.Splits) -> dict:
+  """Per split: images kept, records and objects left out or fixed, unreadable files."""
+  return {name: {'annotations': split.annotations_path, 'images': len(split.records),
+                 'left_out': split.dropped, 'fixed': split.fixed,
+                 'skipped_images': [{'path': p, 'problem': q, 'detail': d}
+                                    for p, q, d in split.skipped_images]}
+          for name, split in (('train', splits.train), ('val', splits.val))}
+
+
+def _log_data_report(splits: sources.Splits) -> None:
+  for name, split in (('train', splits.train), ('val', splits.val)):
+    if split.dropped:
+      logging.info('%s: left out %s', split.annotations_path, split.dropped)
+    if split.fixed:
+      logging.info('%s: fixed %s', split.annotations_path, split.fixed)
+    if split.skipped_images:
+      named = '\n  '.join(f'{p}: {q}{" (" + d + ")" if d else ""}'
+                          for p, q, d in split.skipped_images[:_SKIPPED_NAMED_IN_LOG])
+      more = len(split.skipped_images) - _SKIPPED_NAMED_IN_LOG
+      logging.warning('%s split: skipping %d unreadable image(s) of %s:\n  %s%s', name,
+                      len(split.skipped_images), split.annotations_path, named,
+                      f'\n  ... and {more} more (all in data_report.json)' if more > 0 else '')
 
 
 def _write_json(path: str, content) -> None:
@@ -154,6 +176,18 @@ class _StopOnSignal:
       signal.signal(s, handler)
 
 
+def _agreed_signal(signum: int | None) -> int | None:
+  """The signal any process received, so that all save and stop at the same step.
+
+  A scheduler's SIGTERM reaches hosts at slightly different times; a collective
+  checkpoint needs every process to take the same branch.
+  """
+  if jax.process_count() == 1:
+    return signum
+  received = multihost_utils.process_allgather(np.int32(signum or 0))
+  return int(received.max()) or None
+
+
 def _check_finite(scalars: dict, step: int, manager, workdir: str) -> None:
   """Stops on a non-finite loss or gradient, naming the step and the last good checkpoint."""
   bad = {k: float(scalars[k]) for k in ('loss', 'grad_norm') if not np.isfinite(scalars[k])}
@@ -192,6 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   _write_json(os.path.join(workdir, 'config.json'), config.to_dict())
   _write_json(os.path.join(workdir, 'categories.json'), setup.splits.categories.to_json())
+  _write_json(os.path.join(workdir, 'data_report.json'), data_report(setup.splits))
   train_config = config.train
   manager = checkpoint.make_manager(workdir, train_config.keep_checkpoints)
   state = _restore_or_create(setup, manager)
@@ -202,14 +237,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       local_batch_size=train_config.batch_size // jax.process_count(), start_step=start_step,
       process_index=jax.process_index(), process_count=jax.process_count())
   log = metrics_log.MetricsLog(workdir)
+  skipped = len(setup.splits.train.skipped_images)
+  epoch_of = lambda step: (step - 1) * train_config.batch_size // len(setup.splits.train.records)
   metrics, last_log = {}, (start_step, time.perf_counter())
   progress = tqdm(total=train_config.steps, initial=start_step, desc='train',
                   disable=jax.process_index() > 0)
   with _StopOnSignal() as stop:
     for step in range(start_step + 1, train_config.steps + 1):
+      if skipped and (step == start_step + 1 or epoch_of(step) != epoch_of(step - 1)):
+        logging.warning('Epoch %d (from step %d): %d unreadable train image(s) skipped, as '
+                        'listed in data_report.json.', epoch_of(step) + 1, step, skipped)
       state, metrics = step_fn(state, sharding.put_batch(next(batches), setup.mesh))
       progress.update(1)
-      signum = stop.signum  # read once: a signal may arrive at any point of the step
+      signum = _agreed_signal(stop.signum)  # read once: a signal may arrive at any point
       last = step == train_config.steps
       saving = step % train_config.checkpoint_every == 0 or last or signum is not None
       logging_step = step % train_config.log_every == 0 or last

@@ -57,6 +57,14 @@ def test_crowd_degenerate_and_empty_images(tmp_path):
     ('[]', 'JSON object'),
     ('{"images": [], "annotations": []}', "['categories']"),
     ('{"images": [{"id": 1}], "annotations": [], "categories": [{"id": 1}]}', 'images[0]'),
+    ('{"images": {}, "annotations": [], "categories": [{"id": 1}]}', '"images" must be a list'),
+    ('{"images": [], "annotations": [], "categories": [{"name": "cat"}]}', 'categories[0]'),
+    ('{"images": [], "annotations": [], "categories": [{"id": 1}, {"id": 1}]}',
+     'more than once'),
+    ('{"images": [{"id": 1, "file_name": "a.jpg", "height": 0, "width": 5}], '
+     '"annotations": [], "categories": [{"id": 1}]}', 'both must be positive'),
+    ('{"images": [], "annotations": [{"image_id": 1, "bbox": [1, 2, 3]}], '
+     '"categories": [{"id": 1}]}', 'annotations[0]'),
 ])
 def test_bad_annotation_files_are_refused_with_the_file_named(tmp_path, content, message):
   path = _write(tmp_path / 'bad.json', content)

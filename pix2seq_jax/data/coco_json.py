@@ -3,7 +3,8 @@
 Category ids (COCO's are 1..90 with gaps) map to contiguous labels 0..C-1 in the
 order of their ids; `CategoryMap` maps them back for evaluation. Crowd boxes and
 boxes with no area after clipping to the image are left out of the targets;
-images without annotations are kept.
+images without annotations are kept. Counts of what was left out (`dropped`) and
+fixed (`fixed`: boxes clipped to the image) come with the split.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import math
 import os
 
 import numpy as np
@@ -54,6 +56,7 @@ class ImageRecord:
   width: int
   boxes: np.ndarray  # [N, 4] float32
   labels: np.ndarray  # [N] int32
+  orientation: int = 1  # EXIF orientation the pipeline applies to the pixels (image_check.py)
 
 
 @dataclasses.dataclass
@@ -64,7 +67,10 @@ class CocoSplit:
   images_dir: str
   records: list[ImageRecord]
   categories: CategoryMap
-  dropped: dict[str, int]
+  dropped: dict[str, int]  # left out: {reason: count}
+  fixed: dict[str, int] = dataclasses.field(default_factory=dict)  # {fix: count}
+  skipped_images: list[tuple[str, str, str]] = dataclasses.field(
+      default_factory=list)  # unreadable files: (path, problem, detail)
 
 
 def _read_json(path: str) -> dict:
@@ -85,7 +91,27 @@ def _read_json(path: str) -> dict:
     raise AnnotationFileError(
         f'{path}: missing top-level key(s) {missing}; a COCO instances file has '
         '"images", "annotations" and "categories" lists.')
+  for key in ('images', 'annotations', 'categories'):
+    if not isinstance(content[key], list):
+      raise AnnotationFileError(f'{path}: "{key}" must be a list, got '
+                                f'{type(content[key]).__name__}.')
   return content
+
+
+def _category_map(path: str, categories: list) -> CategoryMap:
+  if not categories:
+    raise AnnotationFileError(f'{path}: "categories" is empty; at least one '
+                              'category is needed to train a detector.')
+  for index, category in enumerate(categories):
+    if not isinstance(category, dict) or not isinstance(category.get('id'), int):
+      raise AnnotationFileError(f'{path}: categories[{index}] needs an integer "id" '
+                                f'(got {category!r}).')
+  ids = [c['id'] for c in categories]
+  if len(set(ids)) != len(ids):
+    duplicated = sorted({i for i in ids if ids.count(i) > 1})
+    raise AnnotationFileError(f'{path}: category id(s) {duplicated} appear more than once in '
+                              '"categories"; each id must name one category.')
+  return CategoryMap.from_categories(categories)
 
 
 def load_split(annotations_path: str, images_dir: str,
@@ -93,12 +119,9 @@ def load_split(annotations_path: str, images_dir: str,
   """Reads an instances file; `categories` (e.g. the train split's) fixes the label map."""
   content = _read_json(annotations_path)
   if categories is None:
-    if not content['categories']:
-      raise AnnotationFileError(f'{annotations_path}: "categories" is empty; at least one '
-                                'category is needed to train a detector.')
-    categories = CategoryMap.from_categories(content['categories'])
+    categories = _category_map(annotations_path, content['categories'])
   label_of = {cid: label for label, cid in enumerate(categories.category_ids)}
-  dropped = collections.Counter()
+  dropped, fixed = collections.Counter(), collections.Counter()
 
   images = {}
   for index, image in enumerate(content['images']):
@@ -109,6 +132,10 @@ def load_split(annotations_path: str, images_dir: str,
       raise AnnotationFileError(
           f'{annotations_path}: images[{index}] lacks a valid id, file_name, height or '
           f'width ({e!r}).')
+    if height <= 0 or width <= 0:
+      raise AnnotationFileError(
+          f'{annotations_path}: images[{index}] (id {image_id}, {file_name}) has height '
+          f'{height} and width {width}; both must be positive. Fix the record or remove it.')
     if image_id in images:
       dropped['duplicate_image_id'] += 1
       continue
@@ -132,12 +159,16 @@ def load_split(annotations_path: str, images_dir: str,
     if ann.get('iscrowd', 0):
       dropped['crowd'] += 1
       continue
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+      dropped['non_finite_box'] += 1
+      continue
     _, height, width = images[image_id]
     x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
     x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
     if x1 <= x0 or y1 <= y0:
       dropped['degenerate_box'] += 1
       continue
+    fixed['clipped_box'] += (x0, y0, x1, y1) != (x, y, x + w, y + h)
     objects[image_id].append(
         ([y0 / height, x0 / width, y1 / height, x1 / width], label_of[category_id]))
 
@@ -150,4 +181,5 @@ def load_split(annotations_path: str, images_dir: str,
         height=height, width=width,
         boxes=np.array([o[0] for o in objs], np.float32).reshape(-1, 4),
         labels=np.array([o[1] for o in objs], np.int32)))
-  return CocoSplit(annotations_path, images_dir, records, categories, dict(dropped))
+  return CocoSplit(annotations_path, images_dir, records, categories, dict(dropped),
+                   {k: v for k, v in fixed.items() if v})

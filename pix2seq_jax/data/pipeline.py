@@ -32,6 +32,8 @@ def _record_tables(records: list[coco_json.ImageRecord]) -> dict[str, tf.Tensor]
   return {
       'image_id': tf.constant([r.image_id for r in records], tf.int64),
       'path': tf.constant([r.path for r in records]),
+      'size': tf.constant(np.array([(r.height, r.width) for r in records], np.int32).reshape(-1, 2)),
+      'orientation': tf.constant([r.orientation for r in records], tf.int32),
       'boxes': tf.RaggedTensor.from_row_lengths(
           tf.constant(np.concatenate([r.boxes for r in records]).reshape(-1, 4)), counts),
       'labels': tf.RaggedTensor.from_row_lengths(
@@ -50,6 +52,8 @@ def preprocess(tables: dict[str, tf.Tensor], index: tf.Tensor, data: ml_collecti
   boxes = tables['boxes'][index]
   labels = tables['labels'][index]
   image = transforms.decode_image(tf.io.read_file(tables['path'][index]))
+  image = transforms.apply_exif_orientation(image, tables['orientation'][index])
+  image = transforms.resize_to(image, tables['size'][index])  # a no-op unless image_check fixed it
   original_size = tf.shape(image)[:2]
   fold = lambda op: tf.random.experimental.stateless_fold_in(seed, op)
   if seed is not None and data.scale_jitter:

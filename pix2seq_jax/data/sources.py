@@ -6,7 +6,9 @@ Sources:
               explicit `data.{train,val}_{images,annotations}`
   tfds        COCO 2017 prepared by TensorFlow Datasets in `data.tfds_data_dir`,
               exported once to the COCO layout (tfds_source.py); offline, fails fast
-The train split's categories fix the label map for both splits.
+The train split's categories fix the label map for both splits. Every image file is
+checked once (image_check.py): unreadable ones are left out of the split, named in
+`skipped_images`, so a bad file never stops a run mid-epoch.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import numpy as np
+
 import ml_collections
 
-from pix2seq_jax.data import coco_json, shapes, tfds_source
+from pix2seq_jax.data import coco_json, image_check, shapes, tfds_source
 
 SOURCES = ('shapes', 'coco_files', 'tfds')
 
@@ -52,8 +56,35 @@ def split_paths(data: ml_collections.ConfigDict) -> dict[str, tuple[str, str]]:
   raise ValueError(f'config.data.source={data.source!r} is not one of {SOURCES}.')
 
 
+def check_images(split: coco_json.CocoSplit, max_instances: int) -> coco_json.CocoSplit:
+  """`split` without its unreadable images, with EXIF fixes set and over-full images counted.
+
+  Images with more than `max_instances` objects keep them all: each epoch the pipeline
+  shuffles the objects and keeps the first `max_instances` (counted in `fixed`).
+  """
+  report = image_check.check_files([(r.path, r.height, r.width) for r in split.records])
+  records = [dataclasses.replace(r, orientation=c.orientation)
+             for r, c in zip(split.records, report.checks) if not c.problem]
+  fixed = dict(split.fixed, **report.fixed)
+  if not records:
+    path, problem, detail = report.skipped[0]
+    raise image_check.ImageFilesError(
+        f'{split.annotations_path}: none of its {len(split.records)} images can be read '
+        f'(the first, {path}, is {problem}{": " + detail if detail else ""}). Check '
+        f'that the images folder {split.images_dir} matches the annotation file.')
+  counts = np.array([len(r.labels) for r in records], np.int64)
+  if (counts > max_instances).any():
+    fixed['images_over_max_instances'] = int((counts > max_instances).sum())
+    fixed['objects_over_max_instances'] = int(np.maximum(counts - max_instances, 0).sum())
+  dropped = dict(split.dropped, **{f'image_{k}': v for k, v in report.skipped_counts.items()})
+  return dataclasses.replace(split, records=records, dropped=dropped, fixed=fixed,
+                             skipped_images=report.skipped)
+
+
 def load_splits(data: ml_collections.ConfigDict) -> Splits:
+  """Both splits, their image files checked; the train split's categories label both."""
   paths = split_paths(data)
   train = coco_json.load_split(paths['train'][1], paths['train'][0])
   val = coco_json.load_split(paths['val'][1], paths['val'][0], categories=train.categories)
-  return Splits(train=train, val=val)
+  return Splits(train=check_images(train, data.max_instances),
+                val=check_images(val, data.max_instances))

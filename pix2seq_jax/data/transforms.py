@@ -20,6 +20,34 @@ def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
   return tf.image.convert_image_dtype(image, tf.float32)
 
 
+def apply_exif_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+  """Turns stored pixels [H, W, C] upright as EXIF `orientation` (1..8) says (PIL's exif_transpose).
+
+  2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise, 7 transverse,
+  8 rotate 90 counter-clockwise; 1 (and anything else) leaves the image as stored.
+  """
+  transpose = lambda x: tf.transpose(x, [1, 0, 2])
+  branches = [
+      lambda: image,
+      lambda: image,
+      lambda: tf.reverse(image, [1]),
+      lambda: tf.reverse(image, [0, 1]),
+      lambda: tf.reverse(image, [0]),
+      lambda: transpose(image),
+      lambda: tf.image.rot90(image, k=3),
+      lambda: transpose(tf.reverse(image, [0, 1])),
+      lambda: tf.image.rot90(image, k=1),
+  ]
+  index = tf.where((orientation >= 1) & (orientation <= 8), orientation, 1)
+  return tf.switch_case(tf.cast(index, tf.int32), branches)
+
+
+def resize_to(image: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+  """Resizes to `size` (h, w) where the image has another size; else returns it unchanged."""
+  return tf.cond(tf.reduce_all(tf.shape(image)[:2] == size), lambda: image,
+                 lambda: tf.clip_by_value(tf.image.resize(image, size, antialias=True), 0., 1.))
+
+
 def resize_longest_side(image: tf.Tensor,
                         size: int | tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
   """Resizes so the longest side is `size`, keeping aspect. Returns (image, scale).
