@@ -57,14 +57,27 @@ def main(argv):
   if FLAGS.config is None:
     raise app.UsageError('--config is required for train and eval.')
   from pix2seq_jax import train
-  if FLAGS.mode == 'train':
-    try:
+  try:
+    if FLAGS.mode == 'train':
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except train.Preempted as stopped:
-      print(stopped, file=sys.stderr)
-      sys.exit(stopped.exit_code)
-  else:
-    train.evaluate_latest(FLAGS.config, FLAGS.workdir)
+    else:
+      train.evaluate_latest(FLAGS.config, FLAGS.workdir)
+  except train.Preempted as stopped:
+    print(stopped, file=sys.stderr)
+    sys.exit(stopped.exit_code)
+  except _user_errors() as error:  # the message says what is wrong and how to fix it
+    print(f'error: {error}', file=sys.stderr)
+    sys.exit(1)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+  """Errors caused by the config, data or workdir: reported in one line, no traceback."""
+  from pix2seq_jax import checkpoint, config_checks, pretrained
+  from pix2seq_jax.data import coco_json, image_check, tfds_source
+  return (config_checks.ConfigError, coco_json.AnnotationFileError,
+          image_check.ImageFilesError, tfds_source.TfdsNotPreparedError,
+          checkpoint.CheckpointMismatchError, pretrained.PretrainedWeightsError,
+          FloatingPointError, FileNotFoundError)
 
 
 if __name__ == '__main__':

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 import ml_collections
 
 from pix2seq_jax import decode
@@ -42,6 +43,8 @@ def validate(config: ml_collections.ConfigDict, *, mode: str = 'train') -> None:
   _check_decode(config)
   _check_augmentation(data)
   _check_train(config)
+  if mode in ('train', 'eval'):
+    _check_batch_split(config)
   if mode == 'train' and config.train.steps <= 0 and config.train.epochs <= 0:
     raise ConfigError(f'config.train.steps={config.train.steps} must be positive '
                       '(or set config.train.epochs).')
@@ -63,6 +66,20 @@ def validate(config: ml_collections.ConfigDict, *, mode: str = 'train') -> None:
           field = 'data.coco_dir' if data.coco_dir else f'data.{split}_{kind}'
           raise ConfigError(f'config.{field}: {split} {kind} path {path!r} does not exist. '
                             'Set data.coco_dir to a COCO-layout folder or give the paths.')
+
+
+def _check_batch_split(config: ml_collections.ConfigDict) -> None:
+  """Every global batch must split evenly over all devices and all processes."""
+  devices, processes = jax.device_count(), jax.process_count()
+  train = config.train
+  for what, size in (('train.batch_size', train.batch_size),
+                     ('eval.batch_size', config.eval.batch_size),
+                     ('train.batch_size / train.grad_accum_steps',
+                      train.batch_size // max(train.grad_accum_steps, 1))):
+    if size % devices or size % processes:
+      raise ConfigError(
+          f'config.{what}={size} must be divisible by the number of devices ({devices}) and '
+          f'processes ({processes}); try {max(devices, size // devices * devices)}.')
 
 
 def _check_augmentation(data: ml_collections.ConfigDict) -> None:

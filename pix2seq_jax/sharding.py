@@ -23,16 +23,6 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def check_batch_size(global_batch_size: int, what: str = 'train.batch_size') -> None:
-  """Refuses a global batch that does not split evenly over devices and processes."""
-  devices, processes = jax.device_count(), jax.process_count()
-  if global_batch_size % devices or global_batch_size % processes:
-    raise ValueError(
-        f'config.{what}={global_batch_size} must be divisible by the number of devices '
-        f'({devices}) and processes ({processes}); try '
-        f'{max(devices, (global_batch_size // devices) * devices) or devices}.')
-
-
 def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """This process's slice of a global batch -> global arrays sharded over 'data'."""
   sharding = batch_sharded(mesh)

@@ -1,5 +1,7 @@
 """Bad settings are refused before any work, naming the field; every config file is valid."""
 
+import re
+
 import pytest
 
 from pix2seq_jax import config_checks
@@ -69,3 +71,41 @@ def test_pretrained_weights_need_a_resnet_and_imagenet_normalisation(shapes_dir,
     config_checks.validate(config)
   config.model.image_normalization = 'imagenet'
   config_checks.validate(config)
+
+
+@pytest.mark.parametrize('field, value, match', [
+    ('data.source', 'imagenet', "config.data.source='imagenet' is unknown"),
+    ('data.image_size', 100, 'not divisible by the resnet_tiny stride 16; try 96'),
+    ('data.coco_dir', '/no/such/coco', "config.data.coco_dir: train images path '/no/such/coco"),
+    ('data.train_annotations', '/no/such.json', 'config.data.train_annotations: train annotations'),
+    ('data.max_instances', 0, 'config.data.max_instances=0 must be positive'),
+    ('decode.max_objects', 9, 'the decoder has positions for 8 objects'),
+])
+def test_bad_data_settings_are_refused(shapes_dir, field, value, match):
+  config = tiny_config(shapes_dir)
+  if field.startswith('data.coco_dir') or field.startswith('data.train_'):
+    config.data.source = 'coco_files'
+    config.data.coco_dir = ''
+    config.data.train_images = config.data.val_images = shapes_dir
+    config.data.train_annotations = config.data.val_annotations = shapes_dir
+  section, name = field.split('.')
+  config[section][name] = value
+  with pytest.raises(config_checks.ConfigError, match=re.escape(match)):
+    config_checks.validate(config, mode='train')
+
+
+@pytest.mark.parametrize('devices, processes, field', [
+    (3, 1, 'train.batch_size=4 must be divisible by the number of devices (3)'),
+    (1, 3, 'train.batch_size=4 must be divisible by the number of devices (1) and processes (3)'),
+    (2, 1, 'eval.batch_size=3'),
+])
+def test_a_batch_that_does_not_split_over_devices_is_refused(shapes_dir, monkeypatch, devices,
+                                                             processes, field):
+  config = tiny_config(shapes_dir)
+  if field.startswith('eval'):
+    config.eval.batch_size = 3
+  monkeypatch.setattr(config_checks.jax, 'device_count', lambda: devices)
+  monkeypatch.setattr(config_checks.jax, 'process_count', lambda: processes)
+  with pytest.raises(config_checks.ConfigError, match=re.escape(field)):
+    config_checks.validate(config, mode='train')
+  config_checks.validate(config, mode='summary')  # summary runs anywhere
