@@ -45,29 +45,34 @@ def main(argv):
     return
   if not FLAGS.workdir:
     raise app.UsageError(f'--mode={FLAGS.mode} needs --workdir.')
-  if FLAGS.mode == 'predict':
+  if FLAGS.mode == 'predict' and (not FLAGS.images or not FLAGS.output):
+    raise app.UsageError('--mode=predict needs --images=GLOB and --output=FILE.json.')
+  if FLAGS.mode != 'predict' and FLAGS.config is None:
+    raise app.UsageError('--config is required for train and eval.')
+  try:
+    _run(FLAGS.mode)
+  except _user_errors() as error:  # the message says what is wrong and how to fix it
+    print(f'error: {error}', file=sys.stderr)
+    sys.exit(1)
+
+
+def _run(mode: str) -> None:
+  if mode == 'predict':  # without TensorFlow's pipeline: the Predictor reads files with PIL
     from pix2seq_jax import predict
-    if not FLAGS.images or not FLAGS.output:
-      raise app.UsageError('--mode=predict needs --images=GLOB and --output=FILE.json.')
     # The workdir's own config is used; --config, when given, supplies the decode settings.
     decode = FLAGS.config.decode.to_dict() if FLAGS.config is not None else None
     predict.predict_files(FLAGS.workdir, FLAGS.images, FLAGS.output, FLAGS.draw_dir,
                           min_score=FLAGS.min_score, decode=decode)
     return
-  if FLAGS.config is None:
-    raise app.UsageError('--config is required for train and eval.')
   from pix2seq_jax import train
+  if mode == 'eval':
+    train.evaluate_latest(FLAGS.config, FLAGS.workdir)
+    return
   try:
-    if FLAGS.mode == 'train':
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    else:
-      train.evaluate_latest(FLAGS.config, FLAGS.workdir)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except train.Preempted as stopped:
     print(stopped, file=sys.stderr)
     sys.exit(stopped.exit_code)
-  except _user_errors() as error:  # the message says what is wrong and how to fix it
-    print(f'error: {error}', file=sys.stderr)
-    sys.exit(1)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:

@@ -18,20 +18,45 @@ from typing import Iterable, Sequence
 import jax
 import ml_collections
 import numpy as np
-from PIL import Image, ImageDraw
+from absl import logging
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 from configs import default as default_config
 from pix2seq_jax import canvas, checkpoint, config_checks, detections, evaluate, inference
 from pix2seq_jax import optim, sharding
 from pix2seq_jax import train_step as train_step_lib
 from pix2seq_jax import vocab as vocab_lib
-from pix2seq_jax.data import coco_json
+from pix2seq_jax.data import coco_json, image_check
 from pix2seq_jax.models import backbones, variants
 
 
-def load_image(path: str) -> np.ndarray:
-  """An image file as uint8 [H, W, 3] (greyscale, palette and alpha images become RGB)."""
+# What a bad file raises in PIL: missing, empty, truncated, not an image.
+UNREADABLE_IMAGE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError)
+_EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                   4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                   6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                   8: Image.Transpose.ROTATE_90}
+
+
+def load_image(path: str, orientation: int | None = None,
+               size: tuple[int, int] | None = None) -> np.ndarray:
+  """An image file as uint8 [H, W, 3], read as the training pipeline reads it.
+
+  Greyscale, palette, alpha and CMYK images become RGB; 16-bit greyscale is scaled to
+  8 bits (as TensorFlow's decoder does, not clipped). `orientation`: the EXIF orientation
+  to apply (1: pixels as stored); None follows the file's own tag, so photos come out
+  upright. `size` (h, w): resize to it where the file differs (image_check's fix).
+  """
   with Image.open(path) as image:
+    if orientation is None:
+      image = ImageOps.exif_transpose(image)
+    elif orientation in _EXIF_TRANSPOSE:
+      image = image.transpose(_EXIF_TRANSPOSE[orientation])
+    if size is not None and image.size != (size[1], size[0]):
+      image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    if image.mode.startswith('I'):  # 16- or 32-bit greyscale
+      grey = np.clip(np.round(np.asarray(image, np.float64) / 257), 0, 255).astype(np.uint8)
+      return np.repeat(grey[..., None], 3, axis=-1)
     return np.asarray(image.convert('RGB'))
 
 
@@ -147,14 +172,22 @@ def predict_coco_split(predictor: Predictor, annotations_path: str, images_dir: 
   if progress:
     from tqdm.auto import tqdm
     batches = tqdm(batches, desc='predict', unit='batch')
-  results = []
+  results, evaluated = [], []
   for start in batches:
-    chunk = infos[start:start + predictor.batch_size]
-    images = [load_image(os.path.join(images_dir, info['file_name'])) for info in chunk]
-    for info, found in zip(chunk, predictor(images)):
+    chunk, images = [], []
+    for info in infos[start:start + predictor.batch_size]:
+      path, size = os.path.join(images_dir, info['file_name']), (info['height'], info['width'])
+      check = image_check.check_file(path, *size)
+      if check.problem:  # left out of the evaluation, as in training's evaluation
+        logging.warning('%s: skipped (%s %s)', path, check.problem, check.detail)
+        continue
+      chunk.append(info)
+      images.append(load_image(path, check.orientation, size))
+    for info, found in zip(chunk, predictor(images) if images else []):
       results += [{'image_id': info['id'], 'category_id': d['category_id'], 'bbox': d['bbox'],
                    'score': d['score']} for d in found]
-  return results, [info['id'] for info in infos]
+    evaluated += [info['id'] for info in chunk]
+  return results, evaluated
 
 
 def draw(image: np.ndarray, found: list[dict], path: str | None = None,
@@ -185,11 +218,17 @@ def predict_files(workdir: str, pattern: str, output: str, draw_dir: str | None 
   if not paths:
     raise FileNotFoundError(f'No image matches --images={pattern!r}.')
   predictor = Predictor(workdir, decode=decode)
-  entries = []
+  entries, unreadable = [], []
   for start in range(0, len(paths), predictor.batch_size):
-    chunk = paths[start:start + predictor.batch_size]
-    images = [load_image(p) for p in chunk]
-    for path, image, found in zip(chunk, images, predictor(images)):
+    chunk, images = [], []
+    for path in paths[start:start + predictor.batch_size]:
+      try:
+        images.append(load_image(path))
+        chunk.append(path)
+      except UNREADABLE_IMAGE_ERRORS as e:
+        logging.warning('%s: skipped, not a readable image (%s)', path, e)
+        unreadable.append(path)
+    for path, image, found in zip(chunk, images, predictor(images) if images else []):
       found = [d for d in found if d['score'] >= min_score]
       entries.append({'file_name': os.path.basename(path), 'path': path,
                       'height': image.shape[0], 'width': image.shape[1], 'detections': found})
@@ -201,4 +240,7 @@ def predict_files(workdir: str, pattern: str, output: str, draw_dir: str | None 
     os.makedirs(os.path.dirname(output), exist_ok=True)
   with open(output, 'w') as f:
     json.dump(entries, f, indent=1)
+  if unreadable:
+    logging.warning('Skipped %d unreadable file(s) of %d: %s', len(unreadable), len(paths),
+                    ', '.join(unreadable))
   return entries

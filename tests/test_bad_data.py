@@ -256,3 +256,34 @@ def test_training_on_bad_data_skips_names_and_counts(bad_dataset, tmp_path, capl
   assert 'Epoch 2 (from step 3): 5 unreadable' in text
   with open(os.path.join(workdir, 'eval', 'step_3', 'detections.json')) as f:
     assert {d['image_id'] for d in json.load(f)} <= {ids[c] for c in READABLE}
+
+
+def test_predict_reads_every_kind_as_the_training_pipeline_does(bad_dataset):
+  from pix2seq_jax import predict
+  images_dir, path, ids = bad_dataset
+  split = sources.check_images(coco_json.load_split(path, images_dir), max_instances=8)
+  from_pipeline = _pipeline_images(bad_dataset)
+  for record in split.records:
+    pixels = predict.load_image(record.path, record.orientation, (record.height, record.width))
+    assert pixels.shape == (H, W, 3) and pixels.dtype == np.uint8
+    error = np.abs(pixels / 255.0 - from_pipeline[record.image_id]).mean()
+    assert error < 0.01, (record.path, error)
+  # With no annotation to follow, the file's EXIF tag turns the photo upright.
+  upright = predict.load_image(os.path.join(images_dir, 'exif_rotated.jpg'))
+  assert upright.shape == (H, W, 3)
+
+
+def test_predict_skips_unreadable_files_and_names_them(bad_dataset, tiny_workdir, tmp_path,
+                                                       caplog):
+  from pix2seq_jax import predict
+  images_dir, _, _ = bad_dataset
+  output = str(tmp_path / 'predictions.json')
+  with caplog.at_level(logging.WARNING):
+    entries = predict.predict_files(tiny_workdir, os.path.join(images_dir, '*'), output)
+  names = sorted(os.listdir(images_dir))
+  unreadable = {'truncated.jpg', 'zero_bytes.jpg', 'not_an_image.jpg'}
+  assert sorted(e['file_name'] for e in entries) == sorted(set(names) - unreadable)
+  assert 'Skipped 3 unreadable file(s) of 12' in caplog.text
+  assert all(name in caplog.text for name in unreadable)
+  exif = next(e for e in entries if e['file_name'] == 'exif_rotated.jpg')
+  assert (exif['height'], exif['width']) == (H, W)

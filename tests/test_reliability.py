@@ -208,3 +208,24 @@ def test_main_refuses_bad_input_before_any_work(shapes_dir, tmp_path, override, 
   assert 'error: ' in out.stderr and message in out.stderr, out.stderr[-3000:]
   assert 'Traceback' not in out.stderr
   assert not os.path.exists(workdir)  # refused before anything was written
+
+
+def test_a_save_cut_short_leaves_the_previous_checkpoint_as_latest(tiny_workdir, shapes_dir,
+                                                                  tmp_path):
+  """What a kill mid-save leaves (orbax writes into `<step>.orbax-checkpoint-tmp` and
+  renames it only once complete) is ignored: the latest readable step is restored."""
+  import shutil
+  from pix2seq_jax import checkpoint
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(tiny_workdir, workdir)
+  partial = os.path.join(workdir, 'checkpoints', '4.orbax-checkpoint-tmp', 'default')
+  os.makedirs(partial)
+  with open(os.path.join(partial, '_METADATA'), 'w') as f:
+    f.write('{"tree_metadata": {')  # cut off mid-write
+  config = tiny_config(shapes_dir)
+  setup = train.make_setup(config, 'eval')
+  manager = checkpoint.make_manager(workdir)
+  assert manager.latest_step() == 2
+  state = checkpoint.restore(manager, train._abstract_state(setup))
+  assert int(state.step) == 2
+  manager.close()
