@@ -95,3 +95,22 @@ def test_pointwise_conv_equals_a_1x1_conv():
     conv.kernel[...] = pointwise.kernel[...]
     x = jax.random.normal(jax.random.key(stride), (2, size, size, 6))
     np.testing.assert_allclose(pointwise(x), conv(x), rtol=1e-5, atol=1e-5)
+    # Its hand-written backward equals differentiating the 1x1 convolution.
+    loss = lambda module, x: jnp.sum(jnp.sin(module(x)))
+    for argnums in (nnx.DiffState(0, nnx.Param), 1):
+      ours = nnx.grad(loss, argnums=argnums)(pointwise, x)
+      theirs = nnx.grad(loss, argnums=argnums)(conv, x)
+      if argnums == 1:
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+      else:
+        np.testing.assert_allclose(ours['kernel'][...], theirs['kernel'][...], rtol=1e-5,
+                                   atol=1e-5)
+
+
+@pytest.mark.parametrize('shape', [(2, 8, 8, 3), (1, 7, 9, 2), (1, 1, 2, 1)])
+def test_max_pool_equals_flax_max_pool_with_its_gradient(shape):
+  x = jax.random.normal(jax.random.key(0), shape)
+  flax_pool = lambda x: nnx.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
+  np.testing.assert_array_equal(resnet.max_pool_same(x), flax_pool(x))
+  grad = lambda pool: jax.grad(lambda x: jnp.sum(jnp.sin(pool(x))))(x)
+  np.testing.assert_allclose(grad(resnet.max_pool_same), grad(flax_pool), rtol=1e-6)

@@ -10,9 +10,35 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 _CONV_INIT = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+@jax.custom_vjp
+def pointwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """x [B, H, W, Cin] @ kernel [Cin, Cout] over every pixel -> [B, H, W, Cout]."""
+  return jnp.einsum('bhwc,cd->bhwd', x, kernel)
+
+
+def _pointwise_fwd(x, kernel):
+  return pointwise(x, kernel), (x, kernel)
+
+
+def _pointwise_bwd(residuals, dy):
+  """The kernel's gradient as (dy^T x)^T: contracting the pixels with dy on the left makes
+  XLA's CPU backend transpose dy (Cout wide) and the small [Cout, Cin] result instead of
+  the input, which it otherwise copies transposed together with its producers; that
+  copy was ~15% of the R50 train step (BENCHMARKS.md)."""
+  x, kernel = residuals
+  dx = jnp.einsum('bhwd,cd->bhwc', dy, kernel)
+  dkernel = jax.lax.dot_general(dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1]),
+                                (((0,), (0,)), ((), ()))).T  # [Cin, Cout]
+  return dx, dkernel.astype(kernel.dtype)
+
+
+pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
 class PointwiseConv(nnx.Module):
@@ -20,7 +46,8 @@ class PointwiseConv(nnx.Module):
 
   Same parameter (`kernel` [1, 1, cin, cout]) and result as `nnx.Conv` with a 1x1
   kernel and SAME padding, but XLA's CPU backend runs it as a dot about twice as fast
-  as its convolution (benchmarks/decode.py, BENCHMARKS.md).
+  as its convolution (benchmarks/decode.py, BENCHMARKS.md), and `pointwise`'s backward
+  pass avoids a slow transposed copy.
   """
 
   def __init__(self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs):
@@ -30,8 +57,7 @@ class PointwiseConv(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.stride > 1:
       x = x[:, ::self.stride, ::self.stride]  # [B, ceil(H/s), ceil(W/s), Cin], as SAME
-    kernel = self.kernel[...][0, 0]
-    return jnp.einsum('bhwc,cd->bhwd', x, kernel.astype(x.dtype))
+    return pointwise(x, self.kernel[...][0, 0].astype(x.dtype))
 
 
 def _conv(cin: int, cout: int, kernel: int, stride: int,
@@ -40,6 +66,28 @@ def _conv(cin: int, cout: int, kernel: int, stride: int,
     return PointwiseConv(cin, cout, stride, rngs=rngs)
   return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding='SAME',
                   use_bias=False, kernel_init=_CONV_INIT, rngs=rngs)
+
+
+def max_pool_same(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
+  """`nnx.max_pool(x, (window, window), (stride, stride), 'SAME')` as a maximum of strided
+  slices of the padded input [B, H, W, C].
+
+  The same values; XLA's CPU backend runs reduce_window's backward (select-and-scatter
+  with index bookkeeping) at ~7% of the R50 train step, the slices' selects in a fraction.
+  """
+  pads = []
+  for size in x.shape[1:3]:
+    out = -(-size // stride)
+    total = max((out - 1) * stride + window - size, 0)
+    pads.append((total // 2, total - total // 2, out))
+  padded = jnp.pad(x, ((0, 0), pads[0][:2], pads[1][:2], (0, 0)), constant_values=-jnp.inf)
+  (_, _, out_h), (_, _, out_w) = pads
+  result = None
+  for i in range(window):
+    for j in range(window):
+      part = padded[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
+      result = part if result is None else jnp.maximum(result, part)
+  return result
 
 
 def _norm(channels: int, rngs: nnx.Rngs, zero_init: bool = False) -> nnx.BatchNorm:
@@ -111,7 +159,14 @@ class ResNet(nnx.Module):
 
   Both stems reduce by 4: stem='imagenet' is the 7x7/2 conv + 3x3/2 max-pool of
   ResNet-50; stem='small' is two cheap 3x3/2 convs.
+
+  Fine-tuning as DETR (and the seed) does: `frozen_stages` = 1 stops gradients after the
+  stem, 2 after stage 1, ... (the optimizer leaves their parameters alone, see
+  `frozen_paths`); `frozen_norm` makes every batch norm use its running statistics.
   """
+
+  frozen_stages: int = 0
+  frozen_norm: bool = False
 
   def __init__(self, block: type[nnx.Module], stage_sizes: Sequence[int],
                widths: Sequence[int], stage_strides: Sequence[int], *, stem: str,
@@ -140,15 +195,32 @@ class ResNet(nnx.Module):
 
   feature_dropout = True  # Pix2Seq applies dropout to these features
 
+  def frozen_paths(self) -> tuple[tuple[str, ...], ...]:
+    """Parameter path prefixes (within the ResNet) of the frozen stem and stages."""
+    if self.frozen_stages <= 0:
+      return ()
+    stem = ('stem', 'stem_norm') + (('stem_pre', 'stem_pre_norm') if self.stem_kind == 'small'
+                                    else ())
+    frozen_blocks = sum(self.stage_sizes[:self.frozen_stages - 1])
+    return tuple((name,) for name in stem) + tuple(('blocks', str(i))
+                                                   for i in range(frozen_blocks))
+
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
+    train = train and not self.frozen_norm
     x = images
     if self.stem_kind == 'small':
       x = jax.nn.relu(_normed(self.stem_pre_norm, self.stem_pre(x), train))
     x = jax.nn.relu(_normed(self.stem_norm, self.stem(x), train))
     if self.stem_kind == 'imagenet':
-      x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
-    for block in self.blocks:
+      x = max_pool_same(x)
+    stage_ends = np.cumsum(self.stage_sizes)
+    if self.frozen_stages >= 1:
+      x = jax.lax.stop_gradient(x)
+    for index, block in enumerate(self.blocks):
       x = block(x, train)
+      stage = int(np.searchsorted(stage_ends, index + 1)) + 1  # 1-based stage of this block
+      if index + 1 == stage_ends[stage - 1] and self.frozen_stages >= stage + 1:
+        x = jax.lax.stop_gradient(x)
     return x
 
 
