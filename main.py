@@ -5,6 +5,9 @@
   predict  detect objects in --images=GLOB, write --output=FILE.json, draw into --draw_dir
            (the workdir's config; --config, if given, supplies only the decode settings)
   summary  print the model's parameters per module and `total_params=N` (no --workdir)
+
+Several hosts: run the same command on every host with --coordinator_address=HOST:PORT
+--num_processes=N --process_id=I, or under SLURM / Open MPI with nothing added (README).
 """
 
 import logging as std_logging
@@ -21,6 +24,12 @@ flags.DEFINE_string('images', None, 'predict: a glob of image files.')
 flags.DEFINE_string('output', None, 'predict: the JSON file to write detections to.')
 flags.DEFINE_string('draw_dir', None, 'predict: a folder for the images with boxes drawn.')
 flags.DEFINE_float('min_score', 0.0, 'predict: drop detections scored below this.')
+flags.DEFINE_string('coordinator_address', None,
+                    'multi-host: HOST:PORT of process 0 (with --num_processes, --process_id).')
+flags.DEFINE_integer('num_processes', None, 'multi-host: how many processes take part.')
+flags.DEFINE_integer('process_id', None, 'multi-host: this process, 0 .. num_processes - 1.')
+flags.DEFINE_bool('auto_distributed', True,
+                  'Join the other processes when a launcher (SLURM, Open MPI) started several.')
 
 
 def _quiet_orbax(record: std_logging.LogRecord) -> bool:
@@ -36,6 +45,10 @@ def main(argv):
   tf.config.set_visible_devices([], 'GPU')
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_quiet_orbax)
+  if FLAGS.mode != 'summary':
+    from pix2seq_jax import distributed
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                           auto=FLAGS.auto_distributed)
 
   if FLAGS.mode == 'summary':
     if FLAGS.config is None:

@@ -1,10 +1,13 @@
 """Times the jitted train step on synthetic in-memory batches (no TensorFlow needed).
 
   python benchmarks/train_step.py --variant=r50 --image_size=512 --batch_size=2 --objects=20 \
-      [--compute_dtype=bfloat16] [--grad_accum_steps=K]
+      [--compute_dtype=bfloat16] [--grad_accum_steps=K] \
+      [--frozen_backbone_stages=2 --frozen_batch_norm]   # the seed's (DETR's) fine-tuning
 
 Prints one line per setting and, last, one JSON object with seconds_per_step,
-images_per_second and XLA's FLOP count per step.
+images_per_second, XLA's FLOP count per step, the matmul peak measured in this run
+(square matmuls in the compute dtype, accumulating in float32; the best of several sizes)
+and flop_utilization = achieved FLOP/s / that peak.
 """
 
 import argparse
@@ -16,11 +19,27 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import default  # noqa: E402
 from pix2seq_jax import optim, sharding, synthetic, train_step  # noqa: E402
 from pix2seq_jax import vocab as vocab_lib  # noqa: E402
+
+
+def matmul_peak(dtype: str, sizes=(1024, 2048, 4096), repeats: int = 5) -> float:
+  """The best FLOP/s of an [n, n] @ [n, n] matmul over `sizes` on the default device."""
+  best = 0.0
+  for n in sizes:
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
+    matmul = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
+    jax.block_until_ready(matmul(a, b))
+    for _ in range(repeats):
+      start = time.perf_counter()
+      jax.block_until_ready(matmul(a, b))
+      best = max(best, 2 * n ** 3 / (time.perf_counter() - start))
+  return best
 
 
 def main() -> None:
@@ -34,6 +53,10 @@ def main() -> None:
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--compute_dtype', default='float32', choices=['float32', 'bfloat16'])
   parser.add_argument('--grad_accum_steps', type=int, default=1)
+  parser.add_argument('--frozen_backbone_stages', type=int, default=0,
+                      help='2: stem and stage 1 frozen, as the seed (DETR) trains')
+  parser.add_argument('--frozen_batch_norm', action='store_true',
+                      help="batch norms use running statistics, as the seed's FrozenBatchNorm2d")
   args = parser.parse_args()
 
   config = default.get_config()
@@ -45,9 +68,11 @@ def main() -> None:
   config.model.drop_path = 0.0  # the seed has none; dropout stays 0.1 as in DETR
   config.train.compute_dtype = args.compute_dtype
   config.train.grad_accum_steps = args.grad_accum_steps
+  config.model.frozen_backbone_stages = args.frozen_backbone_stages
+  config.model.frozen_batch_norm = args.frozen_batch_norm
   vocab = vocab_lib.Vocabulary(args.num_classes, args.num_bins)
   mesh = sharding.make_mesh()
-  tx = optim.make_optimizer(config.train)
+  tx = optim.make_optimizer(config)
   state = train_step.create_train_state(config, vocab, mesh, tx)
   step = train_step.make_train_step(config, train_step.model_graphdef(config, vocab), mesh, tx)
 
@@ -68,14 +93,20 @@ def main() -> None:
     state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
   seconds = (time.perf_counter() - start) / args.steps
+  peak = matmul_peak(args.compute_dtype)
   result = {'variant': args.variant, 'image_size': size, 'batch_size': batch_size,
             'objects': args.objects, 'compute_dtype': args.compute_dtype,
-            'grad_accum_steps': args.grad_accum_steps, 'devices': jax.device_count(),
+            'grad_accum_steps': args.grad_accum_steps,
+            'frozen_backbone_stages': args.frozen_backbone_stages,
+            'frozen_batch_norm': args.frozen_batch_norm, 'devices': jax.device_count(),
             'backend': jax.default_backend(), 'seconds_per_step': seconds,
             'images_per_second': batch_size / seconds, 'flops_per_step': flops,
-            'achieved_flops_per_second': flops / seconds}
+            'achieved_flops_per_second': flops / seconds,
+            'matmul_peak_flops_per_second': peak, 'flop_utilization': flops / seconds / peak}
   print(f"{args.variant} {size}px batch {batch_size}: {seconds:.3f} s/step, "
-        f"{batch_size / seconds:.1f} images/s, {flops / 1e9:.1f} GFLOP/step")
+        f"{batch_size / seconds:.1f} images/s, {flops / 1e9:.1f} GFLOP/step, "
+        f"{flops / seconds / 1e9:.0f} of a {peak / 1e9:.0f} GFLOP/s matmul peak "
+        f"({flops / seconds / peak:.1%})")
   print(json.dumps(result))
 
 

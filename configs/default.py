@@ -72,6 +72,12 @@ def get_config() -> ml_collections.ConfigDict:
   model.image_normalization = 'none'
   # DropPath (stochastic depth) rate of every encoder and decoder residual branch.
   model.drop_path = 0.1
+  # Fine-tuning a ResNet as DETR and the seed do: 0 trains everything; 1 freezes the
+  # stem, 2 the stem and stage 1 (DETR), ... (no gradients, no updates, no decay).
+  model.frozen_backbone_stages = 0
+  # Batch norms of the backbone use their running statistics and are not updated (DETR's
+  # FrozenBatchNorm2d; for pretrained backbones at small per-device batches).
+  model.frozen_batch_norm = False
 
   config.train = train = ml_collections.ConfigDict()
   # Number of optimisation steps.
@@ -85,6 +91,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Split each global batch into this many micro-batches whose gradients are summed
   # before one update (fits a large batch on few devices; batch norm sees micro-batches).
   train.grad_accum_steps = 1
+  # Shard parameters and optimizer state over the devices (FSDP-style) instead of
+  # replicating them: each device holds 1/N of the state; for large variants.
+  train.shard_params = False
   # 'float32', or 'bfloat16': bfloat16 activations and matmuls with float32 parameters,
   # optimizer state, softmaxes and loss.
   train.compute_dtype = 'float32'

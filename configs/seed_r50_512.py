@@ -1,7 +1,8 @@
 """The seed's (Unofficial-Pix2Seq, PyTorch) sizes, for side-by-side comparison with it.
 
 R50 C5 with a 6+6-layer transformer of width 256 at 512 px, at most 20 objects (101
-tokens), AdamW lr 1e-4 with weight decay 1e-4 and gradient clipping 0.1 (REFERENCE.md).
+tokens), AdamW lr 1e-4 with weight decay 1e-4 and gradient clipping 0.1, and DETR's
+backbone fine-tuning: stem and stage 1 frozen, batch norms frozen (REFERENCE.md).
 The benchmarks at "the seed's sizes" (benchmarks/train_step.py, benchmarks/decode.py)
 use this model and image size with batch 2. Differences that remain: the seed decays
 the learning rate in one step at epoch 200 and trains its backbone at 1e-5 (here:
@@ -19,6 +20,8 @@ def get_config():
   config.data.corrupt_classes = False
   config.model.variant = 'r50'
   config.model.drop_path = 0.0
+  config.model.frozen_backbone_stages = 2
+  config.model.frozen_batch_norm = True
   config.train.batch_size = 16  # 2 per device on 8 devices
   config.train.epochs = 300
   config.train.warmup_epochs = 0

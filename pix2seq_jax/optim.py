@@ -1,4 +1,7 @@
-"""AdamW with linear warmup then linear or cosine decay, and global-norm clipping."""
+"""AdamW with linear warmup then linear or cosine decay, and global-norm clipping.
+
+Parameters of frozen backbone stages (`model.frozen_backbone_stages`) get no update.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,9 @@ import math
 import jax
 import ml_collections
 import optax
+from flax import nnx
+
+from pix2seq_jax.models import backbones, variants
 
 
 def resolve_epochs(config: ml_collections.ConfigDict,
@@ -45,9 +51,36 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  adamw = optax.adamw(learning_rate_schedule(train), b1=train.b1, b2=train.b2,
-                      weight_decay=train.weight_decay, mask=_decay_mask)
+def frozen_prefixes(model: ml_collections.ConfigDict) -> tuple[tuple[str, ...], ...]:
+  """Parameter path prefixes, from the model's root, that `model.frozen_backbone_stages`
+  freezes (e.g. ('backbone', 'blocks', '0'))."""
+  if not model.frozen_backbone_stages:
+    return ()
+  name = variants.get_spec(model.variant).backbone
+  backbone = nnx.eval_shape(lambda: backbones.BACKBONES[name](rngs=nnx.Rngs(0)))
+  backbones.freeze(backbone, model.frozen_backbone_stages, model.frozen_batch_norm)
+  return tuple(('backbone',) + path for path in backbone.frozen_paths())
+
+
+def _path_names(path) -> tuple[str, ...]:
+  return tuple(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+
+
+def frozen_mask(params, prefixes: tuple[tuple[str, ...], ...]):
+  """True for the parameters under any of `prefixes`."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: any(_path_names(path)[:len(p)] == p for p in prefixes), params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """AdamW on the schedule, after clipping; frozen parameters' updates set to zero."""
+  train = config.train
+  tx = optax.adamw(learning_rate_schedule(train), b1=train.b1, b2=train.b2,
+                   weight_decay=train.weight_decay, mask=_decay_mask)
   if train.grad_clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(train.grad_clip_norm), adamw)
-  return adamw
+    tx = optax.chain(optax.clip_by_global_norm(train.grad_clip_norm), tx)
+  prefixes = frozen_prefixes(config.model)
+  if prefixes:
+    tx = optax.chain(tx, optax.masked(optax.set_to_zero(),
+                                      lambda params: frozen_mask(params, prefixes)))
+  return tx

@@ -99,7 +99,7 @@ class Predictor:
     self.mesh = sharding.make_mesh()
     devices = jax.device_count()
     self.batch_size = -(-batch_size // devices) * devices
-    tx = optim.make_optimizer(self.config.train)
+    tx = optim.make_optimizer(self.config)
     template = train_step_lib.abstract_train_state(self.config, self.vocab, self.mesh, tx)
     state = checkpoint.restore(checkpoint.make_manager(workdir), template, step)
     if state is None:

@@ -1,4 +1,10 @@
-"""Device mesh and shardings for data parallelism over all devices of all processes."""
+"""Device mesh and shardings for data parallelism over all devices of all processes.
+
+Batches are split over the 'data' axis. The train state is replicated, or with
+`train.shard_params` split FSDP-style over the same axis: each array of parameters and
+optimizer state is cut along its largest dimension that the device count divides, and
+the train step gathers the parameters for the forward pass and scatters the gradients.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +27,27 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharded(mesh: Mesh) -> NamedSharding:
   """Leading (batch) axis split over 'data'; other axes whole."""
   return NamedSharding(mesh, P(DATA_AXIS))
+
+
+# Arrays smaller than this stay replicated when the state is sharded (biases, norms, step).
+MIN_SHARDED_SIZE = 2 ** 14
+
+
+def leaf_sharding(shape: tuple[int, ...], mesh: Mesh, shard: bool) -> NamedSharding:
+  """Replicated, or (`shard`) split over 'data' along the largest dimension it divides."""
+  devices = mesh.shape[DATA_AXIS]
+  if not shard or devices == 1 or int(np.prod(shape, dtype=np.int64)) < MIN_SHARDED_SIZE:
+    return replicated(mesh)
+  divisible = [d for d in range(len(shape)) if shape[d] % devices == 0]
+  if not divisible:
+    return replicated(mesh)
+  axis = max(divisible, key=lambda d: shape[d])
+  return NamedSharding(mesh, P(*[DATA_AXIS if d == axis else None for d in range(len(shape))]))
+
+
+def state_shardings(tree, mesh: Mesh, shard: bool):
+  """`leaf_sharding` for every array of `tree` (arrays, tracers or ShapeDtypeStructs)."""
+  return jax.tree.map(lambda x: leaf_sharding(tuple(x.shape), mesh, shard), tree)
 
 
 def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -62,7 +62,7 @@ def make_setup(config: ml_collections.ConfigDict, mode: str) -> Setup:
   vocab = vocab_lib.Vocabulary(splits.categories.num_classes, config.data.num_bins)
   mesh = sharding.make_mesh()
   graphdef = train_step_lib.model_graphdef(config, vocab)
-  return Setup(config, splits, vocab, mesh, graphdef, optim.make_optimizer(config.train),
+  return Setup(config, splits, vocab, mesh, graphdef, optim.make_optimizer(config),
                inference.make_decode_fn(config, graphdef, vocab, mesh),
                val_loss.make_val_loss_fn(graphdef, vocab, mesh))
 

@@ -3,7 +3,10 @@
 The model runs through the functional NNX form: `nnx.split` gives a static graphdef
 and plain state pytrees (parameters, batch-norm statistics) that jit, optax, orbax
 and shardings handle directly; `nnx.merge` rebuilds the module inside the jitted
-function. Parameters are created replicated; batches are split over 'data'.
+function. Batches are split over 'data'; the state is replicated, or with
+`train.shard_params` sharded over 'data' (sharding.py): the step then all-gathers the
+parameters for the model and constrains gradients and the new state back to their shards,
+which XLA turns into reduce-scatters.
 
 Mixed precision (`train.compute_dtype='bfloat16'`): parameters and optimizer state stay
 float32; a bfloat16 copy of the parameters runs the model, so gradients arrive in
@@ -45,7 +48,9 @@ def build_model(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,
       variants.get_spec(config.model.variant), vocab.size,
       vocab_lib.sequence_length(config.data.max_instances),
       dropout=config.model.dropout, drop_path=config.model.drop_path,
-      image_normalization=config.model.image_normalization, rngs=rngs)
+      image_normalization=config.model.image_normalization,
+      frozen_backbone_stages=config.model.frozen_backbone_stages,
+      frozen_batch_norm=config.model.frozen_batch_norm, rngs=rngs)
 
 
 def model_graphdef(config: ml_collections.ConfigDict,
@@ -67,8 +72,10 @@ def _init_fn(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,
 
 def create_train_state(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,
                        mesh: Mesh, tx: optax.GradientTransformation) -> TrainState:
-  """Initialises parameters and optimizer state directly in their (replicated) sharding."""
-  return jax.jit(_init_fn(config, vocab, tx), out_shardings=sharding.replicated(mesh))()
+  """Initialises parameters and optimizer state directly in their shardings."""
+  init = _init_fn(config, vocab, tx)
+  shardings = sharding.state_shardings(jax.eval_shape(init), mesh, config.train.shard_params)
+  return jax.jit(init, out_shardings=shardings)()
 
 
 def with_pretrained_backbone(state: TrainState, config: ml_collections.ConfigDict,
@@ -88,15 +95,18 @@ def with_pretrained_backbone(state: TrainState, config: ml_collections.ConfigDic
   nnx.replace_by_pure_dict(new_params, params)
   nnx.replace_by_pure_dict(new_stats, batch_stats)
   state = state.replace(params=new_params, batch_stats=new_stats)
-  return jax.device_put(state, sharding.replicated(mesh)), ignored
+  return jax.device_put(state, sharding.state_shardings(
+      state, mesh, config.train.shard_params)), ignored
 
 
 def abstract_train_state(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,
                          mesh: Mesh, tx: optax.GradientTransformation) -> TrainState:
-  """The train state's shapes, dtypes and (replicated) shardings, allocating nothing."""
-  replicated = sharding.replicated(mesh)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                      jax.eval_shape(_init_fn(config, vocab, tx)))
+  """The train state's shapes, dtypes and shardings, allocating nothing."""
+  shard = config.train.shard_params
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                     sharding=sharding.leaf_sharding(x.shape, mesh, shard)),
+      jax.eval_shape(_init_fn(config, vocab, tx)))
 
 
 def weighted_cross_entropy(logits: jax.Array, targets: jax.Array,
@@ -121,10 +131,17 @@ def _micro_batches(batch: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation, schedule: optax.Schedule, seed: int,
-               compute_dtype: jnp.dtype = jnp.float32,
-               grad_accum_steps: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One AdamW step on the global batch; returns the new state and scalar metrics."""
+               compute_dtype: jnp.dtype = jnp.float32, grad_accum_steps: int = 1,
+               sharded_over: Mesh | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One AdamW step on the global batch; returns the new state and scalar metrics.
+
+  `sharded_over`: the mesh whose 'data' axis shards the state (train.shard_params).
+  """
   rng = jax.random.fold_in(jax.random.key(seed), state.step)
+  constrain = jax.lax.with_sharding_constraint
+  params = state.params
+  if sharded_over is not None:  # gather the full parameters for the model
+    params = constrain(params, sharding.replicated(sharded_over))
 
   def loss_sum(params, batch_stats, micro, micro_rng):
     model = nnx.merge(graphdef, cast_floats(params, compute_dtype), batch_stats,
@@ -137,16 +154,16 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.
 
   grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
   if grad_accum_steps == 1:
-    (total, (weight, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch, rng)
+    (total, (weight, batch_stats)), grads = grad_fn(params, state.batch_stats, batch, rng)
   else:
     def accumulate(carry, micro_and_index):
       micro, index = micro_and_index
       total, weight, grads, batch_stats = carry
-      (t, (w, batch_stats)), g = grad_fn(state.params, batch_stats, micro,
+      (t, (w, batch_stats)), g = grad_fn(params, batch_stats, micro,
                                          jax.random.fold_in(rng, index))
       return (total + t, weight + w, jax.tree.map(jnp.add, grads, g), batch_stats), None
 
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    zeros = jax.tree.map(jnp.zeros_like, params)
     (total, weight, grads, batch_stats), _ = jax.lax.scan(
         accumulate, (jnp.zeros(()), jnp.zeros(()), zeros, state.batch_stats),
         (_micro_batches(batch, grad_accum_steps), jnp.arange(grad_accum_steps)))
@@ -154,6 +171,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.
   # gradient over the same normaliser.
   normaliser = jnp.maximum(weight, 1e-8)
   loss, grads = total / normaliser, jax.tree.map(lambda g: g / normaliser, grads)
+  if sharded_over is not None:  # each device keeps the gradient of its shard
+    grads = constrain(grads, sharding.state_shardings(grads, sharded_over, True))
   batch_stats = cast_floats(batch_stats, jnp.float32)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -161,17 +180,26 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.
              'learning_rate': schedule(state.step)}
   new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
                          opt_state=opt_state)
+  if sharded_over is not None:
+    new_state = constrain(new_state, sharding.state_shardings(new_state, sharded_over, True))
   return new_state, metrics
 
 
 def make_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, mesh: Mesh,
                     tx: optax.GradientTransformation) -> Callable:
-  """train_step jitted over `mesh`: state replicated (and donated), batch split over 'data'."""
+  """train_step jitted over `mesh`: the state donated, the batch split over 'data'.
+
+  A replicated state is pinned by in/out shardings; a sharded one (train.shard_params)
+  keeps the shardings it comes with, which the step's constraints restore on the way out.
+  """
+  shard = config.train.shard_params
   step = functools.partial(train_step, graphdef=graphdef, tx=tx,
                            schedule=optim.learning_rate_schedule(config.train),
                            seed=config.seed,
                            compute_dtype=jnp.dtype(config.train.compute_dtype),
-                           grad_accum_steps=config.train.grad_accum_steps)
-  return jax.jit(step, in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
-                 out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)),
+                           grad_accum_steps=config.train.grad_accum_steps,
+                           sharded_over=mesh if shard else None)
+  state_sharding = None if shard else sharding.replicated(mesh)
+  return jax.jit(step, in_shardings=(state_sharding, sharding.batch_sharded(mesh)),
+                 out_shardings=(state_sharding, sharding.replicated(mesh)),
                  donate_argnums=0)

@@ -121,6 +121,27 @@ def test_train_batches_are_deterministic_and_resume_by_step(shapes_dir):
   assert sorted(epoch) == list(range(1, 25))  # each image once per epoch
 
 
+def test_processes_read_their_rows_of_the_same_global_batches(shapes_dir):
+  """Two processes' local batches side by side are the one-process global batch, pixel
+  for pixel (augmentation included), also after resuming."""
+  config = tiny_config(shapes_dir)
+  split = sources.load_splits(config.data).train
+  vocab = vocab_lib.Vocabulary(split.categories.num_classes, config.data.num_bins)
+
+  def batches(local, process_index, process_count, start_step=0):
+    it = pipeline.train_batches(split, config.data, vocab, seed=3, local_batch_size=local,
+                                start_step=start_step, process_index=process_index,
+                                process_count=process_count)
+    return [next(it) for _ in range(3)]
+
+  whole = batches(4, 0, 1, start_step=6)
+  halves = [batches(2, p, 2, start_step=6) for p in range(2)]
+  for step, batch in enumerate(whole):
+    for key in batch:
+      joined = np.concatenate([halves[0][step][key], halves[1][step][key]])
+      np.testing.assert_array_equal(joined, batch[key])
+
+
 def test_eval_batches_pad_with_a_mask_and_split_over_processes(shapes_dir):
   config = tiny_config(shapes_dir)
   split = sources.load_splits(config.data).val  # 6 images

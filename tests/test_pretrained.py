@@ -130,7 +130,7 @@ def test_train_state_starts_from_the_file(tmp_path):
   config.model.pretrained_backbone = path
   config.model.image_normalization = 'imagenet'
   mesh = sharding.make_mesh()
-  tx = optim.make_optimizer(config.train)
+  tx = optim.make_optimizer(config)
   state = train_step.create_train_state(config, VOCAB, mesh, tx)
   state, ignored = train_step.with_pretrained_backbone(state, config, mesh)
   assert len(ignored) == 2 + 53  # fc and the batch counters

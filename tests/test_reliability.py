@@ -15,19 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from pix2seq_jax import train
-from tests.conftest import ROOT, tiny_config
-
-
-def _command(workdir: str, shapes_dir: str, steps: int, checkpoint_every: int) -> list[str]:
-  """main.py training the tiny model on 64-px shapes (tests/conftest.tiny_config's sizes)."""
-  return [sys.executable, 'main.py', '--config=configs/shapes.py', f'--workdir={workdir}',
-          f'--config.data.shapes_dir={shapes_dir}', '--config.data.shapes_num_train=24',
-          '--config.data.shapes_num_val=6', '--config.data.image_size=64',
-          '--config.data.max_instances=8', '--config.data.num_bins=64',
-          '--config.train.batch_size=4', f'--config.train.steps={steps}',
-          '--config.train.warmup_steps=2', '--config.train.log_every=1',
-          f'--config.train.checkpoint_every={checkpoint_every}', '--config.train.eval_every=0',
-          '--config.eval.max_images=4', '--config.eval.batch_size=4']
+from tests.conftest import ROOT, main_command as _command, tiny_config
 
 
 def _run(command, **kwargs):

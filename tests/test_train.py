@@ -9,28 +9,38 @@ import jax
 import numpy as np
 import pytest
 
-from pix2seq_jax import checkpoint, optim, sharding, synthetic, train_step
+from pix2seq_jax import checkpoint, config_checks, optim, sharding, synthetic, train_step
 from pix2seq_jax import vocab as vocab_lib
 from tests.conftest import ROOT, tiny_config
 
 VOCAB = vocab_lib.Vocabulary(num_classes=5, num_bins=64)
 
 
-def _losses_on(devices: int) -> list[float]:
+def _losses_on(devices: int, *flags: str) -> dict:
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
              JAX_PLATFORMS='cpu')
   out = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'multi_device_losses.py'),
-                        ROOT], env=env, capture_output=True, text=True, timeout=600)
+                        ROOT, *flags], env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])
   assert result['devices'] == devices
-  return result['losses']
+  return result
 
 
-def test_one_and_four_devices_give_the_same_losses():
-  one, four = _losses_on(1), _losses_on(4)
-  np.testing.assert_allclose(four, one, rtol=1e-4)
+def test_one_four_and_eight_devices_give_the_same_losses():
+  one = _losses_on(1)['losses']
+  for devices in (4, 8):
+    np.testing.assert_allclose(_losses_on(devices)['losses'], one, rtol=1e-4)
   assert one[2] != one[0]  # the steps really trained
+
+
+def test_sharded_parameters_give_the_same_losses_with_a_shard_per_device():
+  one = _losses_on(1)['losses']
+  sharded = _losses_on(4, '--shard_params')
+  np.testing.assert_allclose(sharded['losses'], one, rtol=1e-4)
+  full, shards = sharded['largest_param'], sharded['largest_param_shard_shapes']
+  assert len(shards) == 1  # every device holds a quarter of the largest parameter
+  assert np.prod(shards[0]) * 4 == np.prod(full)
 
 
 def _batch(config, rng):
@@ -43,7 +53,7 @@ def _batch(config, rng):
 def trainer(shapes_dir):
   config = tiny_config(shapes_dir)
   mesh = sharding.make_mesh()
-  tx = optim.make_optimizer(config.train)
+  tx = optim.make_optimizer(config)
   step = train_step.make_train_step(config, train_step.model_graphdef(config, VOCAB), mesh, tx)
   return config, mesh, tx, step
 
@@ -82,7 +92,7 @@ def test_checkpoint_round_trip(trainer, tmp_path):
 def _one_step(config, batch, mesh=None):
   """(loss, params) after one step from the seed's initial state."""
   mesh = mesh or sharding.make_mesh()
-  tx = optim.make_optimizer(config.train)
+  tx = optim.make_optimizer(config)
   step = train_step.make_train_step(config, train_step.model_graphdef(config, VOCAB), mesh, tx)
   state = train_step.create_train_state(config, VOCAB, mesh, tx)
   state, metrics = step(state, sharding.put_batch(batch, mesh))
@@ -155,7 +165,7 @@ def test_val_loss_and_perplexities_match_a_direct_computation(shapes_dir):
   config = tiny_config(shapes_dir)
   mesh = sharding.make_mesh()
   graphdef = train_step.model_graphdef(config, VOCAB)
-  state = train_step.create_train_state(config, VOCAB, mesh, optim.make_optimizer(config.train))
+  state = train_step.create_train_state(config, VOCAB, mesh, optim.make_optimizer(config))
   rng = np.random.default_rng(5)
   batch = _batch(config, rng)
   batch['loss_weights'] = rng.choice([0.0, 0.1, 1.0], size=batch['loss_weights'].shape)
@@ -184,3 +194,42 @@ def test_val_loss_and_perplexities_match_a_direct_computation(shapes_dir):
   np.testing.assert_allclose(got['val_perplexity'], np.exp(nll[counted].mean()), rtol=1e-5)
   np.testing.assert_allclose(got['val_perplexity_coord'], np.exp(nll[coord].mean()), rtol=1e-5)
   np.testing.assert_allclose(got['val_perplexity_class'], np.exp(nll[label].mean()), rtol=1e-5)
+
+
+def test_frozen_stages_and_batch_norm_stay_as_they_were(shapes_dir):
+  """DETR-style fine-tuning: the stem and stage 1 neither learn nor decay; no batch
+  norm statistic moves; everything else trains."""
+  config = tiny_config(shapes_dir)
+  config.model.frozen_backbone_stages = 2
+  config.model.frozen_batch_norm = True
+  config.train.weight_decay = 0.5  # decay alone would move a frozen matrix
+  config.train.warmup_steps = 0
+  mesh = sharding.make_mesh()
+  tx = optim.make_optimizer(config)
+  step = train_step.make_train_step(config, train_step.model_graphdef(config, VOCAB), mesh, tx)
+  before = train_step.create_train_state(config, VOCAB, mesh, tx)
+  initial = jax.device_get((before.params, before.batch_stats))
+  state = before
+  for seed in range(2):  # the second step reaches the branches behind zero-initialised norms
+    state, _ = step(state, sharding.put_batch(_batch(config, np.random.default_rng(seed)), mesh))
+  params, stats = jax.device_get((state.params, state.batch_stats))
+  frozen = optim.frozen_mask(params, optim.frozen_prefixes(config.model))
+  flat = lambda tree: jax.tree_util.tree_flatten_with_path(tree)[0]
+  names = {'/'.join(optim._path_names(path)): bool(is_frozen)
+           for path, is_frozen in flat(frozen)}
+  assert names['backbone/stem/kernel/value'] and names['backbone/blocks/0/conv1/kernel/value']
+  assert not names['backbone/blocks/1/conv1/kernel/value']
+  assert sum(names.values()) == 12  # stem_pre, stem (+ norms) and block 0 (2 convs, 2 norms)
+  for (path, old), (_, new), (_, is_frozen) in zip(flat(initial[0]), flat(params),
+                                                   flat(frozen)):
+    changed = not np.array_equal(old, new)
+    assert changed != is_frozen, (optim._path_names(path), changed)
+  jax.tree.map(np.testing.assert_array_equal, initial[1], stats)
+
+
+def test_frozen_stages_are_refused_for_a_vit(shapes_dir):
+  config = tiny_config(shapes_dir)
+  config.model.variant = 'vit_tiny'
+  config.model.frozen_backbone_stages = 1
+  with pytest.raises(config_checks.ConfigError, match='frozen_backbone_stages'):
+    config_checks.validate(config)

@@ -1,9 +1,10 @@
 """tf.data pipelines that turn image records into model-ready numpy batches.
 
 Training order is a pure function of (seed, step): indices are shuffled per epoch
-with a fixed seed, each process takes its own slice, and resuming at step s skips
-s * local_batch indices before any image is read. Random transforms are seeded by
-the example's position in that stream.
+with a fixed seed, each global batch is the next `global` indices of that stream and
+process p reads rows [p * local, (p + 1) * local) of it, and resuming at step s skips
+s * global indices before any image is read. Random transforms are seeded by the
+example's position in the stream, so any number of processes sees the same global batch.
 
 Every batch holds:
   image          float32 [B, S, S, 3] in [0, 1], padded bottom/right
@@ -87,13 +88,16 @@ def train_batches(split: coco_json.CocoSplit, data: ml_collections.ConfigDict,
   """An endless iterator of this process's training batches, starting at `start_step`."""
   tables = _record_tables(split.records)
   num_records = len(split.records)
+  global_batch_size = local_batch_size * process_count
   ds = tf.data.Dataset.range(num_records)
   ds = ds.shuffle(num_records, seed=seed, reshuffle_each_iteration=True).repeat()
-  ds = ds.shard(process_count, process_index)
-  ds = ds.enumerate().skip(start_step * local_batch_size)
+  ds = ds.enumerate().skip(start_step * global_batch_size)  # (position in the stream, index)
+  if process_count > 1:  # rows [p * local, (p + 1) * local) of every global batch
+    ds = ds.filter(lambda position, _: (position // local_batch_size) % process_count
+                   == process_index)
 
   def _example(position, index):
-    example_seed = tf.stack([tf.constant(seed, tf.int64), position * process_count + process_index])
+    example_seed = tf.stack([tf.constant(seed, tf.int64), position])
     return preprocess(tables, index, data, vocab, seed=example_seed)
 
   ds = ds.map(_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

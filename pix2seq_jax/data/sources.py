@@ -16,7 +16,9 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 import ml_collections
 
@@ -35,12 +37,23 @@ class Splits:
     return self.train.categories
 
 
+def _first_process_first(make):
+  """Runs `make` on process 0, then on the others, which find its files ready."""
+  if jax.process_count() == 1:
+    return make()
+  result = make() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices('pix2seq_jax: dataset files ready')
+  return result if jax.process_index() == 0 else make()
+
+
 def split_paths(data: ml_collections.ConfigDict) -> dict[str, tuple[str, str]]:
-  """{split: (images_dir, annotations_path)} for the configured source."""
+  """{split: (images_dir, annotations_path)} for the configured source.
+
+  Files made on first use (the shapes dataset, the TFDS export) are made by process 0
+  while the other processes wait.
+  """
   if data.source == 'shapes':
-    return shapes.ensure_dataset(
-        data.shapes_dir, seed=data.shapes_seed, num_train=data.shapes_num_train,
-        num_val=data.shapes_num_val)
+    return _first_process_first(lambda: _shapes_paths(data))
   if data.source == 'coco_files':
     if data.coco_dir:
       return {
@@ -52,7 +65,7 @@ def split_paths(data: ml_collections.ConfigDict) -> dict[str, tuple[str, str]]:
     return {'train': (data.train_images, data.train_annotations),
             'val': (data.val_images, data.val_annotations)}
   if data.source == 'tfds':
-    return tfds_source.split_paths(data)
+    return _first_process_first(lambda: tfds_source.split_paths(data))
   raise ValueError(f'config.data.source={data.source!r} is not one of {SOURCES}.')
 
 
@@ -79,6 +92,11 @@ def check_images(split: coco_json.CocoSplit, max_instances: int) -> coco_json.Co
   dropped = dict(split.dropped, **{f'image_{k}': v for k, v in report.skipped_counts.items()})
   return dataclasses.replace(split, records=records, dropped=dropped, fixed=fixed,
                              skipped_images=report.skipped)
+
+
+def _shapes_paths(data: ml_collections.ConfigDict) -> dict[str, tuple[str, str]]:
+  return shapes.ensure_dataset(data.shapes_dir, seed=data.shapes_seed,
+                               num_train=data.shapes_num_train, num_val=data.shapes_num_val)
 
 
 def load_splits(data: ml_collections.ConfigDict) -> Splits:

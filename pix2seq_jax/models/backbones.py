@@ -15,3 +15,12 @@ BACKBONES = {
 # can be validated without building a model.
 STRIDES = {'resnet50': 32, 'resnet50_c4': 16, 'resnet_tiny': 16, 'vit_patch16': 16,
            'vit_patch8': 8}
+
+
+def freeze(backbone, stages: int, batch_norm: bool) -> None:
+  """Freezes a ResNet's stem and first `stages - 1` stages, and/or its batch norms."""
+  if not isinstance(backbone, resnet.ResNet):
+    raise ValueError(f'Only ResNet backbones can be frozen, not {type(backbone).__name__}.')
+  if not 0 <= stages <= len(backbone.stage_sizes) + 1:
+    raise ValueError(f'frozen stages {stages} must be in [0, {len(backbone.stage_sizes) + 1}].')
+  backbone.frozen_stages, backbone.frozen_norm = stages, batch_norm

@@ -108,13 +108,16 @@ class Pix2Seq(nnx.Module):
 
   def __init__(self, spec: ModelSpec, vocab_size: int, max_seq_len: int, *,
                dropout: float = 0.0, drop_path: float = 0.0,
-               image_normalization: str = 'none', rngs: nnx.Rngs):
+               image_normalization: str = 'none', frozen_backbone_stages: int = 0,
+               frozen_batch_norm: bool = False, rngs: nnx.Rngs):
     if image_normalization not in IMAGE_NORMALIZATIONS:
       raise ValueError(f'image_normalization={image_normalization!r}: use one of '
                        f'{IMAGE_NORMALIZATIONS}.')
     self.spec = spec
     self.image_normalization = image_normalization
     self.backbone = backbones.BACKBONES[spec.backbone](rngs=rngs)
+    if frozen_backbone_stages or frozen_batch_norm:
+      backbones.freeze(self.backbone, frozen_backbone_stages, frozen_batch_norm)
     enc, dec = spec.encoder_dim, spec.decoder_dim
     self.input_proj = transformer._dense(self.backbone.num_features, enc, rngs)
     self.input_norm = transformer._layer_norm(enc, rngs)

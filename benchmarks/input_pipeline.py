@@ -1,0 +1,77 @@
+"""Throughput of the training input pipeline against bare JPEG decoding of the same files.
+
+  python benchmarks/input_pipeline.py --coco_dir=../shared/data/coco_tiny [--image_size=640]
+
+Both run in this process on the same files with tf.data's parallelism (AUTOTUNE):
+  pipeline     the full training path of `configs/coco.py`: read, decode, scale jitter,
+               crop, flip, pad, object shuffle, sequences with noise objects and class
+               corruption, batching (pix2seq_jax/data/pipeline.py)
+  decode only  read and decode each JPEG to uint8 pixels, nothing else
+Prints one line per measurement and, last, one JSON object with images_per_second,
+decode_only_images_per_second and their ratio.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import tensorflow as tf  # noqa: E402
+
+from configs import coco  # noqa: E402
+from pix2seq_jax import vocab as vocab_lib  # noqa: E402
+from pix2seq_jax.data import pipeline, sources  # noqa: E402
+
+
+def _images_per_second(iterator, images_per_item: int, warmup: int, items: int) -> float:
+  for _ in range(warmup):
+    next(iterator)
+  start = time.perf_counter()
+  for _ in range(items):
+    next(iterator)
+  return items * images_per_item / (time.perf_counter() - start)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--coco_dir', required=True, help='a COCO-layout folder (train2017/)')
+  parser.add_argument('--image_size', type=int, default=640)
+  parser.add_argument('--batch_size', type=int, default=8)
+  parser.add_argument('--images', type=int, default=400, help='images timed per measurement')
+  args = parser.parse_args()
+  tf.config.set_visible_devices([], 'GPU')
+
+  config = coco.get_config()
+  config.data.coco_dir = args.coco_dir
+  config.data.image_size = args.image_size
+  splits = sources.load_splits(config.data)
+  split = splits.train
+  vocab = vocab_lib.Vocabulary(split.categories.num_classes, config.data.num_bins)
+  batches = args.images // args.batch_size
+  warmup = max(2, batches // 10)
+
+  full = pipeline.train_batches(split, config.data, vocab, seed=0,
+                                local_batch_size=args.batch_size)
+  pipeline_rate = _images_per_second(full, args.batch_size, warmup, batches)
+  print(f'pipeline: {pipeline_rate:.1f} images/s ({args.image_size} px, batch {args.batch_size})')
+
+  paths = tf.data.Dataset.from_tensor_slices([r.path for r in split.records]).repeat()
+  decoded = paths.map(lambda p: tf.io.decode_image(tf.io.read_file(p), channels=3,
+                                                   expand_animations=False),
+                      num_parallel_calls=tf.data.AUTOTUNE).prefetch(2).as_numpy_iterator()
+  decode_rate = _images_per_second(decoded, 1, warmup * args.batch_size, args.images)
+  print(f'decode only: {decode_rate:.1f} images/s')
+
+  print(json.dumps({
+      'coco_dir': args.coco_dir, 'train_images': len(split.records),
+      'image_size': args.image_size, 'batch_size': args.batch_size,
+      'cpu_count': os.cpu_count(), 'images_per_second': pipeline_rate,
+      'decode_only_images_per_second': decode_rate,
+      'pipeline_over_decode': pipeline_rate / decode_rate}))
+
+
+if __name__ == '__main__':
+  main()
