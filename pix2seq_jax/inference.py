@@ -28,13 +28,15 @@ def make_decode_fn(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
   length = vocab_lib.sequence_length(dec.max_objects or config.data.max_instances)
 
   def run(params, batch_stats, images, rng):
+    params, batch_stats = sharding.gathered((params, batch_stats), mesh)
     model = nnx.merge(graphdef, params, batch_stats)
     state = decode.decode(model, images, vocab, length=length, temperature=dec.temperature,
                           top_k=dec.top_k, top_p=dec.top_p, rng=rng)
     return decode.detection_outputs(state, vocab, dec.score)
 
-  jitted = jax.jit(run, in_shardings=(sharding.replicated(mesh), sharding.replicated(mesh),
-                                      sharding.batch_sharded(mesh), sharding.replicated(mesh)),
+  # Parameters come replicated or sharded (train.shard_params); `run` gathers them.
+  jitted = jax.jit(run, in_shardings=(None, None, sharding.batch_sharded(mesh),
+                                      sharding.replicated(mesh)),
                    out_shardings=sharding.batch_sharded(mesh))
   seed = config.seed
 

@@ -50,6 +50,11 @@ def state_shardings(tree, mesh: Mesh, shard: bool):
   return jax.tree.map(lambda x: leaf_sharding(tuple(x.shape), mesh, shard), tree)
 
 
+def gathered(tree, mesh: Mesh):
+  """Inside jit: `tree` whole on every device (an all-gather where it is sharded)."""
+  return jax.lax.with_sharding_constraint(tree, replicated(mesh))
+
+
 def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """This process's slice of a global batch -> global arrays sharded over 'data'."""
   sharding = batch_sharded(mesh)

@@ -141,7 +141,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.
   constrain = jax.lax.with_sharding_constraint
   params = state.params
   if sharded_over is not None:  # gather the full parameters for the model
-    params = constrain(params, sharding.replicated(sharded_over))
+    params = sharding.gathered(params, sharded_over)
 
   def loss_sum(params, batch_stats, micro, micro_rng):
     model = nnx.merge(graphdef, cast_floats(params, compute_dtype), batch_stats,

@@ -32,6 +32,7 @@ def make_val_loss_fn(graphdef: nnx.GraphDef, vocab: vocab_lib.Vocabulary,
   """Jitted (params, batch_stats, batch with BATCH_KEYS) -> {sum name: scalar}."""
 
   def sums(params, batch_stats, batch):
+    params, batch_stats = sharding.gathered((params, batch_stats), mesh)
     model = nnx.merge(graphdef, params, batch_stats)
     logits = model(batch['image'], batch['input_tokens'], train=False)  # [B, L, V]
     nll = optax.softmax_cross_entropy_with_integer_labels(
@@ -46,7 +47,8 @@ def make_val_loss_fn(graphdef: nnx.GraphDef, vocab: vocab_lib.Vocabulary,
             'class_nll': jnp.sum(nll * label), 'class_tokens': jnp.sum(label)}
 
   replicated = sharding.replicated(mesh)
-  return jax.jit(sums, in_shardings=(replicated, replicated, sharding.batch_sharded(mesh)),
+  # Parameters come replicated or sharded (train.shard_params); `sums` gathers them.
+  return jax.jit(sums, in_shardings=(None, None, sharding.batch_sharded(mesh)),
                  out_shardings=replicated)
 
 

@@ -8,6 +8,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+# Subprocesses (main.py runs) inherit this: the tiny models compile ~25% faster.
+os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', 'true')
 import jax  # noqa: E402
 
 # Compile fast: the tests run tiny models where XLA's optimisations cost more than they save.

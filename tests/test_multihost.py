@@ -41,12 +41,26 @@ def _command(workdir, shapes_dir):
       '--config.eval.max_images=6']
 
 
-def test_two_processes_of_two_devices_equal_one_process_of_four(shapes_dir, tmp_path):
-  single = str(tmp_path / 'single')
-  out = subprocess.run(_command(single, shapes_dir), cwd=ROOT, env=_env(4),
-                       capture_output=True, text=True, timeout=900)
+def _run(command, devices):
+  out = subprocess.run(command, cwd=ROOT, env=_env(devices), capture_output=True, text=True,
+                       timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
+  return out
 
+
+@pytest.fixture(scope='module')
+def single(shapes_dir, tmp_path_factory):
+  """One process with four devices, replicated state: the reference run."""
+  workdir = str(tmp_path_factory.mktemp('single'))
+  _run(_command(workdir, shapes_dir), 4)
+  return workdir
+
+
+def _losses(log):
+  return [e['loss'] for e in log if 'loss' in e]
+
+
+def test_two_processes_of_two_devices_equal_one_process_of_four(single, shapes_dir, tmp_path):
   multi = str(tmp_path / 'multi')
   address = f'localhost:{_free_port()}'
   processes = [subprocess.Popen(
@@ -60,9 +74,8 @@ def test_two_processes_of_two_devices_equal_one_process_of_four(shapes_dir, tmp_
   assert 'Process 1 of 2; 2 local and 4 global devices.' in errors[1]
 
   one, two = _logged(single), _logged(multi)
-  losses = lambda log: [e['loss'] for e in log if 'loss' in e]
-  assert len(losses(two)) == STEPS  # one writer: process 0
-  np.testing.assert_allclose(losses(two), losses(one), rtol=1e-4)
+  assert len(_losses(two)) == STEPS  # one writer: process 0
+  np.testing.assert_allclose(_losses(two), _losses(one), rtol=1e-4)
   final = lambda log: next(e for e in log if 'eval/AP' in e)
   for key in ('eval/AP', 'eval/AR100', 'eval/val_loss'):
     np.testing.assert_allclose(final(two)[key], final(one)[key], rtol=1e-3, atol=1e-6)
@@ -71,3 +84,19 @@ def test_two_processes_of_two_devices_equal_one_process_of_four(shapes_dir, tmp_
   with open(os.path.join(single, 'eval', f'step_{STEPS}', 'detections.json')) as f:
     assert len(detections) == len(json.load(f))  # every process's slice was gathered
   assert sorted(os.listdir(os.path.join(multi, 'checkpoints'))) == ['2', '4']
+
+
+def test_sharded_state_trains_resumes_and_evaluates_as_the_replicated_one(single, shapes_dir,
+                                                                         tmp_path):
+  """train.shard_params on four devices: stopped after 2 steps, resumed to 4; the losses,
+  the evaluation (parameters gathered for decoding) and the checkpoints match."""
+  sharded = str(tmp_path / 'sharded')
+  flag = '--config.train.shard_params=True'
+  halfway = main_command(sharded, shapes_dir, steps=2, checkpoint_every=2)
+  _run(halfway + ['--config.eval.max_images=6', flag], 4)
+  _run(_command(sharded, shapes_dir) + [flag], 4)  # resumes at step 2
+  one, four = _logged(single), _logged(sharded)
+  np.testing.assert_allclose(_losses(four), _losses(one), rtol=1e-4)
+  final = lambda log: [e for e in log if 'eval/AP' in e][-1]
+  for key in ('eval/AP', 'eval/val_loss'):
+    np.testing.assert_allclose(final(four)[key], final(one)[key], rtol=1e-3, atol=1e-6)

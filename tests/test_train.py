@@ -27,15 +27,20 @@ def _losses_on(devices: int, *flags: str) -> dict:
   return result
 
 
-def test_one_four_and_eight_devices_give_the_same_losses():
-  one = _losses_on(1)['losses']
+@pytest.fixture(scope='module')
+def one_device_losses():
+  return _losses_on(1)['losses']
+
+
+def test_one_four_and_eight_devices_give_the_same_losses(one_device_losses):
+  one = one_device_losses
   for devices in (4, 8):
     np.testing.assert_allclose(_losses_on(devices)['losses'], one, rtol=1e-4)
   assert one[2] != one[0]  # the steps really trained
 
 
-def test_sharded_parameters_give_the_same_losses_with_a_shard_per_device():
-  one = _losses_on(1)['losses']
+def test_sharded_parameters_give_the_same_losses_with_a_shard_per_device(one_device_losses):
+  one = one_device_losses
   sharded = _losses_on(4, '--shard_params')
   np.testing.assert_allclose(sharded['losses'], one, rtol=1e-4)
   full, shards = sharded['largest_param'], sharded['largest_param_shard_shapes']

@@ -78,6 +78,19 @@ def test_resize_keeps_aspect_ratio():
   assert image.shape == (60, 100, 3) and float(scale) == pytest.approx(2.0)
 
 
+@pytest.mark.parametrize('size', [32, 64, 160])  # shrink, same size, grow
+def test_resize_antialiases_exactly_when_it_matters(size):
+  """Plain bilinear where not shrinking (the same pixels as antialiased, 4x faster)."""
+  image = tf.random.stateless_uniform([48, 64, 3], seed=[3, 4])
+  shape = [size * 3 // 4, size]
+  want = tf.clip_by_value(tf.image.resize(image, shape, antialias=True), 0.0, 1.0).numpy()
+  eager, _ = transforms.resize_longest_side(image, size)
+  in_dataset, _ = next(iter(tf.data.Dataset.from_tensors(image).map(
+      lambda x: transforms.resize_longest_side(x, size))))
+  for got in (eager.numpy(), in_dataset.numpy()):
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
 def test_flip_moves_boxes_with_pixels():
   image = np.zeros((10, 20, 3), np.float32)
   image[2:5, 1:6] = 1.0  # box (0.2, 0.05, 0.5, 0.3)
