@@ -12,6 +12,8 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from pix2seq_jax import tree_paths
+
 _LIST_LIMIT = 12
 
 
@@ -19,16 +21,9 @@ class CheckpointMismatchError(ValueError):
   """A checkpoint whose arrays do not fit the configured model."""
 
 
-def _key_name(key) -> str:
-  for attribute in ('name', 'key', 'idx'):
-    if hasattr(key, attribute):
-      return str(getattr(key, attribute))
-  return str(key)
-
-
 def _shapes(tree) -> dict[str, tuple]:
   """{'params/decoder/embed/embedding/value': shape} for every array of a state pytree."""
-  return {'/'.join(_key_name(k) for k in path): tuple(leaf.shape)
+  return {'/'.join(tree_paths.path_names(path)): tuple(leaf.shape)
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 

@@ -120,16 +120,16 @@ def _check_train(config: ml_collections.ConfigDict) -> None:
       raise ConfigError('config.model.pretrained_backbone: ImageNet weights expect '
                         'standardised images; set config.model.image_normalization=imagenet.')
   if model.frozen_backbone_stages or model.frozen_batch_norm:
-    backbone = variants.get_spec(model.variant).backbone
-    stages = {'resnet50': 4, 'resnet50_c4': 3, 'resnet_tiny': 4}.get(backbone)
-    if stages is None:
-      raise ConfigError(f'config.model.frozen_backbone_stages / frozen_batch_norm freeze a '
-                        f'ResNet, but variant {model.variant!r} has a {backbone} backbone; '
-                        'set them to 0 / False.')
-    if not 0 <= model.frozen_backbone_stages <= stages + 1:
-      raise ConfigError(f'config.model.frozen_backbone_stages={model.frozen_backbone_stages} '
-                        f'must be in [0, {stages + 1}] for {backbone} (2: the stem and '
-                        'stage 1, as DETR).')
+    name = variants.get_spec(model.variant).backbone
+    try:
+      backbones.freeze(backbones.abstract_backbone(name), model.frozen_backbone_stages,
+                       model.frozen_batch_norm)
+    except ValueError as e:
+      raise ConfigError(
+          f'config.model.frozen_backbone_stages={model.frozen_backbone_stages} / '
+          f'frozen_batch_norm={model.frozen_batch_norm} for variant {model.variant!r} '
+          f'({name}): {e} (2 freezes the stem and stage 1, as DETR; 0 / False: none).'
+      ) from None
   for name in ('dropout', 'drop_path'):
     if not 0.0 <= model[name] < 1.0:
       raise ConfigError(f'config.model.{name}={model[name]} must be in [0, 1).')

@@ -11,8 +11,8 @@ import math
 import jax
 import ml_collections
 import optax
-from flax import nnx
 
+from pix2seq_jax import tree_paths
 from pix2seq_jax.models import backbones, variants
 
 
@@ -56,20 +56,15 @@ def frozen_prefixes(model: ml_collections.ConfigDict) -> tuple[tuple[str, ...], 
   freezes (e.g. ('backbone', 'blocks', '0'))."""
   if not model.frozen_backbone_stages:
     return ()
-  name = variants.get_spec(model.variant).backbone
-  backbone = nnx.eval_shape(lambda: backbones.BACKBONES[name](rngs=nnx.Rngs(0)))
+  backbone = backbones.abstract_backbone(variants.get_spec(model.variant).backbone)
   backbones.freeze(backbone, model.frozen_backbone_stages, model.frozen_batch_norm)
   return tuple(('backbone',) + path for path in backbone.frozen_paths())
-
-
-def _path_names(path) -> tuple[str, ...]:
-  return tuple(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
 
 
 def frozen_mask(params, prefixes: tuple[tuple[str, ...], ...]):
   """True for the parameters under any of `prefixes`."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: any(_path_names(path)[:len(p)] == p for p in prefixes), params)
+      lambda path, _: any(tree_paths.path_names(path)[:len(p)] == p for p in prefixes), params)
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

@@ -85,7 +85,7 @@ def with_pretrained_backbone(state: TrainState, config: ml_collections.ConfigDic
   Returns the new state (replicated over `mesh`) and the file's ignored keys.
   """
   spec = variants.get_spec(config.model.variant)
-  backbone = nnx.eval_shape(lambda: backbones.BACKBONES[spec.backbone](rngs=nnx.Rngs(0)))
+  backbone = backbones.abstract_backbone(spec.backbone)
   new_params, new_stats = jax.device_get((state.params, state.batch_stats))
   params, batch_stats = new_params.to_pure_dict(), new_stats.to_pure_dict()
   # A backbone without an ImageNet stem (tiny ResNet, ViT patches) is refused in there.

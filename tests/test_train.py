@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pix2seq_jax import checkpoint, config_checks, optim, sharding, synthetic, train_step
+from pix2seq_jax import tree_paths
 from pix2seq_jax import vocab as vocab_lib
 from tests.conftest import ROOT, tiny_config
 
@@ -220,7 +221,7 @@ def test_frozen_stages_and_batch_norm_stay_as_they_were(shapes_dir):
   params, stats = jax.device_get((state.params, state.batch_stats))
   frozen = optim.frozen_mask(params, optim.frozen_prefixes(config.model))
   flat = lambda tree: jax.tree_util.tree_flatten_with_path(tree)[0]
-  names = {'/'.join(optim._path_names(path)): bool(is_frozen)
+  names = {'/'.join(tree_paths.path_names(path)): bool(is_frozen)
            for path, is_frozen in flat(frozen)}
   assert names['backbone/stem/kernel/value'] and names['backbone/blocks/0/conv1/kernel/value']
   assert not names['backbone/blocks/1/conv1/kernel/value']
@@ -228,7 +229,7 @@ def test_frozen_stages_and_batch_norm_stay_as_they_were(shapes_dir):
   for (path, old), (_, new), (_, is_frozen) in zip(flat(initial[0]), flat(params),
                                                    flat(frozen)):
     changed = not np.array_equal(old, new)
-    assert changed != is_frozen, (optim._path_names(path), changed)
+    assert changed != is_frozen, (tree_paths.path_names(path), changed)
   jax.tree.map(np.testing.assert_array_equal, initial[1], stats)
 
 

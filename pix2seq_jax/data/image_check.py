@@ -95,7 +95,7 @@ def check_file(path: str, height: int, width: int) -> FileCheck:
 
 @dataclasses.dataclass
 class CheckReport:
-  """What `check_files` found: the usable indices, the skipped files and the fix counts."""
+  """What `check_files` found: a verdict per file, the skipped files and the fix counts."""
 
   checks: list[FileCheck]
   skipped: list[tuple[str, str, str]]  # (path, problem, detail)

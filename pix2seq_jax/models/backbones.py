@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from flax import nnx
+
 from pix2seq_jax.models import resnet, vit
 
 BACKBONES = {
@@ -15,6 +17,11 @@ BACKBONES = {
 # can be validated without building a model.
 STRIDES = {'resnet50': 32, 'resnet50_c4': 16, 'resnet_tiny': 16, 'vit_patch16': 16,
            'vit_patch8': 8}
+
+
+def abstract_backbone(name: str):
+  """The backbone `name` as shapes only (nnx.eval_shape): its structure, no parameters."""
+  return nnx.eval_shape(lambda: BACKBONES[name](rngs=nnx.Rngs(0)))
 
 
 def freeze(backbone, stages: int, batch_norm: bool) -> None:

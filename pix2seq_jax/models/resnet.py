@@ -195,15 +195,18 @@ class ResNet(nnx.Module):
 
   feature_dropout = True  # Pix2Seq applies dropout to these features
 
+  def _frozen_blocks(self) -> int:
+    """How many blocks the frozen stages hold; -1 when not even the stem is frozen."""
+    return sum(self.stage_sizes[:self.frozen_stages - 1]) if self.frozen_stages > 0 else -1
+
   def frozen_paths(self) -> tuple[tuple[str, ...], ...]:
     """Parameter path prefixes (within the ResNet) of the frozen stem and stages."""
     if self.frozen_stages <= 0:
       return ()
     stem = ('stem', 'stem_norm') + (('stem_pre', 'stem_pre_norm') if self.stem_kind == 'small'
                                     else ())
-    frozen_blocks = sum(self.stage_sizes[:self.frozen_stages - 1])
     return tuple((name,) for name in stem) + tuple(('blocks', str(i))
-                                                   for i in range(frozen_blocks))
+                                                   for i in range(self._frozen_blocks()))
 
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
     train = train and not self.frozen_norm
@@ -213,14 +216,13 @@ class ResNet(nnx.Module):
     x = jax.nn.relu(_normed(self.stem_norm, self.stem(x), train))
     if self.stem_kind == 'imagenet':
       x = max_pool_same(x)
-    stage_ends = np.cumsum(self.stage_sizes)
-    if self.frozen_stages >= 1:
-      x = jax.lax.stop_gradient(x)
+    frozen_blocks = self._frozen_blocks()  # gradients stop after the last frozen block
     for index, block in enumerate(self.blocks):
-      x = block(x, train)
-      stage = int(np.searchsorted(stage_ends, index + 1)) + 1  # 1-based stage of this block
-      if index + 1 == stage_ends[stage - 1] and self.frozen_stages >= stage + 1:
+      if index == frozen_blocks:
         x = jax.lax.stop_gradient(x)
+      x = block(x, train)
+    if frozen_blocks == len(self.blocks):
+      x = jax.lax.stop_gradient(x)
     return x
 
 
