@@ -40,62 +40,69 @@ def _quiet_orbax(record: std_logging.LogRecord) -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  # TensorFlow is only the input pipeline: keep it off any GPU/TPU.
-  import tensorflow as tf
-  tf.config.set_visible_devices([], 'GPU')
+  mode = FLAGS.mode
+  if mode in ('summary', 'train', 'eval') and FLAGS.config is None:
+    raise app.UsageError(f'--mode={mode} needs --config.')
+  if mode != 'summary' and not FLAGS.workdir:
+    raise app.UsageError(f'--mode={mode} needs --workdir.')
+  if mode == 'predict' and (not FLAGS.images or not FLAGS.output):
+    raise app.UsageError('--mode=predict needs --images=GLOB and --output=FILE.json.')
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_quiet_orbax)
-  if FLAGS.mode != 'summary':
-    from pix2seq_jax import distributed
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                           auto=FLAGS.auto_distributed)
-
-  if FLAGS.mode == 'summary':
-    if FLAGS.config is None:
-      raise app.UsageError('--mode=summary needs --config.')
-    from pix2seq_jax import summary
-    print(summary.summarise(FLAGS.config))
-    return
-  if not FLAGS.workdir:
-    raise app.UsageError(f'--mode={FLAGS.mode} needs --workdir.')
-  if FLAGS.mode == 'predict' and (not FLAGS.images or not FLAGS.output):
-    raise app.UsageError('--mode=predict needs --images=GLOB and --output=FILE.json.')
-  if FLAGS.mode != 'predict' and FLAGS.config is None:
-    raise app.UsageError('--config is required for train and eval.')
+  overrides = tuple(config_flags.get_override_values(FLAGS['config'])) if FLAGS.config else ()
   try:
-    _run(FLAGS.mode)
+    _run(mode, overrides)
   except _user_errors() as error:  # the message says what is wrong and how to fix it
     print(f'error: {error}', file=sys.stderr)
     sys.exit(1)
 
 
-def _run(mode: str) -> None:
-  if mode == 'predict':  # without TensorFlow's pipeline: the Predictor reads files with PIL
-    from pix2seq_jax import predict
-    # The workdir's own config is used; --config, when given, supplies the decode settings.
-    decode = FLAGS.config.decode.to_dict() if FLAGS.config is not None else None
-    predict.predict_files(FLAGS.workdir, FLAGS.images, FLAGS.output, FLAGS.draw_dir,
-                          min_score=FLAGS.min_score, decode=decode)
+def _run(mode: str, overrides: tuple[str, ...]) -> None:
+  from pix2seq_jax.config import checks
+  if mode == 'summary':
+    from pix2seq_jax.models import summary
+    checks.validate(FLAGS.config, mode='summary', overrides=overrides)
+    print(summary.summarise(FLAGS.config))
     return
-  from pix2seq_jax import train
+  from pix2seq_jax import compilation_cache
+  from pix2seq_jax.parallel import distributed
+  compilation_cache.enable()  # PIX2SEQ_COMPILATION_CACHE moves it or turns it off
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                         auto=FLAGS.auto_distributed)
+  if mode == 'predict':  # no TensorFlow: the Predictor reads files with PIL
+    from pix2seq_jax.inference import predictor
+    decode = None
+    if FLAGS.config is not None:  # supplies only the decode settings
+      checks.validate(FLAGS.config, mode='predict', overrides=overrides)
+      decode = FLAGS.config.decode.to_dict()
+    predictor.predict_files(FLAGS.workdir, FLAGS.images, FLAGS.output, FLAGS.draw_dir,
+                            min_score=FLAGS.min_score, decode=decode)
+    return
+  import tensorflow as tf  # the input pipeline only: keep it off any GPU
+  tf.config.set_visible_devices([], 'GPU')
   if mode == 'eval':
-    train.evaluate_latest(FLAGS.config, FLAGS.workdir)
+    from pix2seq_jax.evaluation import evaluator
+    for name in checks.ignored_in_eval(overrides):
+      logging.warning('--config.%s has no effect in --mode=eval.', name)
+    evaluator.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, overrides=overrides)
     return
+  from pix2seq_jax.train import loop, preemption
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except train.Preempted as stopped:
+    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir, overrides=overrides)
+  except preemption.Preempted as stopped:
     print(stopped, file=sys.stderr)
     sys.exit(stopped.exit_code)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
   """Errors caused by the config, data or workdir: reported in one line, no traceback."""
-  from pix2seq_jax import checkpoint, config_checks, pretrained
+  from pix2seq_jax.config import checks
   from pix2seq_jax.data import coco_json, image_check, tfds_source
-  return (config_checks.ConfigError, coco_json.AnnotationFileError,
-          image_check.ImageFilesError, tfds_source.TfdsNotPreparedError,
-          checkpoint.CheckpointMismatchError, pretrained.PretrainedWeightsError,
-          FloatingPointError, FileNotFoundError)
+  from pix2seq_jax.models import pretrained
+  from pix2seq_jax.train import checkpoints
+  return (checks.ConfigError, coco_json.AnnotationFileError, image_check.ImageFilesError,
+          tfds_source.TfdsNotPreparedError, checkpoints.CheckpointMismatchError,
+          pretrained.PretrainedWeightsError, FloatingPointError, FileNotFoundError)
 
 
 if __name__ == '__main__':

@@ -16,21 +16,18 @@ EOS at the last position. Prints one line per measurement and, last, one JSON ob
 import argparse
 import datetime
 import json
-import os
 import platform
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import numpy as np
+from flax import nnx
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from configs import default  # noqa: E402
-from pix2seq_jax import decode, detections, train_step  # noqa: E402
-from pix2seq_jax import vocab as vocab_lib  # noqa: E402
+from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax.config import default
+from pix2seq_jax.inference import decoding, detections
+from pix2seq_jax.models import build
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -64,7 +61,7 @@ def main() -> None:
   config.data.max_instances = max(args.objects, args.compare_objects)
   config.data.num_bins = args.num_bins
   vocab = vocab_lib.Vocabulary(args.num_classes, args.num_bins)
-  model = train_step.build_model(config, vocab, nnx.Rngs(0))
+  model = build.build_model(config, vocab, nnx.Rngs(0))
   model.decoder.output_bias[...] = model.decoder.output_bias[...].at[vocab_lib.EOS].set(-1e9)
   graphdef, state = nnx.split(model)
 
@@ -73,8 +70,9 @@ def main() -> None:
 
     @jax.jit
     def run(state, images):
-      out = decode.decode(nnx.merge(graphdef, state), images, vocab, length=length, step=step)
-      return decode.detection_outputs(out, vocab) + (out.position,)
+      out = decoding.decode(nnx.merge(graphdef, state), images, vocab, length=length,
+                            step=step)
+      return decoding.detection_outputs(out, vocab) + (out.position,)
     return run
 
   @jax.jit

@@ -14,16 +14,15 @@ decode_only_images_per_second and their ratio.
 import argparse
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import tensorflow as tf
 
-import tensorflow as tf  # noqa: E402
+from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax.config import config_file
+from pix2seq_jax.data import pipeline, sources
 
-from configs import coco  # noqa: E402
-from pix2seq_jax import vocab as vocab_lib  # noqa: E402
-from pix2seq_jax.data import pipeline, sources  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _images_per_second(iterator, images_per_item: int, warmup: int, items: int) -> float:
@@ -44,7 +43,7 @@ def main() -> None:
   args = parser.parse_args()
   tf.config.set_visible_devices([], 'GPU')
 
-  config = coco.get_config()
+  config = config_file.load(os.path.join(ROOT, 'configs', 'coco.py'))
   config.data.coco_dir = args.coco_dir
   config.data.image_size = args.image_size
   splits = sources.load_splits(config.data)

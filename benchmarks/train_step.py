@@ -12,19 +12,18 @@ and flop_utilization = achieved FLOP/s / that peak.
 
 import argparse
 import json
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from configs import default  # noqa: E402
-from pix2seq_jax import optim, sharding, synthetic, train_step  # noqa: E402
-from pix2seq_jax import vocab as vocab_lib  # noqa: E402
+from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax.config import default, resolve
+from pix2seq_jax.data import synthetic
+from pix2seq_jax.models import build
+from pix2seq_jax.parallel import mesh as mesh_lib
+from pix2seq_jax.train import optimizer, state as state_lib, step as step_lib
 
 
 def matmul_peak(dtype: str, sizes=(1024, 2048, 4096), repeats: int = 5) -> float:
@@ -70,27 +69,28 @@ def main() -> None:
   config.train.grad_accum_steps = args.grad_accum_steps
   config.model.frozen_backbone_stages = args.frozen_backbone_stages
   config.model.frozen_batch_norm = args.frozen_batch_norm
+  config = resolve.resolve(config)
   vocab = vocab_lib.Vocabulary(args.num_classes, args.num_bins)
-  mesh = sharding.make_mesh()
-  tx = optim.make_optimizer(config)
-  state = train_step.create_train_state(config, vocab, mesh, tx)
-  step = train_step.make_train_step(config, train_step.model_graphdef(config, vocab), mesh, tx)
+  mesh = mesh_lib.make_mesh()
+  tx = optimizer.make_optimizer(config)
+  state = state_lib.create_train_state(config, vocab, mesh, tx)
+  step = step_lib.train_step_for(config, build.model_graphdef(config, vocab), mesh, tx)
 
   rng = np.random.default_rng(0)
   length = vocab_lib.sequence_length(args.objects)
   size, batch_size = args.image_size, args.batch_size
-  batch = sharding.put_batch(synthetic.random_batch(
+  batch = mesh_lib.put_batch(synthetic.random_batch(
       rng, batch_size, size, length, vocab.size, uniform_weights=True), mesh)
-  compiled = step.lower(state, batch).compile()
+  compiled = step.jitted.lower(state, batch, *step.inputs(0)).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get('flops', 0.0)) if cost else 0.0
 
-  state, metrics = step(state, batch)  # warm up
+  state, metrics = step(state, batch, 0)  # warm up
   jax.block_until_ready(metrics)
   start = time.perf_counter()
-  for _ in range(args.steps):
-    state, metrics = step(state, batch)
+  for index in range(args.steps):
+    state, metrics = step(state, batch, index + 1)
   jax.block_until_ready(metrics)
   seconds = (time.perf_counter() - start) / args.steps
   peak = matmul_peak(args.compute_dtype)

@@ -6,12 +6,13 @@ weight decay 0.05, b2 0.95, 1000 bins, 100 objects, scale jitter [0.3, 2.0] and
 sequence augmentation. Point it at the data with `--config.data.coco_dir=/path/to/coco`
 and at the weights with `--config.model.pretrained_backbone=resnet50.safetensors`.
 
-For a CPU-sized trial, override the variant, image size, steps and batch, e.g.
+For a CPU-sized trial, override the variant, image size, length and batch, e.g.
 `--config.model.variant=tiny --config.data.image_size=256 --config.train.epochs=0
---config.train.steps=200 --config.train.batch_size=8`.
+--config.train.steps=200 --config.train.batch_size=8` (the length is in epochs here:
+train.steps needs train.epochs=0).
 """
 
-from configs import default
+from pix2seq_jax.config import default
 
 
 def get_config():
@@ -31,7 +32,9 @@ def get_config():
   model.drop_path = 0.1
   train.batch_size = 128  # global, over all devices and processes
   train.grad_accum_steps = 1  # e.g. 4 to fit batch 128 on fewer devices
+  train.steps = 0  # the length is set in epochs:
   train.epochs = 80  # ~73.9k steps over the 118k train images
+  train.warmup_steps = 0  # likewise the warmup:
   train.warmup_epochs = 2
   train.learning_rate = 1e-4
   train.end_lr_factor = 0.01  # decays to 1e-6

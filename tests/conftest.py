@@ -1,68 +1,25 @@
-"""Shared fixtures: a tiny config and a small shapes dataset; paths to the shared real data."""
+"""Shared fixtures (a small shapes dataset, a trained tiny workdir) and the session's
+compilation settings, which main.py processes started by the tests inherit."""
 
 import os
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from pix2seq_jax import compilation_cache
 
-# Subprocesses (main.py runs) inherit this: the tiny models compile ~25% faster.
+# Tiny models compile faster with XLA's optimisations off; the persistent cache lets
+# every process and test reuse what another compiled (config of tests only).
 os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', 'true')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault(compilation_cache.ENV, compilation_cache.default_dir() + '-tests')
+
 import jax  # noqa: E402
 
-# Compile fast: the tests run tiny models where XLA's optimisations cost more than they save.
 jax.config.update('jax_disable_most_optimizations', True)
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+compilation_cache.enable()
 
-from configs import default  # noqa: E402
-
-SHARED_DATA = os.environ.get('PIX2SEQ_SHARED_DATA',
-                             os.path.join(os.path.dirname(ROOT), 'shared', 'data'))
-
-
-def shared_path(*parts: str) -> str:
-  """A path under the shared real data; skips the test when it is absent."""
-  path = os.path.join(SHARED_DATA, *parts)
-  if not os.path.exists(path):
-    pytest.skip(f'{path} is absent: set PIX2SEQ_SHARED_DATA to the folder holding '
-                'coco_tiny/ and cocoapi_eval/.')
-  return path
-
-
-def tiny_config(data_dir: str):
-  """The tiny model on 64-px shapes: a train step compiles and runs in seconds."""
-  config = default.get_config()
-  config.data.source = 'shapes'
-  config.data.shapes_dir = data_dir
-  config.data.shapes_num_train = 24
-  config.data.shapes_num_val = 6
-  config.data.image_size = 64
-  config.data.max_instances = 8
-  config.data.num_bins = 64
-  config.model.variant = 'tiny'
-  config.model.dropout = 0.1
-  config.train.steps = 4
-  config.train.batch_size = 4
-  config.train.warmup_steps = 1
-  config.train.learning_rate = 1e-3
-  config.train.log_every = 2
-  config.train.checkpoint_every = 2
-  config.eval.batch_size = 4
-  return config
-
-
-def main_command(workdir: str, shapes_dir: str, steps: int, checkpoint_every: int) -> list[str]:
-  """main.py training the tiny model on 64-px shapes (tests/conftest.tiny_config's sizes)."""
-  return [sys.executable, 'main.py', '--config=configs/shapes.py', f'--workdir={workdir}',
-          f'--config.data.shapes_dir={shapes_dir}', '--config.data.shapes_num_train=24',
-          '--config.data.shapes_num_val=6', '--config.data.image_size=64',
-          '--config.data.max_instances=8', '--config.data.num_bins=64',
-          '--config.train.batch_size=4', f'--config.train.steps={steps}',
-          '--config.train.warmup_steps=2', '--config.train.log_every=1',
-          f'--config.train.checkpoint_every={checkpoint_every}', '--config.train.eval_every=0',
-          '--config.eval.max_images=4', '--config.eval.batch_size=4']
-
+from tests import tiny  # noqa: E402
 
 
 @pytest.fixture(scope='session')
@@ -72,16 +29,69 @@ def shapes_dir(tmp_path_factory):
 
 @pytest.fixture
 def config(shapes_dir):
-  return tiny_config(shapes_dir)
+  return tiny.tiny_config(shapes_dir)
+
+
+def _shared_tmp(tmp_path_factory, name):
+  """A folder every pytest-xdist worker of this session sees (the run's base temporary
+  folder, which the workers' own sit in), and the lock that lets one of them fill it."""
+  import filelock
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    base = base.parent
+  return str(base / name), filelock.FileLock(str(base / f'{name}.lock'))
 
 
 @pytest.fixture(scope='session')
 def tiny_workdir(shapes_dir, tmp_path_factory):
-  """A workdir with a 2-step tiny checkpoint (config.json, categories.json, checkpoints/)."""
-  from pix2seq_jax import train
-  workdir = str(tmp_path_factory.mktemp('tiny_workdir'))
-  config = tiny_config(shapes_dir)
-  config.train.steps = 2
-  config.eval.max_images = 4
-  train.train_and_evaluate(config, workdir)
+  """A workdir with a 2-step tiny checkpoint (config.json, categories.json, checkpoints/),
+  trained once per session by whichever worker asks first."""
+  from pix2seq_jax.train import loop
+  workdir, lock = _shared_tmp(tmp_path_factory, 'tiny_workdir')
+  with lock:
+    if not os.path.exists(os.path.join(workdir, 'done')):
+      config = tiny.tiny_config(shapes_dir)
+      config.train.steps = 2
+      config.eval.max_images = 4
+      loop.train_and_evaluate(config, workdir)
+      open(os.path.join(workdir, 'done'), 'w').close()
   return workdir
+
+
+@pytest.fixture(scope='session')
+def multi_device_run(tmp_path_factory):
+  """tests/multi_device_run.py's results, from one process with 8 CPU devices."""
+  import json
+  import subprocess
+  import sys
+  out = str(tmp_path_factory.mktemp('multi_device') / 'result.json')
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  run = subprocess.run([sys.executable, '-m', 'tests.multi_device_run', out], cwd=tiny.ROOT,
+                       env=env, capture_output=True, text=True, timeout=900)
+  assert run.returncode == 0, run.stderr[-3000:]
+  with open(out) as f:
+    return json.load(f)
+
+
+# The longest groups, in the order the two workers should start them: xdist gives each
+# worker two groups at first (the 1st and 3rd to one, the 2nd and 4th to the other), then
+# one at a time, so the longest going first leaves short ones to even out the end. The 2-process run compiles the tiny model first; the 8-device run and a
+# TensorFlow-only group fill the other worker until that compilation is in the cache.
+_FIRST_GROUPS = ('tests.test_multihost', 'multi_device', 'tests.test_augment',
+                 'tests.test_reliability', 'tests.test_train', 'tests.test_bad_data',
+                 'tests.test_end_to_end', 'tests.test_pretrained', 'tests.test_model')
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+  """For pytest-xdist's `--dist loadgroup` (pyproject.toml): each test file is one group,
+  so its module fixtures are made once, and tests marked `xdist_group` share theirs across
+  files. The longest groups go first, so that no worker waits for one at the end."""
+  for item in items:
+    if not item.get_closest_marker('xdist_group'):
+      item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+  group = lambda item: item.get_closest_marker('xdist_group').args[0]
+  rank = lambda item: (_FIRST_GROUPS.index(group(item)) if group(item) in _FIRST_GROUPS
+                       else len(_FIRST_GROUPS))
+  items.sort(key=rank)  # stable: the rest keep their order

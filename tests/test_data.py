@@ -8,7 +8,7 @@ import pytest
 
 from pix2seq_jax import vocab as vocab_lib
 from pix2seq_jax.data import coco_json, pipeline, shapes, sources
-from tests.conftest import shared_path, tiny_config
+from tests.tiny import shared_path, tiny_config
 
 
 def _write(path, content):

@@ -1,6 +1,6 @@
 """Decoding: cached == recompute, sampling filters, the grammar, early exit and scores.
 
-Most tests drive `decode.sample` with fake logits functions whose output is known; the
+Most tests drive `decoding.sample` with fake logits functions whose output is known; the
 cache of those fakes counts the loop's iterations.
 """
 
@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pix2seq_jax import decode, detections, train_step
+from pix2seq_jax.inference import decoding, detections
+from pix2seq_jax.models import build
 from pix2seq_jax import vocab as vocab_lib
-from tests.conftest import tiny_config
+from tests.tiny import tiny_config
 
 VOCAB = vocab_lib.Vocabulary(num_classes=5, num_bins=64)
 LENGTH = vocab_lib.sequence_length(8)
@@ -24,7 +25,7 @@ def coord(b):
 
 
 def _model(shapes_dir, seed=0):
-  return train_step.build_model(tiny_config(shapes_dir), VOCAB, nnx.Rngs(seed))
+  return build.build_model(tiny_config(shapes_dir), VOCAB, nnx.Rngs(seed))
 
 
 def _run(model, images, **kwargs):
@@ -32,7 +33,7 @@ def _run(model, images, **kwargs):
 
   @jax.jit
   def fn(state, images):
-    return decode.decode(nnx.merge(graphdef, state), images, VOCAB, length=LENGTH, **kwargs)
+    return decoding.decode(nnx.merge(graphdef, state), images, VOCAB, length=LENGTH, **kwargs)
 
   return fn(state, images)
 
@@ -41,7 +42,7 @@ def _sample(logits_fn, batch, length=LENGTH, **kwargs):
   """Runs the loop with `logits_fn(position) -> [B, V]`; cache counts the iterations."""
   fn = lambda last, position, calls: (logits_fn(last, position), calls + 1)
   kwargs.setdefault('rng', jax.random.key(0))
-  return jax.jit(lambda: decode.sample(fn, jnp.int32(0), batch, VOCAB, length=length,
+  return jax.jit(lambda: decoding.sample(fn, jnp.int32(0), batch, VOCAB, length=length,
                                        **kwargs))()
 
 
@@ -108,12 +109,12 @@ def test_known_logits_give_the_known_sequence_and_scores():
   np.testing.assert_array_equal(state.tokens, np.stack([expected] * 2))
   assert int(state.position) == len(target) == int(state.cache)  # stopped after EOS
   np.testing.assert_allclose(state.class_probs[0, [4, 9]], [0.7, 0.7], rtol=1e-5)
-  tokens, scores = decode.detection_outputs(state, VOCAB, 'class')
+  tokens, scores = decoding.detection_outputs(state, VOCAB, 'class')
   found = detections.parse_tokens(np.asarray(tokens[0]), VOCAB, np.asarray(scores[0]))
   np.testing.assert_array_equal(found.labels, [2, 0])
   np.testing.assert_allclose(found.scores, [0.7, 0.7], rtol=1e-5)
   np.testing.assert_allclose(found.boxes[0], VOCAB.bin_to_coord(np.array([10, 20, 30, 40])))
-  _, scores = decode.detection_outputs(state, VOCAB, 'class_x_coords')
+  _, scores = decoding.detection_outputs(state, VOCAB, 'class_x_coords')
   np.testing.assert_allclose(scores[0, [4, 9]], [0.7 ** 5] * 2, rtol=1e-4)
 
 
@@ -129,7 +130,7 @@ def test_class_is_the_best_real_class_and_na_objects_are_kept():
 
   state = _sample(logits_fn, 1)
   np.testing.assert_array_equal(state.tokens[0, [4, 9, 10]], [NA, C0 + 3, EOS])
-  tokens, scores = decode.detection_outputs(state, VOCAB)
+  tokens, scores = decoding.detection_outputs(state, VOCAB)
   found = detections.parse_tokens(np.asarray(tokens[0]), VOCAB, np.asarray(scores[0]))
   # Both objects report class 3; the "n/a" one with its (lower) probability.
   np.testing.assert_array_equal(found.labels, [3, 3])
@@ -199,14 +200,14 @@ def test_sampling_is_deterministic_given_the_key():
 
 def test_filters_keep_the_nucleus_and_the_top_k():
   logits = jnp.log(jnp.asarray([[0.05, 0.5, 0.15, 0.3]]))
-  kept = lambda **kw: np.asarray(decode.filter_logits(logits, **kw)[0] > decode.NEG_INF)
+  kept = lambda **kw: np.asarray(decoding.filter_logits(logits, **kw)[0] > decoding.NEG_INF)
   np.testing.assert_array_equal(kept(top_p=0.5), [0, 1, 0, 0])  # 0.5 reaches 0.5
   np.testing.assert_array_equal(kept(top_p=0.7), [0, 1, 0, 1])
   np.testing.assert_array_equal(kept(top_p=0.81), [0, 1, 1, 1])
   np.testing.assert_array_equal(kept(top_k=2), [0, 1, 0, 1])
   np.testing.assert_array_equal(kept(top_k=3, top_p=0.7), [0, 1, 0, 1])
   # Sampled frequencies follow the renormalised nucleus: 0.5/0.8 and 0.3/0.8.
-  draws = decode.choose_tokens(jnp.tile(logits, (20000, 1)), jax.random.key(0),
+  draws = decoding.choose_tokens(jnp.tile(logits, (20000, 1)), jax.random.key(0),
                                temperature=1.0, top_k=0, top_p=0.7)
   freq = np.bincount(np.asarray(draws), minlength=4) / 20000
   np.testing.assert_allclose(freq, [0, 0.625, 0, 0.375], atol=0.015)
@@ -215,7 +216,7 @@ def test_filters_keep_the_nucleus_and_the_top_k():
 def test_grammar_mask_by_slot():
   tokens = jnp.full((1, LENGTH), vocab_lib.PADDING).at[0, :2].set(jnp.asarray([coord(7),
                                                                               coord(9)]))
-  mask = lambda p: np.asarray(decode.grammar_mask(jnp.int32(p), tokens, VOCAB, LENGTH))[0]
+  mask = lambda p: np.asarray(decoding.grammar_mask(jnp.int32(p), tokens, VOCAB, LENGTH))[0]
   coords = np.zeros(VOCAB.size, bool)
   coords[VOCAB.coord_offset:] = True
   np.testing.assert_array_equal(mask(1), coords)

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from pix2seq_jax import evaluate
-from tests.conftest import ROOT, shared_path
+from pix2seq_jax.evaluation import coco_metrics
+from tests.tiny import ROOT, shared_path
 
 # Published by the COCO API for its fake bbox results (pycocotools 2.0.11, full precision).
 PUBLISHED = {
@@ -19,7 +19,7 @@ PUBLISHED = {
 
 
 def test_reproduces_the_cocoapi_fixture_exactly():
-  metrics = evaluate.evaluate_files(
+  metrics = coco_metrics.evaluate_files(
       shared_path('cocoapi_eval', 'instances_val2014_100.json'),
       shared_path('cocoapi_eval', 'instances_val2014_fakebbox100_results.json'))
   assert metrics == PUBLISHED
@@ -28,7 +28,7 @@ def test_reproduces_the_cocoapi_fixture_exactly():
 def test_cli_prints_and_writes_the_twelve_numbers(tmp_path):
   output = tmp_path / 'm.json'
   run = subprocess.run(
-      [sys.executable, '-m', 'pix2seq_jax.evaluate',
+      [sys.executable, '-m', 'pix2seq_jax.evaluation.coco_metrics',
        '--annotations', shared_path('cocoapi_eval', 'instances_val2014_100.json'),
        '--detections', shared_path('cocoapi_eval', 'instances_val2014_fakebbox100_results.json'),
        '--output', str(output)], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -38,16 +38,16 @@ def test_cli_prints_and_writes_the_twelve_numbers(tmp_path):
 
 
 def test_empty_detections_score_zero_and_images_without_detections_count():
-  coco_gt = evaluate.load_ground_truth(shared_path('cocoapi_eval', 'instances_val2014_100.json'))
-  empty = evaluate.coco_metrics(coco_gt, [])
-  assert set(empty) == set(evaluate.METRIC_KEYS) and empty['AP'] == 0 and empty['AR100'] == 0
+  coco_gt = coco_metrics.load_ground_truth(shared_path('cocoapi_eval', 'instances_val2014_100.json'))
+  empty = coco_metrics.coco_metrics(coco_gt, [])
+  assert set(empty) == set(coco_metrics.METRIC_KEYS) and empty['AP'] == 0 and empty['AR100'] == 0
   # A perfect detection on one image only: the other images' objects are misses.
   ann = coco_gt.dataset['annotations'][0]
   one = [{'image_id': ann['image_id'], 'category_id': ann['category_id'], 'bbox': ann['bbox'],
           'score': 1.0}]
-  everywhere = evaluate.coco_metrics(coco_gt, one)
+  everywhere = coco_metrics.coco_metrics(coco_gt, one)
   assert set(one[0]) == {'image_id', 'category_id', 'bbox', 'score'}  # input left as it was
-  only_there = evaluate.coco_metrics(coco_gt, one, image_ids=[ann['image_id']])
+  only_there = coco_metrics.coco_metrics(coco_gt, one, image_ids=[ann['image_id']])
   assert 0 < everywhere['AR100'] < only_there['AR100']
 
 
@@ -55,22 +55,22 @@ def test_detections_file_must_be_a_list(tmp_path):
   path = tmp_path / 'd.json'
   path.write_text('{"image_id": 1}')
   with pytest.raises(ValueError, match='d.json'):
-    evaluate.evaluate_files(shared_path('cocoapi_eval', 'instances_val2014_100.json'), str(path))
+    coco_metrics.evaluate_files(shared_path('cocoapi_eval', 'instances_val2014_100.json'), str(path))
 
 
 def test_per_category_ap_and_precision_recall_agree_with_the_summary():
-  coco_gt = evaluate.load_ground_truth(shared_path('cocoapi_eval', 'instances_val2014_100.json'))
+  coco_gt = coco_metrics.load_ground_truth(shared_path('cocoapi_eval', 'instances_val2014_100.json'))
   with open(shared_path('cocoapi_eval', 'instances_val2014_fakebbox100_results.json')) as f:
     detections = json.load(f)
-  coco_eval = evaluate.run_cocoeval(coco_gt, detections)
-  per_category = evaluate.per_category_ap(coco_eval)
+  coco_eval = coco_metrics.run_cocoeval(coco_gt, detections)
+  per_category = coco_metrics.per_category_ap(coco_eval)
   assert set(per_category) == set(coco_gt.getCatIds())
   with_gt = [v for v in per_category.values() if v == v]  # nan: no ground truth
   assert 0 < len(with_gt) < len(per_category)
   assert sum(with_gt) / len(with_gt) == pytest.approx(PUBLISHED['AP'], abs=1e-12)
-  recall, precision = evaluate.precision_recall(coco_eval, iou=0.5)
+  recall, precision = coco_metrics.precision_recall(coco_eval, iou=0.5)
   assert recall.shape == precision.shape == (101,) and recall[0] == 0 and recall[-1] == 1
   assert precision.mean() == pytest.approx(PUBLISHED['AP50'], abs=1e-12)
   assert (precision[:-1] >= precision[1:] - 1e-12).all()  # interpolated: non-increasing
   with pytest.raises(ValueError, match='0.52'):
-    evaluate.precision_recall(coco_eval, iou=0.52)
+    coco_metrics.precision_recall(coco_eval, iou=0.52)

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pix2seq_jax import train_step
 from pix2seq_jax import vocab as vocab_lib
-from pix2seq_jax.models import backbones, resnet, transformer, variants, vit
-from tests.conftest import tiny_config
+from pix2seq_jax.models import backbones, build, resnet, transformer, variants, vit
+from tests.tiny import tiny_config
 
 VOCAB = vocab_lib.Vocabulary(num_classes=5, num_bins=64)
 
@@ -18,14 +17,22 @@ def _param_count(module) -> int:
   return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
 
 
+@nnx.jit(static_argnames='train')
+def _encode(model, images, train):
+  return model.encode(images, train=train)
+
+
 def test_tiny_model_output_shapes(shapes_dir):
   config = tiny_config(shapes_dir)
-  model = train_step.build_model(config, VOCAB, nnx.Rngs(0))
+  config.model.dropout = config.model.drop_path = 0.1
+  model = build.build_model(config, VOCAB, nnx.Rngs(0))
   images = jnp.zeros((2, 64, 64, 3))
-  memory = model.encode(images, train=False)
+  memory = _encode(model, images, False)
   assert memory.shape == (2, (64 // 16) ** 2, variants.VARIANTS['tiny'].decoder_dim)
   tokens = jnp.zeros((2, vocab_lib.sequence_length(8)), jnp.int32)
-  logits = model(images, tokens, train=True, rngs=nnx.Rngs(dropout=1))
+  logits = nnx.jit(lambda model, images, tokens: model(images, tokens, train=True,
+                                                      rngs=nnx.Rngs(dropout=1)))(
+      model, images, tokens)
   assert logits.shape == (2, tokens.shape[1], VOCAB.size)
   assert np.isfinite(np.asarray(logits)).all()
 
@@ -44,13 +51,14 @@ def test_backbone_strides_match_the_table(name):
 OFFICIAL = {'r50': (36.6e6, 23.5e6), 'r50_c4': (84.7e6, 8.5e6), 'vit_b': (115.2e6, None)}
 
 
+@pytest.mark.slow  # builds each full-size model abstractly
 @pytest.mark.parametrize('variant', sorted(OFFICIAL))
 def test_variants_have_the_official_parameter_counts(shapes_dir, variant):
   config = tiny_config(shapes_dir)
   config.model.variant = variant
   config.data.max_instances = 100  # official: 512 positions; 501 here
   vocab = vocab_lib.Vocabulary(num_classes=80 + 16, num_bins=2900)  # official vocab: 3000
-  model = nnx.eval_shape(lambda: train_step.build_model(config, vocab, nnx.Rngs(0)))
+  model = build.abstract_model(config, vocab)
   total, trunk = OFFICIAL[variant]
   assert abs(_param_count(model) - total) / total < 0.03
   if trunk:
@@ -75,13 +83,13 @@ def test_drop_path_drops_whole_examples():
 
 
 def test_batch_norm_statistics_update_only_in_training(shapes_dir):
-  model = train_step.build_model(tiny_config(shapes_dir), VOCAB, nnx.Rngs(0))
+  model = build.build_model(tiny_config(shapes_dir), VOCAB, nnx.Rngs(0))
   images = jax.random.uniform(jax.random.key(0), (2, 64, 64, 3))
   before = jax.tree.map(np.array, nnx.state(model, nnx.BatchStat))
-  model.encode(images, train=False)
+  _encode(model, images, False)
   after_eval = nnx.state(model, nnx.BatchStat)
   jax.tree.map(np.testing.assert_array_equal, before, after_eval)
-  model.encode(images, train=True)
+  _encode(model, images, True)
   after_train = nnx.state(model, nnx.BatchStat)
   changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), before, after_train)
   assert any(jax.tree.leaves(changed))

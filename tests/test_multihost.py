@@ -1,29 +1,30 @@
-"""Two processes with two CPU devices each train as one process with four devices.
+"""Two processes with two CPU devices each train as one process does.
 
 Real `main.py` runs joined by `jax.distributed.initialize` on localhost: each process
-reads its rows of every global batch, the state is sharded over all four devices, the
-checkpoint is written collectively and resumed from, evaluation decodes each process's
-slice and gathers it, and only process 0 writes logs and metrics.
+reads its rows of every global batch, the state is sharded over all four devices, a
+SIGTERM sent to process 1 alone stops both at the same step with one collective
+checkpoint, the same command resumes from it, evaluation decodes each process's slice
+and gathers it, and only process 0 writes logs and metrics. The reference is the same
+run in this process on one device (test_train checks 1, 4 and 8 devices step by step).
 """
 
 import json
 import os
+import signal
 import socket
 import subprocess
+import threading
+import time
 
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, main_command
+from pix2seq_jax.train import loop
+from tests.tiny import ROOT, main_command, main_config
 
 pytestmark = pytest.mark.slow
 
-STEPS = 4
-
-
-def _env(devices: int) -> dict:
-  return dict(os.environ, JAX_PLATFORMS='cpu',
-              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+STEPS = 6
 
 
 def _free_port() -> int:
@@ -37,61 +38,76 @@ def _logged(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f]
 
 
-def _command(workdir, shapes_dir):
-  return main_command(workdir, shapes_dir, steps=STEPS, checkpoint_every=2) + [
-      '--config.eval.max_images=6']
-
-
-def _run(command, devices):
-  out = subprocess.run(command, cwd=ROOT, env=_env(devices), capture_output=True, text=True,
-                       timeout=900)
-  assert out.returncode == 0, out.stderr[-3000:]
-  return out
-
-
-@pytest.fixture(scope='module')
-def single(shapes_dir, tmp_path_factory):
-  """One process with four devices, replicated state: the reference run."""
-  workdir = str(tmp_path_factory.mktemp('single'))
-  _run(_command(workdir, shapes_dir), 4)
-  return workdir
-
-
 def _losses(log):
   return [e['loss'] for e in log if 'loss' in e]
 
 
-def _two_processes(command):
+def _two_processes(command, signal_process_1_after: str | None = None):
+  """Runs `command` as processes 0 and 1 of 2 (2 CPU devices each); with
+  `signal_process_1_after`, sends SIGTERM to process 1 once that path exists.
+  Returns [(exit code, stderr)] per process."""
   address = f'localhost:{_free_port()}'
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=2')
   processes = [subprocess.Popen(
       command + [f'--coordinator_address={address}', '--num_processes=2', f'--process_id={i}'],
-      cwd=ROOT, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
-  errors = [p.communicate(timeout=900)[1] for p in processes]
-  for p, err in zip(processes, errors):
-    assert p.returncode == 0, err[-3000:]
-  return errors
+
+  def signal_later():
+    deadline = time.time() + 600
+    while not os.path.exists(signal_process_1_after) and time.time() < deadline:
+      if processes[1].poll() is not None:
+        return
+      time.sleep(0.02)
+    processes[1].send_signal(signal.SIGTERM)
+
+  sender = threading.Thread(target=signal_later) if signal_process_1_after else None
+  if sender:
+    sender.start()
+  results = [(p.communicate(timeout=900)[1], p.returncode) for p in processes]
+  if sender:
+    sender.join()
+  return [(code, err) for err, code in results]
 
 
-def test_two_processes_of_two_devices_equal_one_process_of_four(single, shapes_dir, tmp_path):
-  """The two processes also shard the state (train.shard_params) and stop halfway: the
-  resumed run restores each process's shards of the collectively written checkpoint."""
+@pytest.fixture(scope='module')
+def reference(shapes_dir, tmp_path_factory):
+  """The same run, in this process on one device."""
+  workdir = str(tmp_path_factory.mktemp('reference'))
+  config = main_config(shapes_dir, steps=STEPS, checkpoint_every=2)
+  config.eval.max_images = 6
+  loop.train_and_evaluate(config, workdir)
+  return workdir
+
+
+def test_two_processes_of_two_devices_equal_one_process(reference, shapes_dir, tmp_path):
   multi = str(tmp_path / 'multi')
-  sharded = '--config.train.shard_params=True'
-  _two_processes(main_command(multi, shapes_dir, steps=2, checkpoint_every=2) + [
-      '--config.eval.max_images=6', sharded])
-  errors = _two_processes(_command(multi, shapes_dir) + [sharded])
-  assert 'Process 1 of 2; 2 local and 4 global devices.' in errors[1]
-  assert 'Resumed from' in errors[0] and 'at step 2' in errors[0]
+  command = main_command(multi, shapes_dir, steps=STEPS, checkpoint_every=2) + [
+      '--config.eval.max_images=6', '--config.train.shard_params=True']
+  stopped = _two_processes(command, os.path.join(multi, 'checkpoints', '2'))
+  for code, err in stopped:
+    assert code == 128 + signal.SIGTERM, err[-3000:]
+  saved = sorted(int(d) for d in os.listdir(os.path.join(multi, 'checkpoints')) if d.isdigit())
+  stopped_at = saved[-1]
+  assert 2 <= stopped_at < STEPS, saved
+  for _, err in stopped:  # process 0 stopped too, at the step process 1 did
+    assert f'SIGTERM received: saved the checkpoint of step {stopped_at}' in err, err[-2000:]
 
-  one, two = _logged(single), _logged(multi)
-  assert len(_losses(two)) == STEPS  # one writer: process 0
+  resumed = _two_processes(command)
+  for code, err in resumed:
+    assert code == 0, err[-3000:]
+  assert 'Process 1 of 2; 2 local and 4 global devices.' in resumed[1][1]
+  assert 'Resumed from' in resumed[0][1] and f'at step {stopped_at}' in resumed[0][1]
+
+  one, two = _logged(reference), _logged(multi)
+  assert len(_losses(two)) == STEPS  # one writer: process 0, each step once
   np.testing.assert_allclose(_losses(two), _losses(one), rtol=1e-4)
   final = lambda log: [e for e in log if 'eval/AP' in e][-1]
   for key in ('eval/AP', 'eval/AR100', 'eval/val_loss'):
     np.testing.assert_allclose(final(two)[key], final(one)[key], rtol=1e-3, atol=1e-6)
   with open(os.path.join(multi, 'eval', f'step_{STEPS}', 'detections.json')) as f:
     detections = json.load(f)
-  with open(os.path.join(single, 'eval', f'step_{STEPS}', 'detections.json')) as f:
+  with open(os.path.join(reference, 'eval', f'step_{STEPS}', 'detections.json')) as f:
     assert len(detections) == len(json.load(f))  # every process's slice was gathered
-  assert sorted(os.listdir(os.path.join(multi, 'checkpoints'))) == ['2', '4']
+  assert STEPS in [int(d) for d in os.listdir(os.path.join(multi, 'checkpoints'))
+                   if d.isdigit()]

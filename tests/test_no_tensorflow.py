@@ -1,9 +1,9 @@
-"""The model, train step, decoding, evaluation and Predictor import without TensorFlow."""
+"""The model, train step, decoding, evaluation scorer and Predictor import without TensorFlow."""
 
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.tiny import ROOT
 
 _SCRIPT = '''
 import sys
@@ -12,8 +12,10 @@ class BlockTensorFlow:
     if name == 'tensorflow' or name.startswith('tensorflow.'):
       raise ImportError('TensorFlow is blocked in this test: ' + name)
 sys.meta_path.insert(0, BlockTensorFlow())
-import pix2seq_jax.decode, pix2seq_jax.evaluate, pix2seq_jax.inference
-import pix2seq_jax.predict, pix2seq_jax.train_step, pix2seq_jax.models.pix2seq
+import pix2seq_jax.inference.decoding, pix2seq_jax.inference.predictor
+import pix2seq_jax.evaluation.coco_metrics, pix2seq_jax.evaluation.val_loss
+import pix2seq_jax.train.step, pix2seq_jax.train.state, pix2seq_jax.train.checkpoints
+import pix2seq_jax.models.summary, pix2seq_jax.config.checks
 assert 'tensorflow' not in sys.modules
 '''
 

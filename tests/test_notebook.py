@@ -4,8 +4,9 @@ import os
 
 import nbformat
 from nbclient import NotebookClient
+import pytest
 
-from tests.conftest import ROOT
+from tests.tiny import ROOT
 
 NOTEBOOK = os.path.join(ROOT, 'notebooks', 'evaluate_checkpoint.ipynb')
 
@@ -17,6 +18,7 @@ def test_notebook_is_committed_without_outputs():
       assert not cell.outputs and cell.execution_count is None
 
 
+@pytest.mark.slow
 def test_notebook_evaluates_a_checkpoint(tiny_workdir, monkeypatch):
   monkeypatch.setenv('PIX2SEQ_WORKDIR', tiny_workdir)
   monkeypatch.setenv('PIX2SEQ_MAX_IMAGES', '6')

@@ -7,7 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-from pix2seq_jax import canvas, evaluate, predict
+from pix2seq_jax.config import workdir_config
+from pix2seq_jax.data import canvas
+from pix2seq_jax.evaluation import coco_metrics
+from pix2seq_jax.inference import predictor as predictor_lib
 
 
 def test_canvas_shapes_and_choice():
@@ -34,7 +37,7 @@ def test_to_canvas_resizes_the_longest_side_and_pads_bottom_right():
 
 
 def test_new_image_sizes_reuse_the_compiled_canvases(tiny_workdir):
-  predictor = predict.Predictor(tiny_workdir, batch_size=2, decode={'canvas_buckets': 2})
+  predictor = predictor_lib.Predictor(tiny_workdir, batch_size=2, decode={'canvas_buckets': 2})
   assert predictor.canvas_shapes == [(32, 64), (64, 32), (64, 64)]
   rng = np.random.default_rng(0)
   sizes = [(40, 120), (120, 40), (90, 90), (33, 100), (100, 34), (64, 63), (20, 200)]
@@ -52,7 +55,7 @@ def test_new_image_sizes_reuse_the_compiled_canvases(tiny_workdir):
 
 
 def test_an_images_detections_do_not_depend_on_its_batch(tiny_workdir, shapes_dir):
-  predictor = predict.Predictor(tiny_workdir, batch_size=4)
+  predictor = predictor_lib.Predictor(tiny_workdir, batch_size=4)
   paths = sorted(os.path.join(shapes_dir, 'val', f) for f in
                  os.listdir(os.path.join(shapes_dir, 'val')))[:3]
   together = predictor(paths)
@@ -62,19 +65,20 @@ def test_an_images_detections_do_not_depend_on_its_batch(tiny_workdir, shapes_di
 
 
 def test_predict_coco_split_scores_with_pycocotools(tiny_workdir, shapes_dir):
-  predictor = predict.Predictor(tiny_workdir, batch_size=4,
+  predictor = predictor_lib.Predictor(tiny_workdir, batch_size=4,
                                 decode={'temperature': 1.0, 'top_p': 0.4})
   annotations = os.path.join(shapes_dir, 'annotations', 'instances_val.json')
-  results, image_ids = predict.predict_coco_split(
+  results, image_ids = predictor_lib.predict_coco_split(
       predictor, annotations, os.path.join(shapes_dir, 'val'), max_images=5)
   assert len(image_ids) == 5 and {r['image_id'] for r in results} <= set(image_ids)
-  metrics = evaluate.coco_metrics(evaluate.load_ground_truth(annotations), results, image_ids)
-  assert set(metrics) == set(evaluate.METRIC_KEYS)
+  metrics = coco_metrics.coco_metrics(coco_metrics.load_ground_truth(annotations), results,
+                                      image_ids)
+  assert set(metrics) == set(coco_metrics.METRIC_KEYS)
 
 
 def test_unknown_decode_override_is_refused(tiny_workdir):
   with pytest.raises(KeyError, match='top_q'):
-    predict.Predictor(tiny_workdir, decode={'top_q': 0.4})
+    predictor_lib.Predictor(tiny_workdir, decode={'top_q': 0.4})
 
 
 def test_a_workdir_written_before_newer_fields_still_loads(tiny_workdir, tmp_path):
@@ -83,8 +87,9 @@ def test_a_workdir_written_before_newer_fields_still_loads(tiny_workdir, tmp_pat
   with open(os.path.join(old, 'config.json')) as f:
     saved = json.load(f)
   saved['decode'] = {'temperature': 0.0}  # as written before top_k, top_p, ... existed
+  saved['train']['epochs'] = 2.0  # resolved to steps, and kept, by earlier versions
   with open(os.path.join(old, 'config.json'), 'w') as f:
     json.dump(saved, f)
-  config = predict.load_config(old, {'top_p': 0.5})
+  config = workdir_config.load(old, {'temperature': 1.0, 'top_p': 0.5})
   assert config.decode.top_p == 0.5 and config.decode.max_objects == 0
   assert config.data.image_size == saved['data']['image_size']

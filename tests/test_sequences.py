@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pix2seq_jax import detections
+from pix2seq_jax.inference import detections
 from pix2seq_jax import vocab as vocab_lib
 from pix2seq_jax.data import sequences
 

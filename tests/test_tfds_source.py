@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from pix2seq_jax import config_checks
+from pix2seq_jax.config import checks as config_checks
 from pix2seq_jax.data import coco_json, sources, tfds_source
-from tests.conftest import shared_path, tiny_config
+from tests.tiny import shared_path, tiny_config
 
 
 def test_unprepared_tfds_fails_at_once_with_what_to_do(tmp_path):

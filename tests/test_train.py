@@ -1,52 +1,25 @@
-"""The sharded train step: same losses on 1 and 4 devices; checkpoints round-trip."""
+"""The train step: it fits, round-trips through checkpoints, runs in bfloat16, accumulates
+gradients exactly, freezes stages; and gives the same losses on 1, 4 and 8 devices."""
 
-import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
-from pix2seq_jax import checkpoint, config_checks, optim, sharding, synthetic, train_step
 from pix2seq_jax import tree_paths
 from pix2seq_jax import vocab as vocab_lib
-from tests.conftest import ROOT, tiny_config
+from pix2seq_jax.config import checks as config_checks
+from pix2seq_jax.data import synthetic
+from pix2seq_jax.evaluation import val_loss
+from pix2seq_jax.models import build
+from pix2seq_jax.parallel import mesh as mesh_lib
+from pix2seq_jax.train import checkpoints, optimizer, state as state_lib, step as step_lib
+from tests import multi_device_run as multi_device_run_lib
+from tests.tiny import frozen, tiny_config
 
-VOCAB = vocab_lib.Vocabulary(num_classes=5, num_bins=64)
-
-
-def _losses_on(devices: int, *flags: str) -> dict:
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             JAX_PLATFORMS='cpu')
-  out = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'multi_device_losses.py'),
-                        ROOT, *flags], env=env, capture_output=True, text=True, timeout=600)
-  assert out.returncode == 0, out.stderr[-3000:]
-  result = json.loads(out.stdout.strip().splitlines()[-1])
-  assert result['devices'] == devices
-  return result
-
-
-@pytest.fixture(scope='module')
-def one_device_losses():
-  return _losses_on(1)['losses']
-
-
-def test_one_four_and_eight_devices_give_the_same_losses(one_device_losses):
-  one = one_device_losses
-  for devices in (4, 8):
-    np.testing.assert_allclose(_losses_on(devices)['losses'], one, rtol=1e-4)
-  assert one[2] != one[0]  # the steps really trained
-
-
-def test_sharded_parameters_give_the_same_losses_with_a_shard_per_device(one_device_losses):
-  one = one_device_losses
-  sharded = _losses_on(4, '--shard_params')
-  np.testing.assert_allclose(sharded['losses'], one, rtol=1e-4)
-  full, shards = sharded['largest_param'], sharded['largest_param_shard_shapes']
-  assert len(shards) == 1  # every device holds a quarter of the largest parameter
-  assert np.prod(shards[0]) * 4 == np.prod(full)
+VOCAB = vocab_lib.Vocabulary(num_classes=9, num_bins=64)  # the shapes dataset's
 
 
 def _batch(config, rng):
@@ -55,81 +28,98 @@ def _batch(config, rng):
                                 uniform_weights=True)
 
 
-@pytest.fixture
-def trainer(shapes_dir):
+def _trainer(config):
+  """(frozen config, mesh, optimizer, jitted step, initial state) of a tiny config."""
+  config = frozen(config)
+  mesh = mesh_lib.make_mesh()
+  tx = optimizer.make_optimizer(config)
+  step = step_lib.train_step_for(config, build.model_graphdef(config, VOCAB), mesh, tx)
+  return config, mesh, tx, step, state_lib.create_train_state(config, VOCAB, mesh, tx)
+
+
+@pytest.fixture(scope='module')
+def no_dropout(shapes_dir):
+  """The tiny model without dropout, so that a fixed batch gives a fixed loss."""
   config = tiny_config(shapes_dir)
-  mesh = sharding.make_mesh()
-  tx = optim.make_optimizer(config)
-  step = train_step.make_train_step(config, train_step.model_graphdef(config, VOCAB), mesh, tx)
-  return config, mesh, tx, step
+  config.model.dropout = config.model.drop_path = 0.0
+  config.train.warmup_steps = 0  # the first step already moves the parameters
+  return _trainer(config)
 
 
-def test_train_step_fits_a_fixed_batch(trainer):
-  config, mesh, tx, step = trainer
-  config.model.dropout = 0.0
-  state = train_step.create_train_state(config, VOCAB, mesh, tx)
-  batch = sharding.put_batch(_batch(config, np.random.default_rng(0)), mesh)
+def _fit(trainer, batch, steps):
+  config, mesh, _, step, state = trainer
+  state = jax.tree.map(lambda x: x.copy(), state)  # the step donates its input
+  placed = mesh_lib.put_batch(batch, mesh)
   losses = []
-  for _ in range(4):
-    state, metrics = step(state, batch)
+  for index in range(steps):
+    state, metrics = step(state, placed, index)
     losses.append(float(metrics['loss']))
-  assert int(state.step) == 4 and losses[-1] < losses[0]
+  return losses, state, metrics
+
+
+def test_train_step_fits_a_fixed_batch(no_dropout):
+  config = no_dropout[0]
+  assert config.model.dropout == config.model.drop_path == 0.0  # bound before it was built
+  losses, state, metrics = _fit(no_dropout, _batch(config, np.random.default_rng(0)), 4)
+  assert int(state.step) == 4
+  # Without dropout the same batch gives the same loss unless the parameters moved: the
+  # updates alone must lower it (with dropout, its noise could too).
+  assert losses[-1] < losses[1] < losses[0], losses
   assert np.isfinite(float(metrics['grad_norm']))
 
 
-def test_checkpoint_round_trip(trainer, tmp_path):
-  config, mesh, tx, step = trainer
-  state = train_step.create_train_state(config, VOCAB, mesh, tx)
-  batch = sharding.put_batch(_batch(config, np.random.default_rng(1)), mesh)
-  state, _ = step(state, batch)
-  manager = checkpoint.make_manager(str(tmp_path))
-  checkpoint.save(manager, 1, state)
+def test_checkpoint_round_trip(no_dropout, tmp_path):
+  config, mesh, tx, step, _ = no_dropout
+  batch = _batch(config, np.random.default_rng(1))
+  _, state, _ = _fit(no_dropout, batch, 1)
+  manager = checkpoints.make_manager(str(tmp_path))
+  checkpoints.save(manager, 1, state)
   assert os.path.isdir(os.path.join(tmp_path, 'checkpoints', '1'))
-  abstract = train_step.abstract_train_state(config, VOCAB, mesh, tx)
-  restored = checkpoint.restore(checkpoint.make_manager(str(tmp_path)), abstract)
+  abstract = state_lib.abstract_train_state(config, VOCAB, mesh, tx)
+  restored = checkpoints.restore(checkpoints.make_manager(str(tmp_path)), abstract)
   assert int(restored.step) == 1
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), jax.device_get(restored))
-  _, expected = step(state, batch)
-  _, got = step(restored, batch)
+  # Inference reads only the parameters and batch statistics, with no optimizer built.
+  model = checkpoints.restore_model(checkpoints.make_manager(str(tmp_path)),
+                                    checkpoints.model_template(config, VOCAB, mesh))
+  assert set(model) == {'step', 'params', 'batch_stats'} and int(model['step']) == 1
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params),
+               jax.device_get(model['params']))
+  placed = mesh_lib.put_batch(batch, mesh)
+  _, expected = step(jax.tree.map(lambda x: x.copy(), state), placed, 1)
+  _, got = step(restored, placed, 1)
   assert float(got['loss']) == float(expected['loss'])
-  assert checkpoint.restore(checkpoint.make_manager(str(tmp_path / 'empty')), abstract) is None
+  assert checkpoints.restore(checkpoints.make_manager(str(tmp_path / 'empty')), abstract) is None
 
 
-def _one_step(config, batch, mesh=None):
-  """(loss, params) after one step from the seed's initial state."""
-  mesh = mesh or sharding.make_mesh()
-  tx = optim.make_optimizer(config)
-  step = train_step.make_train_step(config, train_step.model_graphdef(config, VOCAB), mesh, tx)
-  state = train_step.create_train_state(config, VOCAB, mesh, tx)
-  state, metrics = step(state, sharding.put_batch(batch, mesh))
-  return float(metrics['loss']), jax.device_get(state)
-
-
-def test_bfloat16_step_is_finite_and_close_to_float32(shapes_dir):
+def test_bfloat16_step_is_finite_and_close_to_float32(no_dropout, shapes_dir):
+  config32 = no_dropout[0]
+  batch = _batch(config32, np.random.default_rng(2))
+  (loss32,), state32, _ = _fit(no_dropout, batch, 1)
   config = tiny_config(shapes_dir)
   config.model.dropout = config.model.drop_path = 0.0
-  batch = _batch(config, np.random.default_rng(2))
-  loss32, state32 = _one_step(config, batch)
+  config.train.warmup_steps = 0
   config.train.compute_dtype = 'bfloat16'
-  loss16, state16 = _one_step(config, batch)
+  (loss16,), state16, _ = _fit(_trainer(config), batch, 1)
   assert np.isfinite(loss16)
   assert abs(loss16 - loss32) / loss32 < 0.02
   assert loss16 != loss32  # it really ran in bfloat16
+  state16, state32 = jax.device_get((state16, state32))
   # Parameters, batch statistics and optimizer state stay float32.
   for leaf in jax.tree.leaves((state16.params, state16.batch_stats, state16.opt_state)):
     assert leaf.dtype in (np.float32, np.int32), leaf.dtype
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-3), state16.params,
                state32.params)
   # Activations are bfloat16 all the way (batch norm and embeddings keep the dtype);
-  # logits come out float32 for the loss.
-  from flax import nnx
-  model = nnx.merge(train_step.model_graphdef(config, VOCAB),
-                    train_step.cast_floats(state16.params, np.dtype('bfloat16')),
-                    jax.tree.map(jax.numpy.asarray, state16.batch_stats))
-  images = batch['image'][:2]
-  assert model.backbone(images.astype('bfloat16'), train=True).dtype == 'bfloat16'
-  assert model.encode(images, train=False).dtype == 'bfloat16'
-  assert model(images, batch['input_tokens'][:2], train=False).dtype == np.float32
+  # logits come out float32 for the loss (dtypes by abstract evaluation).
+  graphdef = build.model_graphdef(config32, VOCAB)
+  params16 = step_lib.cast_floats(state16.params, np.dtype('bfloat16'))
+  images, tokens = batch['image'][:2], batch['input_tokens'][:2]
+  dtype = lambda fn: jax.eval_shape(lambda p, s: fn(nnx.merge(graphdef, p, s)), params16,
+                                    state16.batch_stats).dtype
+  assert dtype(lambda model: model.backbone(images.astype('bfloat16'), train=True)) == 'bfloat16'
+  assert dtype(lambda model: model.encode(images, train=False)) == 'bfloat16'
+  assert dtype(lambda model: model(images, tokens, train=False)) == np.float32
 
 
 def test_grad_accumulation_equals_one_step_on_the_whole_batch(shapes_dir):
@@ -137,13 +127,12 @@ def test_grad_accumulation_equals_one_step_on_the_whole_batch(shapes_dir):
   config = tiny_config(shapes_dir)
   config.model.variant = 'vit_tiny'
   config.model.dropout = config.model.drop_path = 0.0
-  config.train.batch_size = 8
   batch = _batch(config, np.random.default_rng(3))
   batch['loss_weights'] = np.random.default_rng(4).uniform(
       size=batch['loss_weights'].shape).astype(np.float32)  # unequal micro-batch weights
-  loss1, state1 = _one_step(config, batch)
+  (loss1,), state1, _ = _fit(_trainer(config), batch, 1)
   config.train.grad_accum_steps = 4
-  loss4, state4 = _one_step(config, batch)
+  (loss4,), state4, _ = _fit(_trainer(config), batch, 1)
   np.testing.assert_allclose(loss4, loss1, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                state4.params, state1.params)
@@ -151,45 +140,28 @@ def test_grad_accumulation_equals_one_step_on_the_whole_batch(shapes_dir):
                state4.opt_state, state1.opt_state)
 
 
-def test_epochs_resolve_to_steps(shapes_dir):
-  config = tiny_config(shapes_dir)
-  config.train.batch_size = 128
-  config.train.epochs, config.train.warmup_epochs = 80, 2
-  resolved = optim.resolve_epochs(config, 118_287)
-  assert resolved.train.steps == 73_930  # ceil(80 * 118287 / 128)
-  assert resolved.train.warmup_steps == 1848
-  assert config.train.steps == 4  # the original is left alone
-  schedule = optim.learning_rate_schedule(resolved.train)
-  assert float(schedule(1848)) == pytest.approx(config.train.learning_rate)
-  config.train.epochs = 0
-  assert optim.resolve_epochs(config, 118_287) is config
-
-
-def test_val_loss_and_perplexities_match_a_direct_computation(shapes_dir):
-  from flax import nnx
-  from pix2seq_jax import val_loss
-  config = tiny_config(shapes_dir)
-  mesh = sharding.make_mesh()
-  graphdef = train_step.model_graphdef(config, VOCAB)
-  state = train_step.create_train_state(config, VOCAB, mesh, optim.make_optimizer(config))
+def test_val_loss_and_perplexities_match_a_direct_computation(no_dropout):
+  config, mesh, _, _, state = no_dropout
+  graphdef = build.model_graphdef(config, VOCAB)
   rng = np.random.default_rng(5)
   batch = _batch(config, rng)
   batch['loss_weights'] = rng.choice([0.0, 0.1, 1.0], size=batch['loss_weights'].shape)
   batch['loss_weights'] = batch['loss_weights'].astype(np.float32)
-  batch['mask'] = np.array([True, True, True, False])
+  batch['mask'] = np.arange(config.train.batch_size) < config.train.batch_size - 1
   sums = val_loss.make_val_loss_fn(graphdef, VOCAB, mesh)(
-      state.params, state.batch_stats, sharding.put_batch(batch, mesh))
+      state.params, state.batch_stats, mesh_lib.put_batch(batch, mesh))
   # Twice the same batch: the ratios do not change.
   accumulated = val_loss.ValLoss()
   accumulated.add(sums)
   accumulated.add(sums)
   got = accumulated.metrics()
 
-  model = nnx.merge(graphdef, *jax.device_get((state.params, state.batch_stats)))
-  logits = np.asarray(model(batch['image'], batch['input_tokens'], train=False), np.float64)
-  log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1,
-                                                                               keepdims=True)) \
-      - logits.max(-1, keepdims=True)
+  forward = jax.jit(lambda params, stats, images, tokens: nnx.merge(graphdef, params, stats)(
+      images, tokens, train=False))  # one compilation, not one per operation
+  logits = np.asarray(forward(state.params, state.batch_stats, batch['image'],
+                              batch['input_tokens']), np.float64)
+  shifted = logits - logits.max(-1, keepdims=True)
+  log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
   nll = -np.take_along_axis(log_probs, batch['target_tokens'][..., None], -1)[..., 0]
   w = batch['loss_weights'] * batch['mask'][:, None]
   counted = w > 0
@@ -210,24 +182,21 @@ def test_frozen_stages_and_batch_norm_stay_as_they_were(shapes_dir):
   config.model.frozen_batch_norm = True
   config.train.weight_decay = 0.5  # decay alone would move a frozen matrix
   config.train.warmup_steps = 0
-  mesh = sharding.make_mesh()
-  tx = optim.make_optimizer(config)
-  step = train_step.make_train_step(config, train_step.model_graphdef(config, VOCAB), mesh, tx)
-  before = train_step.create_train_state(config, VOCAB, mesh, tx)
-  initial = jax.device_get((before.params, before.batch_stats))
-  state = before
-  for seed in range(2):  # the second step reaches the branches behind zero-initialised norms
-    state, _ = step(state, sharding.put_batch(_batch(config, np.random.default_rng(seed)), mesh))
+  config, mesh, _, step, state = _trainer(config)
+  initial = jax.device_get((state.params, state.batch_stats))
+  for index in range(2):  # the second step reaches the branches behind zero-initialised norms
+    batch = mesh_lib.put_batch(_batch(config, np.random.default_rng(index)), mesh)
+    state, _ = step(state, batch, index)
   params, stats = jax.device_get((state.params, state.batch_stats))
-  frozen = optim.frozen_mask(params, optim.frozen_prefixes(config.model))
+  frozen_params = optimizer.frozen_mask(params, optimizer.frozen_prefixes(config.model))
   flat = lambda tree: jax.tree_util.tree_flatten_with_path(tree)[0]
   names = {'/'.join(tree_paths.path_names(path)): bool(is_frozen)
-           for path, is_frozen in flat(frozen)}
+           for path, is_frozen in flat(frozen_params)}
   assert names['backbone/stem/kernel/value'] and names['backbone/blocks/0/conv1/kernel/value']
   assert not names['backbone/blocks/1/conv1/kernel/value']
   assert sum(names.values()) == 12  # stem_pre, stem (+ norms) and block 0 (2 convs, 2 norms)
   for (path, old), (_, new), (_, is_frozen) in zip(flat(initial[0]), flat(params),
-                                                   flat(frozen)):
+                                                   flat(frozen_params)):
     changed = not np.array_equal(old, new)
     assert changed != is_frozen, (tree_paths.path_names(path), changed)
   jax.tree.map(np.testing.assert_array_equal, initial[1], stats)
@@ -239,3 +208,31 @@ def test_frozen_stages_are_refused_for_a_vit(shapes_dir):
   config.model.frozen_backbone_stages = 1
   with pytest.raises(config_checks.ConfigError, match='frozen_backbone_stages'):
     config_checks.validate(config)
+
+
+@pytest.fixture(scope='module')
+def one_device_losses():
+  """tests/multi_device_run.py's steps on this process's one device."""
+  return multi_device_run_lib.losses(1, shard=False)[0]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group('multi_device')
+def test_one_four_and_eight_devices_give_the_same_losses(multi_device_run, one_device_losses):
+  """The same batches on one device here, and on meshes of 4 and 8 of a process with 8."""
+  one = one_device_losses
+  for devices in ('4', '8'):
+    np.testing.assert_allclose(multi_device_run['losses'][devices], one, rtol=1e-4)
+  assert one[2] != one[0]  # the steps really trained
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group('multi_device')
+def test_sharded_parameters_give_the_same_losses_with_a_shard_per_device(multi_device_run,
+                                                                        one_device_losses):
+  np.testing.assert_allclose(multi_device_run['losses']['4_sharded'], one_device_losses,
+                             rtol=1e-4)
+  full = multi_device_run['largest_param']
+  shards = multi_device_run['largest_param_shard_shapes']
+  assert len(shards) == 1  # every device holds a quarter of the largest parameter
+  assert np.prod(shards[0]) * 4 == np.prod(full)

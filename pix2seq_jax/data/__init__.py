@@ -1,4 +1,7 @@
-"""Data: sources (COCO-format files, synthetic shapes) -> tf.data transforms -> token sequences.
+"""Data: sources (COCO-format files, synthetic shapes, TFDS) -> tf.data transforms ->
+token sequences.
 
-Only this subpackage imports TensorFlow; nothing it exports is needed to run the model.
+Only `transforms.py`, `sequences.py` and `pipeline.py` import TensorFlow. The canvas
+contract (`canvas.py`), the annotation reader, the image-file check and the synthetic
+batches work without it, so inference can use them.
 """

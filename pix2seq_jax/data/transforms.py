@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from pix2seq_jax.canvas import PAD_VALUE
+from pix2seq_jax.data.canvas import PAD_VALUE
 
 
 def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:

@@ -1,7 +1,9 @@
 """Default configuration: every field the project reads, each with its meaning.
 
-Variants (configs/shapes.py, configs/coco.py, ...) import `get_config` and override.
-Any field can be set from the command line: `--config.train.steps=100`.
+The configs under the repository's `configs/` (shapes.py, coco.py, ...) start from
+`get_config()` and override it; any field can be set from the command line
+(`--config.train.steps=100`). The library reads its defaults from here too, e.g. for a
+workdir written before a field existed (config/workdir_config.py).
 """
 
 import ml_collections
@@ -80,12 +82,10 @@ def get_config() -> ml_collections.ConfigDict:
   model.frozen_batch_norm = False
 
   config.train = train = ml_collections.ConfigDict()
-  # Number of optimisation steps.
+  # The training length: optimisation steps, or epochs of the train split (steps =
+  # ceil(epochs * images / batch_size)). Exactly one of the two is > 0.
   train.steps = 100_000
-  # > 0: train for this many epochs of the train split instead (steps = ceil(epochs *
-  # images / batch_size)); warmup_epochs then sets the warmup (warmup_steps ignored).
   train.epochs = 0.0
-  train.warmup_epochs = 0.0
   # Global batch size, split over all devices of all processes.
   train.batch_size = 32
   # Split each global batch into this many micro-batches whose gradients are summed
@@ -99,8 +99,10 @@ def get_config() -> ml_collections.ConfigDict:
   train.compute_dtype = 'float32'
   # Peak learning rate of AdamW.
   train.learning_rate = 1e-4
-  # Linear warmup steps from 0 to the peak learning rate.
+  # Linear warmup from 0 to the peak learning rate, in steps or in epochs of the train
+  # split (round(warmup_epochs * images / batch_size) steps). At most one is > 0.
   train.warmup_steps = 1000
+  train.warmup_epochs = 0.0
   # Decay after warmup: 'linear' or 'cosine', down to end_lr_factor * peak.
   train.schedule = 'linear'
   train.end_lr_factor = 0.01

@@ -19,8 +19,9 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from pix2seq_jax import sharding
+from pix2seq_jax import jit_cache
 from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax.parallel import mesh as mesh_lib
 
 BATCH_KEYS = ('image', 'input_tokens', 'target_tokens', 'loss_weights', 'mask')
 _SUMS = ('weighted_nll', 'weight', 'nll', 'tokens', 'coord_nll', 'coord_tokens',
@@ -29,10 +30,11 @@ _SUMS = ('weighted_nll', 'weight', 'nll', 'tokens', 'coord_nll', 'coord_tokens',
 
 def make_val_loss_fn(graphdef: nnx.GraphDef, vocab: vocab_lib.Vocabulary,
                      mesh: Mesh) -> Callable:
-  """Jitted (params, batch_stats, batch with BATCH_KEYS) -> {sum name: scalar}."""
+  """Jitted (params, batch_stats, batch with BATCH_KEYS) -> {sum name: scalar} (one per
+  model and mesh in a process)."""
 
   def sums(params, batch_stats, batch):
-    params, batch_stats = sharding.gathered((params, batch_stats), mesh)
+    params, batch_stats = mesh_lib.gathered((params, batch_stats), mesh)
     model = nnx.merge(graphdef, params, batch_stats)
     logits = model(batch['image'], batch['input_tokens'], train=False)  # [B, L, V]
     nll = optax.softmax_cross_entropy_with_integer_labels(
@@ -46,10 +48,10 @@ def make_val_loss_fn(graphdef: nnx.GraphDef, vocab: vocab_lib.Vocabulary,
             'coord_nll': jnp.sum(nll * coord), 'coord_tokens': jnp.sum(coord),
             'class_nll': jnp.sum(nll * label), 'class_tokens': jnp.sum(label)}
 
-  replicated = sharding.replicated(mesh)
   # Parameters come replicated or sharded (train.shard_params); `sums` gathers them.
-  return jax.jit(sums, in_shardings=(None, None, sharding.batch_sharded(mesh)),
-                 out_shardings=replicated)
+  return jit_cache.cached(('val_loss', graphdef, vocab, mesh), lambda: jax.jit(
+      sums, in_shardings=(None, None, mesh_lib.batch_sharded(mesh)),
+      out_shardings=mesh_lib.replicated(mesh)))
 
 
 class ValLoss:

@@ -1,4 +1,5 @@
-"""Token sequences back to detections: boxes, labels and scores (numpy, no TF/JAX).
+"""Token sequences back to detections: boxes, labels and scores (numpy, no TF/JAX), and
+those as dicts in original pixels with the annotation file's category ids.
 
 Parsing never fails on a malformed sequence. It reads whole 5-token objects from the
 start and stops at the first EOS or padding token. An object is dropped if it is cut
@@ -13,6 +14,7 @@ import dataclasses
 import numpy as np
 
 from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax.data import coco_json
 
 
 @dataclasses.dataclass
@@ -76,3 +78,39 @@ def to_original_pixels(boxes: np.ndarray, canvas_size: int, scale: float,
   ymax = np.clip(pixels[:, 2], 0, height)
   xmax = np.clip(pixels[:, 3], 0, width)
   return np.stack([xmin, ymin, xmax - xmin, ymax - ymin], axis=1)
+
+
+def detections_in_pixels(tokens: np.ndarray, scores: np.ndarray, vocab: vocab_lib.Vocabulary,
+                         categories: coco_json.CategoryMap, canvas_size: int, scale: float,
+                         original_size: tuple[int, int]) -> list[dict]:
+  """One decoded row -> [{category_id, category_name, bbox [x, y, w, h] px, score}].
+
+  `tokens`, `scores`: [L] from `decoding.detection_outputs`; `scale` and `original_size`
+  say how the image was put on its canvas (`data/canvas.py`). Category ids are the
+  annotation file's; boxes are rounded to 0.01 px.
+  """
+  found = parse_tokens(tokens, vocab, scores)
+  boxes = to_original_pixels(found.boxes, canvas_size, scale, original_size)
+  return [{'category_id': int(categories.category_ids[label]),
+           'category_name': categories.names[label],
+           'bbox': [round(float(v), 2) for v in box], 'score': float(score)}
+          for box, label, score in zip(boxes, found.labels, found.scores)]
+
+
+def coco_results(tokens: np.ndarray, scores: np.ndarray, batch: dict[str, np.ndarray],
+                 vocab: vocab_lib.Vocabulary, categories: coco_json.CategoryMap,
+                 canvas_size: int) -> list[dict]:
+  """Decoded rows of a pipeline batch -> COCO results ({image_id, category_id, bbox, score}).
+
+  `batch` holds the rows' `image_id`, `scale`, `original_size` and `mask`; rows whose
+  `mask` is False (padding examples) give nothing.
+  """
+  results = []
+  mask = batch.get('mask', np.ones(len(tokens), bool))
+  for row in np.flatnonzero(mask):
+    found = detections_in_pixels(tokens[row], scores[row], vocab, categories, canvas_size,
+                                 float(batch['scale'][row]),
+                                 tuple(int(v) for v in batch['original_size'][row]))
+    results += [{'image_id': int(batch['image_id'][row]), 'category_id': d['category_id'],
+                 'bbox': d['bbox'], 'score': d['score']} for d in found]
+  return results

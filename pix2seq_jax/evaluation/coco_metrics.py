@@ -1,6 +1,7 @@
 """COCO box metrics with pycocotools, and a standalone scorer.
 
-  python -m pix2seq_jax.evaluate --annotations GT.json --detections DT.json [--output M.json]
+  python -m pix2seq_jax.evaluation.coco_metrics --annotations GT.json --detections DT.json \
+      [--output M.json]
 
 prints the 12 standard numbers and writes them under METRIC_KEYS. Every image of the
 ground truth is evaluated (or of `image_ids`), also those without detections, and an

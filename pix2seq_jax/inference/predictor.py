@@ -4,8 +4,9 @@
   per_image = predictor(['a.jpg', 'b.png'])   # or uint8 arrays [H, W, 3]
 
 Images of any size are resized (longest side) and padded onto one of a few canvases
-(`canvas.canvas_shapes`), and batches have a fixed size, so a new image size never
-triggers a recompilation.
+(`data/canvas.py`), and batches have a fixed size, so a new image size never
+triggers a recompilation. Only the parameters and batch statistics of the checkpoint
+are read.
 """
 
 from __future__ import annotations
@@ -16,68 +17,20 @@ import os
 from typing import Iterable, Sequence
 
 import jax
-import ml_collections
 import numpy as np
 from absl import logging
-from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw
 
-from configs import default as default_config
-from pix2seq_jax import canvas, checkpoint, config_checks, detections, evaluate, inference
-from pix2seq_jax import optim, sharding
-from pix2seq_jax import train_step as train_step_lib
+from pix2seq_jax import compilation_cache
 from pix2seq_jax import vocab as vocab_lib
-from pix2seq_jax.data import coco_json, image_check
-from pix2seq_jax.models import backbones, variants
-
-
-# What a bad file raises in PIL: missing, empty, truncated, not an image.
-UNREADABLE_IMAGE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError)
-_EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-                   4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-                   6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-                   8: Image.Transpose.ROTATE_90}
-
-
-def load_image(path: str, orientation: int | None = None,
-               size: tuple[int, int] | None = None) -> np.ndarray:
-  """An image file as uint8 [H, W, 3], read as the training pipeline reads it.
-
-  Greyscale, palette, alpha and CMYK images become RGB; 16-bit greyscale is scaled to
-  8 bits (as TensorFlow's decoder does, not clipped). `orientation`: the EXIF orientation
-  to apply (1: pixels as stored); None follows the file's own tag, so photos come out
-  upright. `size` (h, w): resize to it where the file differs (image_check's fix).
-  """
-  with Image.open(path) as image:
-    if orientation is None:
-      image = ImageOps.exif_transpose(image)
-    elif orientation in _EXIF_TRANSPOSE:
-      image = image.transpose(_EXIF_TRANSPOSE[orientation])
-    if size is not None and image.size != (size[1], size[0]):
-      image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    if image.mode.startswith('I'):  # 16- or 32-bit greyscale
-      grey = np.clip(np.round(np.asarray(image, np.float64) / 257), 0, 255).astype(np.uint8)
-      return np.repeat(grey[..., None], 3, axis=-1)
-    return np.asarray(image.convert('RGB'))
-
-
-def load_config(workdir: str, decode_overrides: dict | None = None) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with, with `decode` fields optionally replaced.
-
-  Fields added to configs/default.py after the workdir was written take their defaults.
-  """
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} is missing: is {workdir!r} a training workdir?')
-  with open(path) as f:
-    saved = json.load(f)
-  config = default_config.get_config()
-  config.update(saved)
-  for key, value in (decode_overrides or {}).items():
-    if key not in config.decode:
-      raise KeyError(f'decode.{key} is not a decode setting; have {sorted(config.decode)}.')
-    config.decode[key] = value
-  config_checks.validate(config, mode='predict')
-  return config
+from pix2seq_jax import workdir as workdir_lib
+from pix2seq_jax.config import workdir_config
+from pix2seq_jax.data import canvas, coco_json, image_check
+from pix2seq_jax.evaluation import coco_metrics
+from pix2seq_jax.inference import detections, images as images_lib, sharded_decode
+from pix2seq_jax.models import backbones, build, variants
+from pix2seq_jax.parallel import mesh as mesh_lib
+from pix2seq_jax.train import checkpoints
 
 
 class Predictor:
@@ -92,22 +45,22 @@ class Predictor:
 
   def __init__(self, workdir: str, step: int | None = None, batch_size: int = 8,
                decode: dict | None = None):
-    self.config = load_config(workdir, decode)
-    with open(os.path.join(workdir, 'categories.json')) as f:
+    compilation_cache.enable()  # before the first compilation (see compilation_cache.py)
+    self.config = workdir_config.load(workdir, decode)
+    with open(os.path.join(workdir, workdir_lib.CATEGORIES)) as f:
       self.categories = coco_json.CategoryMap.from_categories(json.load(f))
     self.vocab = vocab_lib.Vocabulary(self.categories.num_classes, self.config.data.num_bins)
-    self.mesh = sharding.make_mesh()
+    self.mesh = mesh_lib.make_mesh()
     devices = jax.device_count()
     self.batch_size = -(-batch_size // devices) * devices
-    tx = optim.make_optimizer(self.config)
-    template = train_step_lib.abstract_train_state(self.config, self.vocab, self.mesh, tx)
-    state = checkpoint.restore(checkpoint.make_manager(workdir), template, step)
-    if state is None:
-      raise FileNotFoundError(f'No checkpoint under {checkpoint.checkpoint_dir(workdir)}.')
-    self.step = int(state.step)
-    self.params, self.batch_stats = state.params, state.batch_stats
-    graphdef = train_step_lib.model_graphdef(self.config, self.vocab)
-    self._decode = inference.make_decode_fn(self.config, graphdef, self.vocab, self.mesh)
+    template = checkpoints.model_template(self.config, self.vocab, self.mesh)
+    restored = checkpoints.restore_model(checkpoints.make_manager(workdir), template, step)
+    if restored is None:
+      raise FileNotFoundError(f'No checkpoint under {checkpoints.checkpoint_dir(workdir)}.')
+    self.step = int(restored['step'])
+    self.params, self.batch_stats = restored['params'], restored['batch_stats']
+    self._decode = sharded_decode.DecodeFn(self.config, build.model_graphdef(
+        self.config, self.vocab), self.vocab, self.mesh)
     stride = backbones.STRIDES[variants.get_spec(self.config.model.variant).backbone]
     self.size = self.config.data.image_size
     self.canvas_shapes = canvas.canvas_shapes(self.size, stride,
@@ -116,30 +69,25 @@ class Predictor:
   @property
   def compilations(self) -> int:
     """How many image shapes the decoder has been compiled for so far."""
-    return self._decode.compilations()
+    return self._decode.compilations
 
   def _detect_batch(self, images: list[np.ndarray], shape: tuple[int, int]) -> list[list[dict]]:
     canvases = np.full((self.batch_size, *shape, 3), canvas.PAD_VALUE, np.float32)
     scales = np.ones(self.batch_size, np.float32)
     for row, image in enumerate(images):
       canvases[row], scales[row] = canvas.to_canvas(image, self.size, shape)
-    placed = sharding.put_batch({'image': canvases}, self.mesh)['image']
+    placed = mesh_lib.put_batch({'image': canvases}, self.mesh)['image']
     tokens, scores = self._decode(self.params, self.batch_stats, placed, self.step)
     tokens, scores = np.asarray(tokens), np.asarray(scores)
-    out = []
-    for row, image in enumerate(images):
-      found = detections.parse_tokens(tokens[row], self.vocab, scores[row])
-      boxes = detections.to_original_pixels(found.boxes, self.size, float(scales[row]),
+    return [detections.detections_in_pixels(tokens[row], scores[row], self.vocab,
+                                            self.categories, self.size, float(scales[row]),
                                             image.shape[:2])
-      out.append([{'category_id': self.categories.category_ids[label],
-                   'category_name': self.categories.names[label],
-                   'bbox': [round(float(v), 2) for v in box], 'score': float(score)}
-                  for box, label, score in zip(boxes, found.labels, found.scores)])
-    return out
+            for row, image in enumerate(images)]
 
   def __call__(self, images: Sequence[str | np.ndarray]) -> list[list[dict]]:
     """Per image, a list of {category_id, category_name, bbox [x, y, w, h] px, score}."""
-    arrays = [load_image(i) if isinstance(i, str) else np.asarray(i, np.uint8) for i in images]
+    arrays = [images_lib.load_image(i) if isinstance(i, str) else np.asarray(i, np.uint8)
+              for i in images]
     groups: dict[tuple[int, int], list[int]] = {}
     for index, image in enumerate(arrays):
       if image.ndim != 3 or image.shape[2] != 3:
@@ -162,7 +110,7 @@ def predict_coco_split(predictor: Predictor, annotations_path: str, images_dir: 
 
   The annotation file's categories must be the checkpoint's (same ids).
   """
-  coco_gt = evaluate.load_ground_truth(annotations_path)
+  coco_gt = coco_metrics.load_ground_truth(annotations_path)
   gt_ids = sorted(coco_gt.getCatIds())
   if gt_ids != sorted(predictor.categories.category_ids):
     raise ValueError(f'{annotations_path}: category ids {gt_ids[:10]}... differ from the '
@@ -182,7 +130,7 @@ def predict_coco_split(predictor: Predictor, annotations_path: str, images_dir: 
         logging.warning('%s: skipped (%s %s)', path, check.problem, check.detail)
         continue
       chunk.append(info)
-      images.append(load_image(path, check.orientation, size))
+      images.append(images_lib.load_image(path, check.orientation, size))
     for info, found in zip(chunk, predictor(images) if images else []):
       results += [{'image_id': info['id'], 'category_id': d['category_id'], 'bbox': d['bbox'],
                    'score': d['score']} for d in found]
@@ -223,9 +171,9 @@ def predict_files(workdir: str, pattern: str, output: str, draw_dir: str | None 
     chunk, images = [], []
     for path in paths[start:start + predictor.batch_size]:
       try:
-        images.append(load_image(path))
+        images.append(images_lib.load_image(path))
         chunk.append(path)
-      except UNREADABLE_IMAGE_ERRORS as e:
+      except images_lib.UNREADABLE_IMAGE_ERRORS as e:
         logging.warning('%s: skipped, not a readable image (%s)', path, e)
         unreadable.append(path)
     for path, image, found in zip(chunk, images, predictor(images) if images else []):

@@ -8,6 +8,8 @@ import os
 import jax
 from clu import metric_writers
 
+from pix2seq_jax import workdir as workdir_lib
+
 
 class MetricsLog:
   """Writes scalars to TensorBoard and one JSON object per call to metrics.jsonl."""
@@ -16,7 +18,7 @@ class MetricsLog:
     self.enabled = jax.process_index() == 0
     self.writer = metric_writers.create_default_writer(
         workdir, just_logging=not self.enabled, asynchronous=False)
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = os.path.join(workdir, workdir_lib.METRICS)
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     scalars = {k: float(v) for k, v in scalars.items()}

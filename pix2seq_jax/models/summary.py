@@ -16,10 +16,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from pix2seq_jax import config_checks
-from pix2seq_jax import train_step as train_step_lib
+from pix2seq_jax import tree_paths
 from pix2seq_jax import vocab as vocab_lib
 from pix2seq_jax.data import shapes, sources
+from pix2seq_jax.models import build
 
 COCO_CLASSES = 80
 # Module groups broken down one level further in the table.
@@ -44,19 +44,20 @@ def parameter_counts(config: ml_collections.ConfigDict,
                      num_classes: int) -> 'OrderedDict[str, int]':
   """{module group: parameter count} in definition order."""
   vocab = vocab_lib.Vocabulary(num_classes, config.data.num_bins)
-  model = nnx.eval_shape(lambda: train_step_lib.build_model(config, vocab, nnx.Rngs(0)))
-  params = nnx.state(model, nnx.Param)
+  params = nnx.state(build.abstract_model(config, vocab), nnx.Param)
   counts: 'OrderedDict[str, int]' = OrderedDict()
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    keys = [str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path]
+    keys = tree_paths.path_names(path)
     group = '.'.join(keys[:2]) if keys[0] in _EXPANDED and len(keys) > 2 else keys[0]
     counts[group] = counts.get(group, 0) + int(np.prod(leaf.shape))
   return counts
 
 
 def summarise(config: ml_collections.ConfigDict) -> str:
-  """The table printed by `--mode=summary`; its last line is `total_params=<N>`."""
-  config_checks.validate(config, mode='summary')
+  """The table printed by `--mode=summary`; its last line is `total_params=<N>`.
+
+  `config` has passed `config.checks.validate(config, mode='summary')`.
+  """
   num_classes, origin = num_classes_of(config.data)
   counts = parameter_counts(config, num_classes)
   total = sum(counts.values())

@@ -8,6 +8,8 @@ the train step gathers the parameters for the forward pass and scatters the grad
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -15,9 +17,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 DATA_AXIS = 'data'
 
 
-def make_mesh() -> Mesh:
-  """A 1-D mesh over every device of every process, axis 'data'."""
-  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A 1-D mesh, axis 'data', over `devices` (default: every device of every process)."""
+  return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA_AXIS,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -48,6 +50,12 @@ def leaf_sharding(shape: tuple[int, ...], mesh: Mesh, shard: bool) -> NamedShard
 def state_shardings(tree, mesh: Mesh, shard: bool):
   """`leaf_sharding` for every array of `tree` (arrays, tracers or ShapeDtypeStructs)."""
   return jax.tree.map(lambda x: leaf_sharding(tuple(x.shape), mesh, shard), tree)
+
+
+def placed_shapes(tree, mesh: Mesh, shard: bool):
+  """ShapeDtypeStructs of `tree`'s arrays with the shardings `state_shardings` gives them."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=leaf_sharding(tuple(x.shape), mesh, shard)), tree)
 
 
 def gathered(tree, mesh: Mesh):

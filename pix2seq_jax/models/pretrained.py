@@ -22,6 +22,8 @@ import re
 import numpy as np
 from flax import traverse_util
 
+from pix2seq_jax import messages
+
 _BN_NAMES = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
 _PREFIX_PROBE = 'layer1.0.conv1.weight'
 _LIST_LIMIT = 12
@@ -81,9 +83,7 @@ def _torch_name(path: tuple, stage_sizes: tuple[int, ...]) -> str:
 
 
 def _listing(title: str, names: list[str]) -> str:
-  shown = ', '.join(names[:_LIST_LIMIT])
-  more = f' (and {len(names) - _LIST_LIMIT} more)' if len(names) > _LIST_LIMIT else ''
-  return f'\n  {title} ({len(names)}): {shown}{more}'
+  return f'\n  {title} ({len(names)}): {messages.first_of(names, _LIST_LIMIT)}'
 
 
 def load_resnet(path: str, params: dict, batch_stats: dict, stage_sizes: tuple[int, ...],

@@ -1,0 +1,273 @@
+"""Refuses a bad or self-contradicting config before any work starts, naming the field and a fix.
+
+Besides values out of range, a config may not set a field that the run would ignore:
+  train.steps and train.epochs both > 0, or train.warmup_steps and train.warmup_epochs
+  data paths of another source (coco_dir with source 'shapes', tfds_data_dir with
+      'coco_files', coco_dir together with the explicit train/val paths it replaces)
+  decode.top_k / decode.top_p with decode.temperature 0 (greedy decoding ignores them)
+and, for fields whose defaults cannot tell "set" from "unset", a command-line override
+(`overrides`: the dotted names given as --config.X=...) that the run does not read:
+  shapes_* with another source, scale_min/max without scale_jitter, noise weights
+  without noise_objects, and in --mode=predict and --mode=summary any field outside
+  what the mode reads.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+import jax
+import ml_collections
+
+from pix2seq_jax.data import sources, tfds_source
+from pix2seq_jax.inference import decoding
+from pix2seq_jax.models import backbones, pix2seq, variants
+
+MODES = ('train', 'eval', 'predict', 'summary')
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+SCHEDULES = ('linear', 'cosine')
+# What each mode reads; overrides outside these sections are refused.
+_MODE_READS = {'predict': ('decode.',), 'summary': ('data.', 'model.')}
+_SOURCE_FIELDS = {
+    'coco_files': ('coco_dir', 'train_images', 'train_annotations', 'val_images',
+                   'val_annotations'),
+    'tfds': ('tfds_data_dir', 'tfds_export_dir'),
+    'shapes': ('shapes_dir', 'shapes_seed', 'shapes_num_train', 'shapes_num_val'),
+}
+
+
+class ConfigError(ValueError):
+  """A config the run cannot use; the message names the field and how to fix it."""
+
+
+def ignored_in_eval(overrides: Iterable[str]) -> list[str]:
+  """The overrides --mode=eval does not read (training fields), for a warning: eval runs
+  usually repeat the training command."""
+  return [name for name in overrides if name.startswith('train.')]
+
+
+def validate(config: ml_collections.ConfigDict, *, mode: str = 'train',
+             overrides: Iterable[str] = (), devices: int | None = None,
+             processes: int | None = None) -> None:
+  """Raises ConfigError on the first problem.
+
+  Args:
+    mode: 'train', 'eval', 'predict' or 'summary': what the config will be used for.
+    overrides: dotted field names set on the command line (e.g. 'train.steps').
+    devices, processes: what batches must split over (default: all of this run's).
+  """
+  if mode not in MODES:
+    raise ValueError(f'mode={mode!r}: use one of {MODES}.')
+  overrides = tuple(overrides)
+  _check_mode_overrides(mode, overrides)
+  data = config.data
+  if data.source not in sources.SOURCES:
+    raise ConfigError(f'config.data.source={data.source!r} is unknown; use one of '
+                      f'{list(sources.SOURCES)}.')
+  try:
+    spec = variants.get_spec(config.model.variant)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  _positive(config, 'data.image_size', 'data.max_instances', 'train.batch_size',
+            'eval.batch_size', 'train.log_every', 'train.checkpoint_every')
+  if data.num_bins < 2:
+    raise ConfigError(f'config.data.num_bins={data.num_bins} must be at least 2.')
+  _check_source_fields(data, overrides)
+  _check_decode(config, overrides)
+  _check_augmentation(data, overrides)
+  _check_train(config)
+  _check_model(config)
+  if mode in ('train', 'eval'):
+    check_batch_split(config, jax.device_count() if devices is None else devices,
+                       jax.process_count() if processes is None else processes)
+  stride = backbones.STRIDES[spec.backbone]
+  if data.image_size % stride:
+    raise ConfigError(
+        f'config.data.image_size={data.image_size} is not divisible by the {spec.backbone} '
+        f'stride {stride}; try {max(stride, round(data.image_size / stride) * stride)}.')
+  if mode in ('train', 'eval'):
+    _check_data_paths(data)
+
+
+def _positive(config: ml_collections.ConfigDict, *names: str) -> None:
+  for name in names:
+    section, field = name.split('.')
+    value = config[section][field]
+    if value <= 0:
+      raise ConfigError(f'config.{name}={value} must be positive.')
+
+
+def _check_mode_overrides(mode: str, overrides: tuple[str, ...]) -> None:
+  reads = _MODE_READS.get(mode)
+  if reads is None:
+    return
+  ignored = [name for name in overrides if not name.startswith(reads)]
+  if ignored:
+    what = {'predict': 'the decode settings (the model and data come from the workdir\'s '
+                       'config.json)',
+            'summary': 'the model and data fields'}[mode]
+    raise ConfigError(f'--config.{ignored[0]} has no effect in --mode={mode}, which reads only '
+                      f'{what}; remove it.')
+
+
+def _check_source_fields(data: ml_collections.ConfigDict, overrides: tuple[str, ...]) -> None:
+  for source, fields in _SOURCE_FIELDS.items():
+    if source == data.source:
+      continue
+    for field in fields:
+      # Paths of the file sources default to '' ("unset"); shapes' fields have real
+      # defaults, so only a command-line override shows they were meant.
+      set_here = source != 'shapes' and data[field] != ''
+      if set_here or f'data.{field}' in overrides:
+        raise ConfigError(
+            f'config.data.{field}={data[field]!r} is read only with data.source={source!r}, '
+            f'but data.source={data.source!r}; set --config.data.source={source} or remove '
+            f'data.{field}.')
+  if data.source == 'coco_files' and data.coco_dir:
+    explicit = [f for f in _SOURCE_FIELDS['coco_files'][1:] if data[f]]
+    if explicit:
+      raise ConfigError(
+          f'config.data.coco_dir={data.coco_dir!r} gives all four split paths, so '
+          f'data.{explicit[0]}={data[explicit[0]]!r} would be ignored; clear one of them '
+          '(--config.data.coco_dir= to use the explicit paths).')
+
+
+def _check_data_paths(data: ml_collections.ConfigDict) -> None:
+  if data.source == 'tfds':
+    try:
+      tfds_source.require_prepared(data.tfds_data_dir or tfds_source.default_data_dir())
+    except tfds_source.TfdsNotPreparedError as e:
+      raise ConfigError(str(e)) from None
+  if data.source == 'coco_files':
+    for split, (images, annotations) in sources.split_paths(data).items():
+      for kind, path in (('images', images), ('annotations', annotations)):
+        if not path or not os.path.exists(path):
+          field = 'data.coco_dir' if data.coco_dir else f'data.{split}_{kind}'
+          raise ConfigError(f'config.{field}: {split} {kind} path {path!r} does not exist. '
+                            'Set data.coco_dir to a COCO-layout folder or give the paths.')
+
+
+def check_batch_split(config: ml_collections.ConfigDict, devices: int, processes: int) -> None:
+  """Every global batch must split evenly over all devices and all processes."""
+  train = config.train
+  for what, size in (('train.batch_size', train.batch_size),
+                     ('eval.batch_size', config.eval.batch_size),
+                     ('train.batch_size / train.grad_accum_steps',
+                      train.batch_size // max(train.grad_accum_steps, 1))):
+    if size % devices or size % processes:
+      raise ConfigError(
+          f'config.{what}={size} must be divisible by the number of devices ({devices}) and '
+          f'processes ({processes}); try {max(devices, size // devices * devices)}.')
+
+
+def _check_augmentation(data: ml_collections.ConfigDict, overrides: tuple[str, ...]) -> None:
+  if not 0 < data.scale_min <= data.scale_max:
+    raise ConfigError(f'config.data.scale_min={data.scale_min} and scale_max={data.scale_max} '
+                      'must satisfy 0 < scale_min <= scale_max (official: 0.3 and 2.0).')
+  for name in ('noise_coord_weight', 'noise_class_weight', 'eos_weight'):
+    if data[name] < 0:
+      raise ConfigError(f'config.data.{name}={data[name]} must be >= 0.')
+  unread = {'scale_jitter': ('scale_min', 'scale_max'),
+            'noise_objects': ('noise_coord_weight', 'noise_class_weight')}
+  for switch, fields in unread.items():
+    for field in fields:
+      if not data[switch] and f'data.{field}' in overrides:
+        raise ConfigError(f'config.data.{field} is read only with data.{switch}=True, but it '
+                          f'is off; set --config.data.{switch}=True or remove data.{field}.')
+
+
+def _exclusive(train: ml_collections.ConfigDict, steps: str, epochs: str, what: str) -> None:
+  if train[steps] > 0 and train[epochs] > 0:
+    raise ConfigError(
+        f'config.train.{steps}={train[steps]:g} and train.{epochs}={train[epochs]:g} both set '
+        f'the {what}; keep one: --config.train.{epochs}=0 for {train[steps]:g} steps, or '
+        f'--config.train.{steps}=0 for {train[epochs]:g} epochs.')
+
+
+def _check_train(config: ml_collections.ConfigDict) -> None:
+  train = config.train
+  if train.epochs < 0 or train.warmup_epochs < 0 or train.warmup_steps < 0:
+    raise ConfigError('config.train.epochs, warmup_epochs and warmup_steps must be >= 0.')
+  _exclusive(train, 'steps', 'epochs', 'training length')
+  _exclusive(train, 'warmup_steps', 'warmup_epochs', 'warmup')
+  if train.steps <= 0 and train.epochs <= 0:
+    raise ConfigError(f'config.train.steps={train.steps} must be positive (or set '
+                      'config.train.epochs).')
+  if train.compute_dtype not in COMPUTE_DTYPES:
+    raise ConfigError(f'config.train.compute_dtype={train.compute_dtype!r} is unknown; use '
+                      f'one of {list(COMPUTE_DTYPES)}.')
+  if train.schedule not in SCHEDULES:
+    raise ConfigError(f'config.train.schedule={train.schedule!r} is unknown; use one of '
+                      f'{list(SCHEDULES)}.')
+  if train.grad_accum_steps < 1:
+    raise ConfigError(f'config.train.grad_accum_steps={train.grad_accum_steps} must be >= 1.')
+  if train.batch_size % train.grad_accum_steps:
+    raise ConfigError(
+        f'config.train.batch_size={train.batch_size} is not divisible by '
+        f'train.grad_accum_steps={train.grad_accum_steps}; make the batch a multiple of it.')
+  if train.eval_every < 0:
+    raise ConfigError(f'config.train.eval_every={train.eval_every} must be >= 0 (0: once, '
+                      'after the last step).')
+
+
+def _check_model(config: ml_collections.ConfigDict) -> None:
+  model = config.model
+  if model.image_normalization not in pix2seq.IMAGE_NORMALIZATIONS:
+    raise ConfigError(f'config.model.image_normalization={model.image_normalization!r} is '
+                      f'unknown; use one of {list(pix2seq.IMAGE_NORMALIZATIONS)}.')
+  if model.pretrained_backbone:
+    backbone = variants.get_spec(model.variant).backbone
+    if not backbone.startswith('resnet50'):
+      raise ConfigError(f'config.model.pretrained_backbone holds ResNet-50 weights, but '
+                        f'variant {model.variant!r} has a {backbone} backbone; use r50 or '
+                        'r50_c4, or clear pretrained_backbone.')
+    if not os.path.exists(model.pretrained_backbone):
+      raise ConfigError(f'config.model.pretrained_backbone={model.pretrained_backbone!r} '
+                        'does not exist.')
+    if model.image_normalization != 'imagenet':
+      raise ConfigError('config.model.pretrained_backbone: ImageNet weights expect '
+                        'standardised images; set config.model.image_normalization=imagenet.')
+  if model.frozen_backbone_stages or model.frozen_batch_norm:
+    name = variants.get_spec(model.variant).backbone
+    try:
+      backbones.freeze(backbones.abstract_backbone(name), model.frozen_backbone_stages,
+                       model.frozen_batch_norm)
+    except ValueError as e:
+      raise ConfigError(
+          f'config.model.frozen_backbone_stages={model.frozen_backbone_stages} / '
+          f'frozen_batch_norm={model.frozen_batch_norm} for variant {model.variant!r} '
+          f'({name}): {e} (2 freezes the stem and stage 1, as DETR; 0 / False: none).'
+      ) from None
+  for name in ('dropout', 'drop_path'):
+    if not 0.0 <= model[name] < 1.0:
+      raise ConfigError(f'config.model.{name}={model[name]} must be in [0, 1).')
+
+
+def _check_decode(config: ml_collections.ConfigDict, overrides: tuple[str, ...]) -> None:
+  dec, max_instances = config.decode, config.data.max_instances
+  if not 0 <= dec.max_objects <= max_instances:
+    raise ConfigError(
+        f'config.decode.max_objects={dec.max_objects} must be in [0, data.max_instances='
+        f'{max_instances}] (0: data.max_instances): the decoder has positions for '
+        f'{max_instances} objects. Lower it or raise data.max_instances.')
+  if dec.temperature < 0:
+    raise ConfigError(f'config.decode.temperature={dec.temperature} must be >= 0 '
+                      '(0 decodes greedily).')
+  if dec.top_k < 0:
+    raise ConfigError(f'config.decode.top_k={dec.top_k} must be >= 0 (0: no limit).')
+  if not 0.0 <= dec.top_p <= 1.0:
+    raise ConfigError(f'config.decode.top_p={dec.top_p} must be in [0, 1] (1: no limit).')
+  if dec.temperature == 0:
+    for field, unset in (('top_k', 0), ('top_p', 1.0)):
+      if dec[field] != unset or f'decode.{field}' in overrides:
+        raise ConfigError(
+            f'config.decode.{field}={dec[field]} has no effect with decode.temperature=0 '
+            '(greedy decoding); set --config.decode.temperature=1 to sample (the official '
+            'setting: temperature 1, top_p 0.4) or remove it.')
+  if dec.canvas_buckets < 1:
+    raise ConfigError(f'config.decode.canvas_buckets={dec.canvas_buckets} must be at least 1 '
+                      '(1: the square training canvas only).')
+  if dec.score not in decoding.SCORE_MODES:
+    raise ConfigError(f'config.decode.score={dec.score!r} is unknown; use one of '
+                      f'{list(decoding.SCORE_MODES)}.')

@@ -1,0 +1,52 @@
+"""The config a run reads: epochs turned into steps, then frozen.
+
+`train.epochs` and `train.warmup_epochs` count passes over the train split, whose size
+is known only once the split is read. `resolve` turns them into `train.steps` and
+`train.warmup_steps` (zeroing the epoch fields, so the result passes the checks again)
+and returns a FrozenConfigDict: nothing downstream can change a field after the jitted
+functions have read it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+
+def resolve(config: ml_collections.ConfigDict,
+            num_train_images: int | None = None) -> ml_collections.FrozenConfigDict:
+  """A frozen copy of a validated `config` with epochs resolved to steps.
+
+  steps = ceil(epochs * images / batch_size); warmup_steps = round(warmup_epochs *
+  images / batch_size). `num_train_images` is needed only when an epoch field is set.
+  """
+  resolved = ml_collections.ConfigDict(config.to_dict())
+  train = resolved.train
+  if train.epochs > 0 or train.warmup_epochs > 0:
+    if not num_train_images:
+      raise ValueError('train.epochs / train.warmup_epochs need the number of train images.')
+    steps_per_epoch = num_train_images / train.batch_size
+    if train.epochs > 0:
+      train.steps = max(1, math.ceil(train.epochs * steps_per_epoch))
+      train.epochs = 0.0
+    if train.warmup_epochs > 0:
+      train.warmup_steps = round(train.warmup_epochs * steps_per_epoch)
+      train.warmup_epochs = 0.0
+  return ml_collections.FrozenConfigDict(resolved)
+
+
+def thaw(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A mutable copy (of a frozen or mutable config), e.g. to derive another run's config."""
+  return ml_collections.ConfigDict(config.to_dict())
+
+
+def require_frozen(config: ml_collections.ConfigDict, user: str) -> None:
+  """Refuses a mutable config where `user` binds its fields into jitted code.
+
+  A field changed after binding would silently do nothing; `resolve` freezes a config.
+  """
+  if not isinstance(config, ml_collections.FrozenConfigDict):
+    raise TypeError(f'{user} binds config fields when it is built: pass the frozen config '
+                    'from pix2seq_jax.config.resolve.resolve(config), so that no field can '
+                    'change afterwards.')

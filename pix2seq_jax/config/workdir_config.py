@@ -1,0 +1,36 @@
+"""The config a workdir was trained with (`<workdir>/config.json`), ready for inference."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+
+from pix2seq_jax import workdir as workdir_lib
+from pix2seq_jax.config import checks, default, resolve
+
+
+def load(workdir: str, decode_overrides: dict | None = None) -> ml_collections.FrozenConfigDict:
+  """The workdir's config, frozen, with `decode` fields optionally replaced.
+
+  Fields added to the defaults after the workdir was written take their defaults.
+  Raises FileNotFoundError without config.json, KeyError for an unknown decode field and
+  ConfigError for a bad value.
+  """
+  path = os.path.join(workdir, workdir_lib.CONFIG)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} is missing: is {workdir!r} a training workdir?')
+  with open(path) as f:
+    saved = json.load(f)
+  config = default.get_config()
+  config.update(saved)
+  for steps, epochs in (('steps', 'epochs'), ('warmup_steps', 'warmup_epochs')):
+    if config.train[steps] > 0:  # resolved from epochs by an earlier version, which kept both
+      config.train[epochs] = 0.0
+  for key, value in (decode_overrides or {}).items():
+    if key not in config.decode:
+      raise KeyError(f'decode.{key} is not a decode setting; have {sorted(config.decode)}.')
+    config.decode[key] = value
+  checks.validate(config, mode='predict')
+  return resolve.resolve(config)

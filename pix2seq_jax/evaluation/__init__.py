@@ -1,0 +1,3 @@
+"""Evaluation: COCO box metrics with pycocotools (`coco_metrics.py`, also a CLI), the
+teacher-forced validation loss (`val_loss.py`), and evaluating a train state on a val
+split (`evaluator.py`, which reads the split with the tf.data pipeline)."""

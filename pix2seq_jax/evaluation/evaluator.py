@@ -1,0 +1,101 @@
+"""Evaluating parameters on the val split: decoded detections scored with COCOeval, and
+the teacher-forced validation loss; written under `<workdir>/eval/step_<N>/`.
+
+Every process decodes its rows of each global batch (the tf.data pipeline pads the split
+to whole batches with masked examples); the detections are gathered to process 0, which
+runs COCOeval and writes the files.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+import jax
+import ml_collections
+from absl import logging
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+from tqdm import tqdm
+
+from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax import workdir as workdir_lib
+from pix2seq_jax.config import checks, resolve
+from pix2seq_jax.data import coco_json, pipeline, report, sources
+from pix2seq_jax.evaluation import coco_metrics, val_loss
+from pix2seq_jax.inference import detections, sharded_decode
+from pix2seq_jax.models import build
+from pix2seq_jax.parallel import mesh as mesh_lib
+from pix2seq_jax.train import checkpoints
+
+
+class Evaluator:
+  """Compiles the decoder and the validation loss once; called at every evaluation."""
+
+  def __init__(self, config: ml_collections.FrozenConfigDict, split: coco_json.CocoSplit,
+               vocab: vocab_lib.Vocabulary, graphdef: nnx.GraphDef, mesh: Mesh):
+    self.config, self.split, self.vocab, self.mesh = config, split, vocab, mesh
+    self.decode_fn = sharded_decode.DecodeFn(config, graphdef, vocab, mesh)
+    self.val_loss_fn = val_loss.make_val_loss_fn(graphdef, vocab, mesh)
+
+  def __call__(self, params: nnx.State, batch_stats: nnx.State, step: int,
+               workdir: str) -> dict[str, float]:
+    """The metrics of (`params`, `batch_stats`) at `step` (process 0; {} elsewhere)."""
+    config, split = self.config, self.split
+    max_images = config.eval.max_images
+    records = split.records[:max_images] if max_images else split.records
+    batches = pipeline.eval_batches(
+        split, config.data, self.vocab, global_batch_size=config.eval.batch_size,
+        max_images=max_images, process_index=jax.process_index(),
+        process_count=jax.process_count())
+    results, likelihood = [], val_loss.ValLoss()
+    total = pipeline.num_eval_batches(len(records), config.eval.batch_size)
+    for batch in tqdm(batches, total=total, desc=f'eval@{step}', leave=False,
+                      disable=jax.process_index() > 0):
+      arrays = mesh_lib.put_batch({k: batch[k] for k in val_loss.BATCH_KEYS}, self.mesh)
+      likelihood.add(self.val_loss_fn(params, batch_stats, arrays))
+      tokens, scores = self.decode_fn(params, batch_stats, arrays['image'], step)
+      meta = {k: batch[k] for k in ('image_id', 'scale', 'original_size', 'mask')}
+      tokens, scores, meta = multihost_utils.process_allgather(
+          (sharded_decode.local_rows(tokens), sharded_decode.local_rows(scores), meta),
+          tiled=True)
+      results += detections.coco_results(tokens, scores, meta, self.vocab, split.categories,
+                                         config.data.image_size)
+    if jax.process_index() > 0:
+      return {}
+    coco_gt = coco_metrics.load_ground_truth(split.annotations_path)
+    metrics = coco_metrics.coco_metrics(coco_gt, results,
+                                        image_ids=[r.image_id for r in records])
+    metrics.update(likelihood.metrics())
+    out = workdir_lib.eval_dir(workdir, step)
+    workdir_lib.write_json(os.path.join(out, 'metrics.json'), metrics)
+    workdir_lib.write_json(os.path.join(out, 'detections.json'), results)
+    logging.info('eval@%d on %d images: %s', step, len(records),
+                 ' '.join(f'{k}={v:.4f}' for k, v in metrics.items()))
+    return metrics
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
+                        step: int | None = None, overrides: Iterable[str] = (),
+                        mesh: Mesh | None = None) -> dict[str, float]:
+  """Evaluates the checkpoint of `step` (default: the latest) in `workdir` on the val split.
+
+  Reads only the parameters and batch statistics; `config` must describe the same model
+  (a mismatch raises checkpoints.CheckpointMismatchError naming the arrays).
+  """
+  mesh = mesh_lib.make_mesh() if mesh is None else mesh
+  checks.validate(config, mode='eval', overrides=overrides, devices=mesh.size)
+  splits = sources.load_splits(config.data)
+  report.log_data_report(splits)
+  config = resolve.resolve(config, len(splits.train.records))
+  vocab = vocab_lib.Vocabulary(splits.categories.num_classes, config.data.num_bins)
+  manager = checkpoints.make_manager(workdir)
+  restored = checkpoints.restore_model(manager, checkpoints.model_template(config, vocab, mesh),
+                                       step)
+  manager.close()
+  if restored is None:
+    raise FileNotFoundError(f'No checkpoint under {checkpoints.checkpoint_dir(workdir)}; '
+                            'train first (--mode=train) or point --workdir at a trained run.')
+  evaluator = Evaluator(config, splits.val, vocab, build.model_graphdef(config, vocab), mesh)
+  return evaluator(restored['params'], restored['batch_stats'], int(restored['step']), workdir)

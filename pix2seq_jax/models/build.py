@@ -1,0 +1,45 @@
+"""A Pix2Seq model from a config: its modules, or just its structure (no parameters)."""
+
+from __future__ import annotations
+
+import ml_collections
+from flax import nnx
+
+from pix2seq_jax import jit_cache
+from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax.models import pix2seq, variants
+
+
+def build_model(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,
+                rngs: nnx.Rngs) -> pix2seq.Pix2Seq:
+  """The model of `config.model` for `vocab`, with positions for `data.max_instances`."""
+  model = config.model
+  return pix2seq.Pix2Seq(
+      variants.get_spec(model.variant), vocab.size,
+      vocab_lib.sequence_length(config.data.max_instances),
+      dropout=model.dropout, drop_path=model.drop_path,
+      image_normalization=model.image_normalization,
+      frozen_backbone_stages=model.frozen_backbone_stages,
+      frozen_batch_norm=model.frozen_batch_norm, rngs=rngs)
+
+
+def _key(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary) -> tuple:
+  return tuple(sorted(config.model.items())), config.data.max_instances, vocab
+
+
+def abstract_model(config: ml_collections.ConfigDict,
+                   vocab: vocab_lib.Vocabulary) -> pix2seq.Pix2Seq:
+  """The model as shapes only (nnx.eval_shape): its structure, no parameters allocated.
+
+  Made once per model config in a process (tracing a large model's initialisers takes
+  seconds); read it, do not modify it.
+  """
+  return jit_cache.cached(('abstract_model', *_key(config, vocab)),
+                          lambda: nnx.eval_shape(lambda: build_model(config, vocab,
+                                                                     nnx.Rngs(0))))
+
+
+def model_graphdef(config: ml_collections.ConfigDict,
+                   vocab: vocab_lib.Vocabulary) -> nnx.GraphDef:
+  """The static structure that `nnx.merge` joins with parameters and batch statistics."""
+  return nnx.split(abstract_model(config, vocab), nnx.Param, nnx.BatchStat)[0]

@@ -1,0 +1,188 @@
+"""The training loop: resume or start, step, log, checkpoint, evaluate; stop cleanly.
+
+The run's files are listed in pix2seq_jax/workdir.py. The data order and every random
+draw are functions of (seed, step), so a run resumed from its latest checkpoint
+continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+from typing import Iterable
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.sharding import Mesh
+from tqdm import tqdm
+
+from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax import workdir as workdir_lib
+from pix2seq_jax.config import checks, resolve
+from pix2seq_jax.data import pipeline, report, sources
+from pix2seq_jax.evaluation import evaluator as evaluator_lib
+from pix2seq_jax.models import build
+from pix2seq_jax.parallel import mesh as mesh_lib
+from pix2seq_jax.train import checkpoints, metrics_log, optimizer, preemption, state as state_lib
+from pix2seq_jax.train import step as step_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What a training run builds once from its frozen config."""
+
+  config: ml_collections.FrozenConfigDict  # epochs resolved to steps
+  splits: sources.Splits
+  vocab: vocab_lib.Vocabulary
+  mesh: Mesh
+  graphdef: nnx.GraphDef
+  tx: optax.GradientTransformation
+  train_step: step_lib.TrainStep  # (state, batch, 0-based step) -> (state, metrics)
+  evaluator: evaluator_lib.Evaluator
+
+  def create_state(self) -> state_lib.TrainState:
+    return state_lib.create_train_state(self.config, self.vocab, self.mesh, self.tx)
+
+  def abstract_state(self) -> state_lib.TrainState:
+    return state_lib.abstract_train_state(self.config, self.vocab, self.mesh, self.tx)
+
+  def train_batches(self, start_step: int = 0):
+    """This process's batches from `start_step` on (pipeline.train_batches)."""
+    return pipeline.train_batches(
+        self.splits.train, self.config.data, self.vocab, seed=self.config.seed,
+        local_batch_size=self.config.train.batch_size // jax.process_count(),
+        start_step=start_step, process_index=jax.process_index(),
+        process_count=jax.process_count())
+
+
+def make_setup(config: ml_collections.ConfigDict, *, overrides: Iterable[str] = (),
+               mesh: Mesh | None = None) -> Setup:
+  """Checks `config`, reads the data, resolves and freezes the config, builds the step.
+
+  `overrides`: the fields set on the command line (config/checks.py). `mesh`: the
+  devices to train on (default: all of them).
+  """
+  mesh = mesh_lib.make_mesh() if mesh is None else mesh
+  checks.validate(config, mode='train', overrides=overrides, devices=mesh.size)
+  splits = sources.load_splits(config.data)
+  report.log_data_report(splits)
+  frozen = resolve.resolve(config, len(splits.train.records))
+  if config.train.epochs > 0 or config.train.warmup_epochs > 0:
+    logging.info('train.epochs=%g, warmup_epochs=%g over %d images at batch %d: %d steps, '
+                 '%d warmup steps.', config.train.epochs, config.train.warmup_epochs,
+                 len(splits.train.records), config.train.batch_size, frozen.train.steps,
+                 frozen.train.warmup_steps)
+  vocab = vocab_lib.Vocabulary(splits.categories.num_classes, frozen.data.num_bins)
+  graphdef = build.model_graphdef(frozen, vocab)
+  tx = optimizer.make_optimizer(frozen)
+  return Setup(frozen, splits, vocab, mesh, graphdef, tx,
+               step_lib.train_step_for(frozen, graphdef, mesh, tx),
+               evaluator_lib.Evaluator(frozen, splits.val, vocab, graphdef, mesh))
+
+
+def _check_finite(scalars: dict, step: int, manager, workdir: str) -> None:
+  """Stops on a non-finite loss or gradient, naming the step and the last good checkpoint."""
+  bad = {k: float(scalars[k]) for k in ('loss', 'grad_norm') if not np.isfinite(scalars[k])}
+  if bad:
+    latest = manager.latest_step()
+    where = (f'step {latest} under {checkpoints.checkpoint_dir(workdir)}' if latest is not None
+             else 'none (no checkpoint was saved)')
+    raise FloatingPointError(
+        f'Non-finite {", ".join(f"{k}={v}" for k, v in bad.items())} at step {step}; '
+        f'nothing was saved after it. The last good checkpoint is {where}. Lower '
+        'train.learning_rate, keep train.grad_clip_norm > 0, or check the data.')
+
+
+def _restore_or_create(setup: Setup, manager) -> state_lib.TrainState:
+  restored = checkpoints.restore(manager, setup.abstract_state())
+  if restored is not None:
+    logging.info('Resumed from %s at step %d.', manager.directory, int(restored.step))
+    return restored
+  state = setup.create_state()
+  if setup.config.model.pretrained_backbone:
+    state, ignored = state_lib.with_pretrained_backbone(state, setup.config, setup.mesh)
+    logging.info('Loaded the backbone from %s (ignored %d keys: the classifier, batch counters '
+                 'and stages the backbone lacks).', setup.config.model.pretrained_backbone,
+                 len(ignored))
+  return state
+
+
+def _write_run_files(setup: Setup, workdir: str) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  write = lambda name, content: workdir_lib.write_json(os.path.join(workdir, name), content)
+  write(workdir_lib.CONFIG, setup.config.to_dict())
+  write(workdir_lib.CATEGORIES, setup.splits.categories.to_json())
+  write(workdir_lib.DATA_REPORT, report.data_report(setup.splits))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       overrides: Iterable[str] = (), mesh: Mesh | None = None) -> dict:
+  """Trains for config.train.steps (resuming from the latest checkpoint), evaluating
+  every `train.eval_every` steps and at the end; returns the final metrics.
+
+  Raises preemption.Preempted after saving when SIGTERM or SIGINT arrives.
+  """
+  setup = make_setup(config, overrides=overrides, mesh=mesh)
+  config = setup.config
+  _write_run_files(setup, workdir)
+  train = config.train
+  manager = checkpoints.make_manager(workdir, train.keep_checkpoints)
+  state = _restore_or_create(setup, manager)
+  start_step = int(state.step)
+  batches = setup.train_batches(start_step)
+  log = metrics_log.MetricsLog(workdir)
+  skipped = len(setup.splits.train.skipped_images)
+  epoch_of = lambda step: (step - 1) * train.batch_size // len(setup.splits.train.records)
+  last_log = (start_step, time.perf_counter())
+  progress = tqdm(total=train.steps, initial=start_step, desc='train',
+                  disable=jax.process_index() > 0)
+  evaluate = lambda state: setup.evaluator(state.params, state.batch_stats, int(state.step),
+                                           workdir)
+  with preemption.StopOnSignal() as stop:
+    for step in range(start_step + 1, train.steps + 1):
+      if skipped and (step == start_step + 1 or epoch_of(step) != epoch_of(step - 1)):
+        logging.warning('Epoch %d (from step %d): %d unreadable train image(s) skipped, as '
+                        'listed in data_report.json.', epoch_of(step) + 1, step, skipped)
+      state, metrics = setup.train_step(state, mesh_lib.put_batch(next(batches), setup.mesh),
+                                        step - 1)
+      progress.update(1)
+      signum = preemption.agreed_signal(stop.signum)  # read once: it may arrive at any point
+      last = step == train.steps
+      saving = step % train.checkpoint_every == 0 or last or signum is not None
+      logging_step = step % train.log_every == 0 or last
+      if logging_step or saving:
+        scalars = jax.device_get(metrics)
+        _check_finite(scalars, step, manager, workdir)  # before any save of this state
+      if logging_step:
+        now = time.perf_counter()
+        scalars['steps_per_second'] = (step - last_log[0]) / (now - last_log[1])
+        last_log = (step, now)
+        log.write(step, scalars)
+        progress.set_postfix(loss=f'{scalars["loss"]:.3f}')
+      if saving:
+        checkpoints.save(manager, step, state)
+      if signum is not None:
+        progress.close()
+        log.close()
+        manager.close()
+        message = (f'{signal.Signals(signum).name} received: saved the checkpoint of step '
+                   f'{step} under {checkpoints.checkpoint_dir(workdir)} and stopped. Run the '
+                   'same command to resume from it.')
+        logging.warning(message)
+        raise preemption.Preempted(message, signum)
+      if train.eval_every and step % train.eval_every == 0 and not last:
+        log.write(step, {f'eval/{k}': v for k, v in evaluate(state).items()})
+  progress.close()
+  if manager.latest_step() != int(state.step):
+    checkpoints.save(manager, int(state.step), state)
+  final = evaluate(state)
+  log.write(int(state.step), {f'eval/{k}': v for k, v in final.items()})
+  log.close()
+  manager.close()
+  return final

@@ -1,0 +1,169 @@
+"""The jitted, data-parallel train step: a pure function of (state, batch).
+
+`nnx.merge` rebuilds the model from its static graphdef and the state's parameters
+inside the jitted function. Batches are split over 'data'; the state is replicated, or
+with `train.shard_params` sharded over 'data' (parallel/mesh.py): the step then all-gathers the
+parameters for the model and constrains gradients and the new state back to their shards,
+which XLA turns into reduce-scatters.
+
+Mixed precision (`train.compute_dtype='bfloat16'`): parameters and optimizer state stay
+float32; a bfloat16 copy of the parameters runs the model, so gradients arrive in
+float32 through the cast. Gradient accumulation (`train.grad_accum_steps=k`) scans over
+k micro-batches (rows j, j+k, j+2k, ... of the global batch, so every device keeps a
+share), sums the weighted token losses, their weights and gradients, and normalises
+once: the same update as one step on the whole batch, except that batch norm sees the
+statistics of each micro-batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from pix2seq_jax import jit_cache
+from pix2seq_jax.config import resolve
+from pix2seq_jax.parallel import mesh as mesh_lib
+from pix2seq_jax.train import optimizer
+from pix2seq_jax.train.state import TrainState
+
+
+def weighted_cross_entropy(logits: jax.Array, targets: jax.Array,
+                           weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Sum of weighted token cross-entropies and sum of weights (over the global batch)."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  return jnp.sum(losses * weights), jnp.sum(weights)
+
+
+def cast_floats(tree: Any, dtype: jnp.dtype) -> Any:
+  """Casts the floating-point leaves of `tree` to `dtype`."""
+  return jax.tree.map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def _micro_batches(batch: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
+  """[B, ...] -> [k, B/k, ...]; micro-batch j holds rows j, j + k, j + 2k, ..."""
+  def split(x):
+    return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], hyperparams: dict[str, jax.Array],
+               seed_key: jax.Array, *, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+               compute_dtype: jnp.dtype = jnp.float32, grad_accum_steps: int = 1,
+               sharded_over: Mesh | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One AdamW step on the global batch; returns the new state and scalar metrics.
+
+  `hyperparams`: the optimizer's inputs for this step (`optimizer.hyperparams`).
+  `seed_key`: `jax.random.key(config.seed)`; the step's draws use it folded with the step.
+  `sharded_over`: the mesh whose 'data' axis shards the state (train.shard_params).
+  """
+  rng = jax.random.fold_in(seed_key, state.step)
+  constrain = jax.lax.with_sharding_constraint
+  params = state.params
+  if sharded_over is not None:  # gather the full parameters for the model
+    params = mesh_lib.gathered(params, sharded_over)
+
+  def loss_sum(params, batch_stats, micro, micro_rng):
+    model = nnx.merge(graphdef, cast_floats(params, compute_dtype), batch_stats,
+                      copy=True)  # fresh Variables in this trace
+    logits = model(micro['image'], micro['input_tokens'], train=True,
+                   rngs=nnx.Rngs(dropout=micro_rng))  # [b, L, V]
+    total, weight = weighted_cross_entropy(logits, micro['target_tokens'],
+                                           micro['loss_weights'])
+    return total, (weight, nnx.state(model, nnx.BatchStat))
+
+  grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
+  if grad_accum_steps == 1:
+    (total, (weight, batch_stats)), grads = grad_fn(params, state.batch_stats, batch, rng)
+  else:
+    def accumulate(carry, micro_and_index):
+      micro, index = micro_and_index
+      total, weight, grads, batch_stats = carry
+      (t, (w, batch_stats)), g = grad_fn(params, batch_stats, micro,
+                                         jax.random.fold_in(rng, index))
+      return (total + t, weight + w, jax.tree.map(jnp.add, grads, g), batch_stats), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (total, weight, grads, batch_stats), _ = jax.lax.scan(
+        accumulate, (jnp.zeros(()), jnp.zeros(()), zeros, state.batch_stats),
+        (_micro_batches(batch, grad_accum_steps), jnp.arange(grad_accum_steps)))
+  # The loss is sum(w * CE) / sum(w) over the whole batch; its gradient is the summed
+  # gradient over the same normaliser.
+  normaliser = jnp.maximum(weight, 1e-8)
+  loss, grads = total / normaliser, jax.tree.map(lambda g: g / normaliser, grads)
+  if sharded_over is not None:  # each device keeps the gradient of its shard
+    grads = constrain(grads, mesh_lib.state_shardings(grads, sharded_over, True))
+  batch_stats = cast_floats(batch_stats, jnp.float32)
+  opt_state = optimizer.with_hyperparams(state.opt_state, hyperparams)
+  updates, opt_state = tx.update(grads, opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads),
+             'learning_rate': hyperparams['learning_rate']}
+  new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
+                         opt_state=opt_state)
+  if sharded_over is not None:
+    new_state = constrain(new_state, mesh_lib.state_shardings(new_state, sharded_over, True))
+  return new_state, metrics
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh, *,
+                    compute_dtype: str = 'float32', grad_accum_steps: int = 1,
+                    shard_params: bool = False) -> Callable:
+  """train_step jitted over `mesh`: (state, batch, hyperparams, seed_key) -> (state,
+  metrics), the state donated, the batch split over 'data'.
+
+  The fields it binds are its arguments (from `config.train`); one jitted function per
+  structure in a process (jit_cache.py). A replicated state is pinned by in/out
+  shardings; a sharded one (`shard_params`) keeps the shardings it comes with, which the
+  step's constraints restore on the way out.
+  """
+  def build() -> Callable:
+    step = functools.partial(train_step, graphdef=graphdef, tx=tx,
+                             compute_dtype=jnp.dtype(compute_dtype),
+                             grad_accum_steps=grad_accum_steps,
+                             sharded_over=mesh if shard_params else None)
+    state_sharding = None if shard_params else mesh_lib.replicated(mesh)
+    replicated = mesh_lib.replicated(mesh)
+    return jax.jit(step, in_shardings=(state_sharding, mesh_lib.batch_sharded(mesh),
+                                       replicated, replicated),
+                   out_shardings=(state_sharding, replicated), donate_argnums=0)
+
+  key = ('train_step', graphdef, tx, mesh, compute_dtype, grad_accum_steps, shard_params)
+  return jit_cache.cached(key, build)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+  """A run's train step: `(state, batch, step) -> (state, metrics)`, where `step` is the
+  0-based index of the update (`int(state.step)`, counted on the host), from which the
+  optimizer's inputs are computed (`optimizer.hyperparams`)."""
+
+  jitted: Callable  # make_train_step's (state, batch, hyperparams, seed_key) -> ...
+  train: ml_collections.FrozenConfigDict
+  seed: int
+
+  def inputs(self, step: int) -> tuple[dict, jax.Array]:
+    """(hyperparams, seed_key): the jitted step's inputs besides state and batch."""
+    return optimizer.hyperparams(self.train, step), jax.random.key(self.seed)
+
+  def __call__(self, state: TrainState, batch: dict[str, jax.Array],
+               step: int) -> tuple[TrainState, dict[str, jax.Array]]:
+    return self.jitted(state, batch, *self.inputs(step))
+
+
+def train_step_for(config: ml_collections.FrozenConfigDict, graphdef: nnx.GraphDef,
+                   mesh: Mesh, tx: optax.GradientTransformation) -> TrainStep:
+  """The train step of a run's frozen config (seed, train.*)."""
+  resolve.require_frozen(config, 'train_step_for')
+  train = config.train
+  return TrainStep(make_train_step(graphdef, tx, mesh, compute_dtype=train.compute_dtype,
+                                   grad_accum_steps=train.grad_accum_steps,
+                                   shard_params=train.shard_params), train, config.seed)

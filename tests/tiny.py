@@ -1,0 +1,119 @@
+"""Helpers shared by the tests: the tiny config, main.py commands, the shared real data."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import ml_collections
+import pytest
+
+from pix2seq_jax.config import config_file, default, resolve
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.environ.get('PIX2SEQ_SHARED_DATA',
+                             os.path.join(os.path.dirname(ROOT), 'shared', 'data'))
+
+
+def shared_path(*parts: str) -> str:
+  """A path under the shared real data; skips the test when it is absent."""
+  path = os.path.join(SHARED_DATA, *parts)
+  if not os.path.exists(path):
+    pytest.skip(f'{path} is absent: set PIX2SEQ_SHARED_DATA to the folder holding '
+                'coco_tiny/ and cocoapi_eval/.')
+  return path
+
+
+def tiny_config(data_dir: str) -> ml_collections.ConfigDict:
+  """The tiny model on 64-px shapes: a train step compiles and runs in seconds.
+
+  Its model, vocabulary (9 shapes classes, 64 bins) and batches are those of
+  `main_config` and of tests/multi_device_run.py, so that tests share compiled programs
+  (the optimizer's values and the seed, which differ, are inputs of the step).
+  """
+  config = default.get_config()
+  config.data.source = 'shapes'
+  config.data.shapes_dir = data_dir
+  config.data.shapes_num_train = 24
+  config.data.shapes_num_val = 6
+  config.data.image_size = 64
+  config.data.max_instances = 8
+  config.data.num_bins = 64
+  config.model.variant = 'tiny'
+  config.model.dropout = 0.1  # dropout and DropPath on, as in most configs
+  config.model.drop_path = 0.1
+  config.train.steps = 4
+  config.train.batch_size = 8  # divides over 1, 2, 4 and 8 devices
+  config.train.warmup_steps = 1
+  config.train.learning_rate = 1e-3
+  config.train.log_every = 2
+  config.train.checkpoint_every = 2
+  config.eval.batch_size = 8  # as the Predictor's default batch
+  return config
+
+
+def frozen(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
+  """`config` as a run reads it: frozen (no epoch fields are set in the tests)."""
+  return resolve.resolve(config)
+
+
+def main_overrides(shapes_dir: str, steps: int, checkpoint_every: int) -> list[str]:
+  """configs/shapes.py overridden to tiny_config's model and sizes."""
+  return [f'--config.data.shapes_dir={shapes_dir}', '--config.data.shapes_num_train=24',
+          '--config.data.shapes_num_val=6', '--config.data.image_size=64',
+          '--config.data.max_instances=8', '--config.data.num_bins=64',
+          '--config.model.dropout=0.1', '--config.model.drop_path=0.1',
+          '--config.train.batch_size=8', f'--config.train.steps={steps}',
+          '--config.train.warmup_steps=2', '--config.train.log_every=1',
+          f'--config.train.checkpoint_every={checkpoint_every}', '--config.train.eval_every=0',
+          '--config.eval.max_images=4', '--config.eval.batch_size=8']
+
+
+def main_command(workdir: str, shapes_dir: str, steps: int, checkpoint_every: int) -> list[str]:
+  """main.py training the tiny model on 64-px shapes."""
+  return [sys.executable, os.path.join(ROOT, 'main.py'),
+          f'--config={os.path.join(ROOT, "configs", "shapes.py")}',
+          f'--workdir={workdir}', *main_overrides(shapes_dir, steps, checkpoint_every)]
+
+
+def main_config(shapes_dir: str, steps: int, checkpoint_every: int) -> ml_collections.ConfigDict:
+  """The config `main_command` trains with, built in this process."""
+  config = config_file.load(os.path.join(ROOT, 'configs', 'shapes.py'))
+  for override in main_overrides(shapes_dir, steps, checkpoint_every):
+    name, value = override[len('--config.'):].split('=', 1)
+    section, field = name.split('.')
+    config[section][field] = type(config[section][field])(value)
+  return config
+
+
+def load_main_module():
+  """main.py as a module, to run its command line in this process."""
+  spec = importlib.util.spec_from_file_location('pix2seq_main', os.path.join(ROOT, 'main.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+_MAIN_MODULE = None
+
+
+def run_main(*argv: str) -> int:
+  """Runs main.py's command line with `argv` in this process; returns its exit code."""
+  global _MAIN_MODULE
+  from absl import flags
+  if _MAIN_MODULE is None:  # main.py defines its flags once per process
+    _MAIN_MODULE = load_main_module()
+  flags.FLAGS.unparse_flags()
+  for name in [n for n in flags.FLAGS if n.startswith('config.')]:
+    delattr(flags.FLAGS, name)  # a previous run's overrides; the config flag defines its own
+  saved_argv, sys.argv = sys.argv, ['main.py', *argv]  # config_flags reads overrides there
+  try:
+    remaining = flags.FLAGS(sys.argv)
+  finally:
+    sys.argv = saved_argv
+  try:
+    _MAIN_MODULE.main(remaining)
+  except SystemExit as stop:
+    return stop.code
+  return 0
