@@ -57,7 +57,7 @@ def resize_longest_side(image: tf.Tensor,
   shape = tf.cast(tf.shape(image)[:2], tf.float32)
   scale = tf.cast(size, tf.float32) / tf.reduce_max(shape)
   new_shape = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), 1)
-  # Antialiasing only changes a downscale, and costs 4x a plain bilinear resize
+  # Antialiasing only changes a downscale and costs several plain bilinear resizes
   # (BENCHMARKS.md, input pipeline): the same pixels, faster, when not shrinking.
   resized = tf.cond(scale < 1.0,
                     lambda: tf.image.resize(image, new_shape, method='bilinear', antialias=True),

@@ -19,7 +19,7 @@ STRIDES = {'resnet50': 32, 'resnet50_c4': 16, 'resnet_tiny': 16, 'vit_patch16': 
            'vit_patch8': 8}
 
 
-def abstract_backbone(name: str):
+def abstract_backbone(name: str) -> nnx.Module:
   """The backbone `name` as shapes only (nnx.eval_shape): its structure, no parameters."""
   return nnx.eval_shape(lambda: BACKBONES[name](rngs=nnx.Rngs(0)))
 

@@ -29,8 +29,8 @@ def _pointwise_fwd(x, kernel):
 def _pointwise_bwd(residuals, dy):
   """The kernel's gradient as (dy^T x)^T: contracting the pixels with dy on the left makes
   XLA's CPU backend transpose dy (Cout wide) and the small [Cout, Cin] result instead of
-  the input, which it otherwise copies transposed together with its producers; that
-  copy was ~15% of the R50 train step (BENCHMARKS.md)."""
+  the input, which it otherwise copies transposed together with its producers (a large
+  share of the R50 train step: BENCHMARKS.md)."""
   x, kernel = residuals
   dx = jnp.einsum('bhwd,cd->bhwc', dy, kernel)
   dkernel = jax.lax.dot_general(dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1]),
@@ -73,7 +73,7 @@ def max_pool_same(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
   slices of the padded input [B, H, W, C].
 
   The same values; XLA's CPU backend runs reduce_window's backward (select-and-scatter
-  with index bookkeeping) at ~7% of the R50 train step, the slices' selects in a fraction.
+  with index bookkeeping) far slower than the slices' selects (BENCHMARKS.md).
   """
   pads = []
   for size in x.shape[1:3]:

@@ -8,7 +8,7 @@ the train step gathers the parameters for the forward pass and scatters the grad
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -47,18 +47,18 @@ def leaf_sharding(shape: tuple[int, ...], mesh: Mesh, shard: bool) -> NamedShard
   return NamedSharding(mesh, P(*[DATA_AXIS if d == axis else None for d in range(len(shape))]))
 
 
-def state_shardings(tree, mesh: Mesh, shard: bool):
+def state_shardings(tree: Any, mesh: Mesh, shard: bool) -> Any:
   """`leaf_sharding` for every array of `tree` (arrays, tracers or ShapeDtypeStructs)."""
   return jax.tree.map(lambda x: leaf_sharding(tuple(x.shape), mesh, shard), tree)
 
 
-def placed_shapes(tree, mesh: Mesh, shard: bool):
+def placed_shapes(tree: Any, mesh: Mesh, shard: bool) -> Any:
   """ShapeDtypeStructs of `tree`'s arrays with the shardings `state_shardings` gives them."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
       x.shape, x.dtype, sharding=leaf_sharding(tuple(x.shape), mesh, shard)), tree)
 
 
-def gathered(tree, mesh: Mesh):
+def gathered(tree: Any, mesh: Mesh) -> Any:
   """Inside jit: `tree` whole on every device (an all-gather where it is sharded)."""
   return jax.lax.with_sharding_constraint(tree, replicated(mesh))
 

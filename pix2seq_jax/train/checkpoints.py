@@ -9,6 +9,7 @@ Inference restores only the step, parameters and batch statistics (`restore_mode
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -81,7 +82,7 @@ def _check_fits(step_dir: str, abstract_state, partial: bool) -> None:
         'use that run\'s config (config.json in its workdir).')
 
 
-def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
+def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None) -> Any:
   """Restores `step` (default: the latest) as `abstract_state`'s ShapeDtypeStructs say.
 
   Returns None when there is no checkpoint. Raises CheckpointMismatchError, naming the

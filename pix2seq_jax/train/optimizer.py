@@ -12,6 +12,8 @@ get no update.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -52,7 +54,7 @@ def frozen_prefixes(model: ml_collections.ConfigDict) -> tuple[tuple[str, ...], 
   return tuple(('backbone',) + path for path in backbone.frozen_paths())
 
 
-def frozen_mask(params, prefixes: tuple[tuple[str, ...], ...]):
+def frozen_mask(params: Any, prefixes: tuple[tuple[str, ...], ...]) -> Any:
   """True for the parameters under any of `prefixes`."""
   return jax.tree_util.tree_map_with_path(
       lambda path, _: any(tree_paths.path_names(path)[:len(p)] == p for p in prefixes), params)
