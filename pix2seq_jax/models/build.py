@@ -16,7 +16,7 @@ def build_model(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,
   model = config.model
   return pix2seq.Pix2Seq(
       variants.get_spec(model.variant), vocab.size,
-      vocab_lib.sequence_length(config.data.max_instances),
+      model.max_seq_len or vocab_lib.sequence_length(config.data.max_instances),
       dropout=model.dropout, drop_path=model.drop_path,
       image_normalization=model.image_normalization,
       frozen_backbone_stages=model.frozen_backbone_stages,

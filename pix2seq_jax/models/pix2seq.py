@@ -3,6 +3,11 @@
   features [B, h, w, C] -> (dropout) -> Dense(D_enc) -> LN -> + 2D sin-cos -> encoder -> LN
   memory = Dense(D_dec) -> LN -> + 2D sin-cos -> residual pre-LN MLP        [B, h*w, D_dec]
   decoder: token embedding + learned positions -> layers -> LN -> h . E^T + b   [B, T, V]
+This is the official Pix2Seq's function (`ar_model.Model` with `dec_proj_mode='mlp'`,
+sin-cos encoder positions, learned decoder positions, shared embedding, output bias):
+converted official checkpoints give its logits (tests/test_official_parity.py).
+Regularisation as the official: `dropout` on ResNet features and inside every MLP,
+DropPath (`drop_path`) on every residual branch, the memory MLP's included.
 The token embedding is shared by the decoder's input and output. With a ViT variant the
 features are raw patches and Dense(D_enc) is the patch embedding (see vit.py).
 Computation follows the parameters' dtype: casting them to bfloat16 (train_step's
@@ -23,15 +28,36 @@ from pix2seq_jax.models.variants import ModelSpec
 Cache = list[dict[str, jax.Array]]  # per decoder layer {'k', 'v'}: [B, L, H, K]
 
 
+def _sincos(coords: np.ndarray, dim: int, temperature: float) -> np.ndarray:
+  """[N] coordinates -> [N, dim]: sin then cos of coords * temperature^(-2k/dim), k < dim/2."""
+  freqs = np.float32(1.0) / np.power(np.float32(temperature),
+                                     (2 * np.arange(dim // 2)).astype(np.float32) / dim)
+  angles = coords.astype(np.float32)[:, None] * freqs[None]
+  return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+
+def _normalised(n: int) -> np.ndarray:
+  """Grid coordinates 0..n-1 scaled to [0, 2*pi], as the official code's 6.2831852."""
+  return np.arange(n, dtype=np.float32) / np.float32(n - 1) * np.float32(6.2831852)
+
+
 def sincos_2d(height: int, width: int, dim: int, temperature: float = 10000.0) -> np.ndarray:
-  """Fixed 2D sin-cos position embedding, [height * width, dim] (dim % 4 == 0)."""
+  """Fixed 2D sin-cos position embedding, [height * width, dim] (dim % 4 == 0).
+
+  The official Pix2Seq's: rows and columns are scaled to [0, 2*pi]; the first half of
+  the channels encodes the row, [sin, cos] over dim/4 frequencies, the second half the
+  column. A single row or column gets 1D codes over its length with all dim channels.
+  """
   if dim % 4:
     raise ValueError(f'2D sin-cos positions need a dim divisible by 4, got {dim}.')
-  ys, xs = np.meshgrid(np.arange(height, dtype=np.float32),
-                       np.arange(width, dtype=np.float32), indexing='ij')
-  freqs = 1.0 / temperature ** (np.arange(dim // 4, dtype=np.float32) / (dim // 4))
-  ys, xs = ys.reshape(-1, 1) * freqs, xs.reshape(-1, 1) * freqs
-  return np.concatenate([np.sin(ys), np.cos(ys), np.sin(xs), np.cos(xs)], axis=1)
+  if height * width < 2:
+    raise ValueError(f'A {height}x{width} feature map has no positions to encode: use a '
+                     'larger image_size.')
+  if height == 1 or width == 1:
+    return _sincos(_normalised(height * width), dim, temperature)
+  rows = np.repeat(_sincos(_normalised(height), dim // 2, temperature), width, axis=0)
+  cols = np.tile(_sincos(_normalised(width), dim // 2, temperature), (height, 1))
+  return np.concatenate([rows, cols], axis=1)  # [height * width, dim], row-major
 
 
 class Decoder(nnx.Module):
@@ -39,6 +65,8 @@ class Decoder(nnx.Module):
 
   def __init__(self, spec: ModelSpec, vocab_size: int, max_seq_len: int, dropout: float,
                drop_path: float = 0.0, *, rngs: nnx.Rngs):
+    # No dropout on the token embeddings (as the official decoder): `dropout` acts inside
+    # each MLP, `drop_path` on every residual branch.
     dim = spec.decoder_dim
     self.max_seq_len, self.heads = max_seq_len, spec.decoder_heads
     self.embed = nnx.Embed(vocab_size, dim, embedding_init=nnx.initializers.normal(0.02),
@@ -49,7 +77,6 @@ class Decoder(nnx.Module):
                                  drop_path, rngs=rngs) for _ in range(spec.decoder_layers)])
     self.norm = transformer._layer_norm(dim, rngs)
     self.output_bias = nnx.Param(jnp.zeros((vocab_size,)))
-    self.dropout = transformer.Dropout(dropout)
 
   def _embed(self, tokens: jax.Array) -> jax.Array:
     """Token embeddings in the parameters' dtype (nnx.Embed returns float32)."""
@@ -70,7 +97,6 @@ class Decoder(nnx.Module):
                rngs: nnx.Rngs | None = None) -> jax.Array:
     """tokens [B, T] (T <= max_seq_len), memory [B, S, D] -> logits [B, T, V]."""
     x = self._embed(tokens) + self.positions[:tokens.shape[1]]
-    x = self.dropout(x, rngs)
     for layer, kv in zip(self.layers, self.memory_kv(memory)):
       x = layer(x, kv, rngs)
     return self._logits(x)
@@ -129,6 +155,7 @@ class Pix2Seq(nnx.Module):
     self.memory_norm = transformer._layer_norm(dec, rngs)
     self.memory_mlp_norm = transformer._layer_norm(dec, rngs)
     self.memory_mlp = transformer.MLP(dec, spec.decoder_mlp_dim, dropout, rngs=rngs)
+    self.memory_drop_path = transformer.DropPath(drop_path)
     self.decoder = Decoder(spec, vocab_size, max_seq_len, dropout, drop_path, rngs=rngs)
     self.dropout = transformer.Dropout(dropout)
 
@@ -150,7 +177,7 @@ class Pix2Seq(nnx.Module):
       x = layer(x, rngs)
     x = self.memory_norm(self.memory_proj(self.encoder_norm(x)))
     x = x + sincos_2d(height, width, self.spec.decoder_dim).astype(x.dtype)
-    return x + self.memory_mlp(self.memory_mlp_norm(x), rngs)
+    return x + self.memory_drop_path(self.memory_mlp(self.memory_mlp_norm(x), rngs), rngs)
 
   def __call__(self, images: jax.Array, input_tokens: jax.Array, *, train: bool,
                rngs: nnx.Rngs | None = None) -> jax.Array:

@@ -1,5 +1,10 @@
 """ResNet backbones in Flax NNX: ResNet-50 v1.5 (stride on the 3x3 conv), its C4 trunk, tiny.
 
+Convolutions pad (k-1)/2 on every side (3 for the 7x7 stem, 1 for 3x3s, strided or not),
+as the official Pix2Seq ResNet and torchvision; the stem's 3x3/2 max-pool pads as the
+official one, TensorFlow's SAME (nothing before, one row/column after on even sizes),
+where torchvision pads one on each side.
+
 Batch norm is trained (statistics of the global batch when run under `jax.jit` over a
 mesh); `train=False` uses the running averages.
 """
@@ -64,7 +69,8 @@ def _conv(cin: int, cout: int, kernel: int, stride: int,
           rngs: nnx.Rngs) -> nnx.Conv | PointwiseConv:
   if kernel == 1:
     return PointwiseConv(cin, cout, stride, rngs=rngs)
-  return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding='SAME',
+  pad = (kernel - 1) // 2  # explicit and symmetric, as the official and torchvision ResNets
+  return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
                   use_bias=False, kernel_init=_CONV_INIT, rngs=rngs)
 
 

@@ -89,16 +89,6 @@ class MLP(nnx.Module):
     return self.fc2(self.dropout(jax.nn.gelu(self.fc1(x), approximate=False), rngs))
 
 
-class _Residual(nnx.Module):
-  """Dropout then DropPath on a residual branch's output."""
-
-  def __init__(self, dropout: float, drop_path: float):
-    self.dropout, self.drop_path = Dropout(dropout), DropPath(drop_path)
-
-  def __call__(self, branch: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
-    return self.drop_path(self.dropout(branch, rngs), rngs)
-
-
 class EncoderLayer(nnx.Module):
   """x + SelfAttention(LN(x)); x + MLP(LN(x))."""
 
@@ -106,12 +96,12 @@ class EncoderLayer(nnx.Module):
                drop_path: float = 0.0, *, rngs: nnx.Rngs):
     self.attn_norm, self.attn = _layer_norm(dim, rngs), Attention(dim, heads, rngs=rngs)
     self.mlp_norm, self.mlp = _layer_norm(dim, rngs), MLP(dim, mlp_dim, dropout, rngs=rngs)
-    self.residual = _Residual(dropout, drop_path)
+    self.drop_path = DropPath(drop_path)  # dropout acts inside the MLP only
 
   def __call__(self, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
     h = self.attn_norm(x)
-    x = x + self.residual(self.attn(h, self.attn.project_kv(h)), rngs)
-    return x + self.residual(self.mlp(self.mlp_norm(x), rngs), rngs)
+    x = x + self.drop_path(self.attn(h, self.attn.project_kv(h)), rngs)
+    return x + self.drop_path(self.mlp(self.mlp_norm(x), rngs), rngs)
 
 
 class DecoderLayer(nnx.Module):
@@ -122,18 +112,18 @@ class DecoderLayer(nnx.Module):
     self.self_norm, self.self_attn = _layer_norm(dim, rngs), Attention(dim, heads, rngs=rngs)
     self.cross_norm, self.cross_attn = _layer_norm(dim, rngs), Attention(dim, heads, rngs=rngs)
     self.mlp_norm, self.mlp = _layer_norm(dim, rngs), MLP(dim, mlp_dim, dropout, rngs=rngs)
-    self.residual = _Residual(dropout, drop_path)
+    self.drop_path = DropPath(drop_path)  # dropout acts inside the MLP only
 
   def _cross_and_mlp(self, x: jax.Array, memory_kv: KeyValue,
                      rngs: nnx.Rngs | None) -> jax.Array:
-    x = x + self.residual(self.cross_attn(self.cross_norm(x), memory_kv), rngs)
-    return x + self.residual(self.mlp(self.mlp_norm(x), rngs), rngs)
+    x = x + self.drop_path(self.cross_attn(self.cross_norm(x), memory_kv), rngs)
+    return x + self.drop_path(self.mlp(self.mlp_norm(x), rngs), rngs)
 
   def __call__(self, x: jax.Array, memory_kv: KeyValue, rngs: nnx.Rngs | None) -> jax.Array:
     """x: [B, T, D], all positions at once under a causal mask."""
     h = self.self_norm(x)
     causal = jnp.tril(jnp.ones((x.shape[1], x.shape[1]), bool))
-    x = x + self.residual(self.self_attn(h, self.self_attn.project_kv(h), causal), rngs)
+    x = x + self.drop_path(self.self_attn(h, self.self_attn.project_kv(h), causal), rngs)
     return self._cross_and_mlp(x, memory_kv, rngs)
 
   def step(self, x: jax.Array, position: jax.Array, cache: dict[str, jax.Array],

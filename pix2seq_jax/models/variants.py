@@ -24,6 +24,9 @@ VARIANTS = {
     # A tiny ViT (8 px patches, 2+2 layers of width 128): a backbone without batch norm,
     # for tests whose exact equalities batch statistics would break.
     'vit_tiny': ModelSpec('vit_patch8', 2, 128, 512, 4, 2, 128, 512, 4),
+    # The sizes of the official-parity test fixture (tests/fixtures/official_vit_nano):
+    # 8 px patches, one encoder and one decoder layer of width 32.
+    'vit_nano': ModelSpec('vit_patch8', 1, 32, 64, 2, 1, 32, 64, 2),
     # The official `resnet` variant: R50 C5 features, 6x256 encoder, 6x256 decoder (36.6M).
     'r50': ModelSpec('resnet50', 6, 256, 1024, 8, 6, 256, 1024, 8),
     # The official `resnet-c` variant: R50 C4 features (stride 16), 12x512 encoder,
@@ -31,7 +34,11 @@ VARIANTS = {
     'r50_c4': ModelSpec('resnet50_c4', 12, 512, 2048, 16, 8, 512, 2048, 16),
     # The official `vit-b` variant: ViT-B/16 encoder (12x768), 6x512 decoder (115.2M).
     'vit_b': ModelSpec('vit_patch16', 12, 768, 3072, 12, 6, 512, 2048, 16),
+    # The official `vit-l` variant: ViT-L/16 encoder (24x1024), 8x512 decoder.
+    'vit_l': ModelSpec('vit_patch16', 24, 1024, 4096, 16, 8, 512, 2048, 16),
 }
+# The official configs' `architecture_config_map` names of these variants.
+OFFICIAL_NAMES = {'resnet': 'r50', 'resnet-c': 'r50_c4', 'vit-b': 'vit_b', 'vit-l': 'vit_l'}
 
 
 def get_spec(variant: str) -> ModelSpec:
