@@ -37,8 +37,6 @@ VARIANTS = {
     # The official `vit-l` variant: ViT-L/16 encoder (24x1024), 8x512 decoder.
     'vit_l': ModelSpec('vit_patch16', 24, 1024, 4096, 16, 8, 512, 2048, 16),
 }
-# The official configs' `architecture_config_map` names of these variants.
-OFFICIAL_NAMES = {'resnet': 'r50', 'resnet-c': 'r50_c4', 'vit-b': 'vit_b', 'vit-l': 'vit_l'}
 
 
 def get_spec(variant: str) -> ModelSpec:
