@@ -226,3 +226,50 @@ def test_grammar_mask_by_slot():
   assert mask(0)[EOS] and mask(5)[EOS] and not mask(3)[EOS]
   assert mask(4)[NA] and mask(4)[C0] and not mask(4)[VOCAB.coord_offset]
   assert mask(LENGTH - 1).sum() == 1 and mask(LENGTH - 1)[EOS]
+
+
+def test_the_official_nucleus_keeps_only_what_stays_within_top_p():
+  logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.2], [0.2, 0.5, 0.3]]))
+  kept = lambda rule, p: np.asarray(decoding.filter_logits(logits, top_p=p, nucleus=rule)
+                                    > decoding.NEG_INF / 2)
+  # 'reach' takes the token that crosses top_p; 'official' (the official top_logits)
+  # stops before it, but always keeps the most likely token.
+  np.testing.assert_array_equal(kept('reach', 0.6), [[1, 1, 0], [0, 1, 1]])
+  np.testing.assert_array_equal(kept('official', 0.6), [[1, 0, 0], [0, 1, 0]])
+  np.testing.assert_array_equal(kept('official', 0.8), [[1, 1, 0], [0, 1, 1]])
+  np.testing.assert_array_equal(kept('official', 0.4), [[1, 0, 0], [0, 1, 0]])
+
+
+def test_official_mode_has_no_grammar_and_no_stop():
+  """Logits that prefer EOS, then padding: grammar mode ends at once; official mode
+  takes whatever is most likely at every one of the `length` positions."""
+  def logits_fn(last, position):
+    first = jnp.where(position == 0, EOS, vocab_lib.PADDING)
+    return jnp.zeros((2, VOCAB.size)).at[:, first].set(5.0)
+
+  grammar = _sample(logits_fn, 2)
+  assert int(grammar.cache) == 1 and int(grammar.position) == 1
+  official = _sample(logits_fn, 2, mode='official')
+  assert int(official.cache) == LENGTH and int(official.position) == LENGTH
+  np.testing.assert_array_equal(official.tokens[:, 0], EOS)
+  np.testing.assert_array_equal(official.tokens[:, 1:], vocab_lib.PADDING)
+  # Every class slot gets the best real class and its probability under the full softmax.
+  tokens, scores = decoding.detection_outputs(official, VOCAB, mode='official')
+  assert (np.asarray(tokens)[:, 4::5] == C0).all()
+  probability = 1.0 / (VOCAB.size - 1 + np.exp(5.0))
+  np.testing.assert_allclose(np.asarray(scores)[:, 4::5], probability, rtol=1e-5)
+
+
+def test_official_parsing_keeps_every_slot_as_decoded():
+  bins = VOCAB.num_bins - 1
+  tokens = np.array([coord(40), coord(10), coord(20), coord(30), C0 + 2,  # reversed y
+                     EOS, vocab_lib.PADDING, coord(63), coord(5), C0,  # non-coordinates
+                     coord(1), coord(2), coord(3), coord(4), NA,  # no class: dropped
+                     coord(1)])
+  found = detections.parse_official(tokens, VOCAB, np.arange(16, dtype=np.float32))
+  np.testing.assert_allclose(found.boxes, [[40 / bins, 10 / bins, 20 / bins, 30 / bins],
+                                           [0.0, 0.0, 1.0, 5 / bins]], rtol=1e-6)
+  np.testing.assert_array_equal(found.labels, [2, 0])
+  np.testing.assert_array_equal(found.scores, [4, 9])
+  grammar = detections.parse_tokens(tokens, VOCAB, np.arange(16, dtype=np.float32))
+  assert len(grammar.labels) == 1 and grammar.boxes[0, 0] < grammar.boxes[0, 2]  # swapped

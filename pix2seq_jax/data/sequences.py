@@ -11,7 +11,8 @@ Sequence augmentation (Pix2Seq, section 2.4), each part switchable:
                     (real boxes, each coordinate moved by truncnorm(0, 0.05) x the box's
                     height or width) and bad boxes (a real box moved to a uniform
                     centre, or a random box: uniform centre, height and width
-                    |truncnorm(0, 0.5)|). The number of duplicates is uniform in
+                    |truncnorm(0, 0.5)|), all inside the image (not its padding),
+                    as the official code. The number of duplicates is uniform in
                     [0, noise]; bad boxes make up the rest. Their coordinate tokens
                     weigh `noise_coord_weight` (0: the model is not taught to place
                     them) and their class token `noise_class_weight` (1: it learns to
@@ -106,27 +107,33 @@ def noise_boxes(boxes: tf.Tensor, num_noise: tf.Tensor, max_noise: int,
 def build_sequences(boxes: tf.Tensor, labels: tf.Tensor, vocab: vocab_lib.Vocabulary,
                     max_instances: int, eos_weight: float, *, seed: tf.Tensor | None = None,
                     noise_objects: bool = False, corrupt_classes: bool = False,
-                    noise_coord_weight: float = 0.0,
-                    noise_class_weight: float = 1.0) -> dict[str, tf.Tensor]:
+                    noise_coord_weight: float = 0.0, noise_class_weight: float = 1.0,
+                    extent: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
   """boxes: [N, 4] canvas-normalised; labels: [N] int. Returns the three [L] sequences.
 
   `seed` [2] drives the sequence augmentation and is needed when either part is on.
+  `extent` [2]: the image's height and width as fractions of the canvas (the rest is
+  padding); noise boxes are made inside it, as the official code makes them before
+  padding. Default: the whole canvas.
   """
   if (noise_objects or corrupt_classes) and seed is None:
     raise ValueError('Sequence augmentation needs a seed.')
   length = vocab_lib.sequence_length(max_instances)
   boxes, labels = boxes[:max_instances], labels[:max_instances]
   num_real = tf.shape(labels)[0]
-  classes = tf.cast(vocab.class_token(labels), tf.int32)
+  classes = tf.gather(vocab.class_tokens, labels)  # [n] int32
   if noise_objects:
-    noise = noise_boxes(boxes, max_instances - num_real, max_instances, _fold(seed, 0))
+    extent = tf.ones([2]) if extent is None else tf.cast(extent, tf.float32)
+    scale = tf.tile(extent, [2])[None]  # (h, w, h, w): image <-> canvas coordinates
+    noise = noise_boxes(boxes / scale, max_instances - num_real, max_instances,
+                        _fold(seed, 0)) * scale
     boxes = tf.concat([boxes, noise], axis=0)
-    classes = tf.concat([classes, tf.fill([tf.shape(noise)[0]], vocab_lib.NOISE_CLASS)], 0)
+    classes = tf.concat([classes, tf.fill([tf.shape(noise)[0]], vocab.noise_class)], 0)
   num_objects = tf.shape(classes)[0]
   coords = tf.cast(vocab.coord_to_bin(boxes, xp=_TF_NUMPY), tf.int32) + vocab.coord_offset  # [n, 4]
   objects = tf.concat([coords, classes[:, tf.newaxis]], axis=1)  # [n, 5]
-  target = tf.concat([tf.reshape(objects, [-1]), [vocab_lib.EOS]], axis=0)
-  target = tf.pad(target, [[0, length - tf.shape(target)[0]]], constant_values=vocab_lib.PADDING)
+  target = tf.concat([tf.reshape(objects, [-1]), [vocab.eos]], axis=0)
+  target = tf.pad(target, [[0, length - tf.shape(target)[0]]], constant_values=vocab.padding)
   target = tf.ensure_shape(target, [length])
 
   positions = tf.range(length)
@@ -142,12 +149,12 @@ def build_sequences(boxes: tf.Tensor, labels: tf.Tensor, vocab: vocab_lib.Vocabu
 
   inputs = target
   if corrupt_classes:
-    random_class = vocab.class_token(tf.random.stateless_uniform(
+    random_class = tf.gather(vocab.class_tokens, tf.random.stateless_uniform(
         [length], seed=_fold(seed, _CORRUPT_OP), maxval=vocab.num_classes, dtype=tf.int32))
     use_random = tf.random.stateless_uniform([length], seed=_fold(seed, _CORRUPT_OP + 1)) < 0.5
-    corrupted = tf.where(use_random, random_class, vocab_lib.NOISE_CLASS)
+    corrupted = tf.where(use_random, random_class, vocab.noise_class)
     inputs = tf.where(in_object & (slot == 4), corrupted, target)
-  inputs = tf.concat([[vocab_lib.START], inputs[:-1]], axis=0)
+  inputs = tf.concat([[vocab.start], inputs[:-1]], axis=0)
   return {'input_tokens': inputs, 'target_tokens': target,
           'loss_weights': tf.ensure_shape(tf.cast(weights, tf.float32), [length])}
 

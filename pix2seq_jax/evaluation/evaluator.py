@@ -61,7 +61,7 @@ class Evaluator:
           (sharded_decode.local_rows(tokens), sharded_decode.local_rows(scores), meta),
           tiled=True)
       results += detections.coco_results(tokens, scores, meta, self.vocab, split.categories,
-                                         config.data.image_size)
+                                         config.data.image_size, config.decode.mode)
     if jax.process_index() > 0:
       return {}
     coco_gt = coco_metrics.load_ground_truth(split.annotations_path)
@@ -89,7 +89,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   splits = sources.load_splits(config.data)
   report.log_data_report(splits)
   config = resolve.resolve(config, len(splits.train.records))
-  vocab = vocab_lib.Vocabulary(splits.categories.num_classes, config.data.num_bins)
+  vocab = vocab_lib.for_categories(config.model.vocabulary, splits.categories.category_ids,
+                                   config.data.num_bins)
   manager = checkpoints.make_manager(workdir)
   restored = checkpoints.restore_model(manager, checkpoints.model_template(config, vocab, mesh),
                                        step)

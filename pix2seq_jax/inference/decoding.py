@@ -23,6 +23,13 @@ coordinate tokens ('class_x_coords'). Objects whose class slot emitted "n/a" are
 the same way, as the official code does: a model trained with noise objects says "n/a"
 where it is unsure, and its best real class then comes with a low score.
 
+`mode='official'` reproduces the official Pix2Seq inference instead: no grammar and no
+stop at EOS (all `length` tokens are sampled from the unmasked logits), the official
+nucleus rule (keep the tokens whose cumulative probability, their own included, stays
+within top_p, and always the most likely one), and every 5-token slot is an object whose
+class is the most likely class token at its class position under the full softmax,
+scored by that probability (`detections.parse_official`).
+
 For tests and benchmarks, `step='recompute'` runs the full decoder over the whole
 (causally masked) prefix at every step instead of using the cache.
 """
@@ -40,6 +47,7 @@ from pix2seq_jax.models.pix2seq import Pix2Seq
 
 NEG_INF = -1e30
 SCORE_MODES = ('class', 'class_x_coords')
+MODES = ('grammar', 'official')
 _SLOTS = vocab_lib.TOKENS_PER_OBJECT
 
 # (last token [B], position [], cache) -> (logits [B, V], cache)
@@ -69,17 +77,21 @@ def grammar_mask(position: jax.Array, tokens: jax.Array, vocab: vocab_lib.Vocabu
                                        keepdims=True)  # [B, 1]
   lower = jnp.where((slot == 2) | (slot == 3), lower, vocab.coord_offset)
   coord = vocab.is_coord(ids) & (ids >= lower)  # [B, V]
-  label = vocab.is_class(ids) | (ids == vocab_lib.NOISE_CLASS)
-  eos = ids == vocab_lib.EOS
+  label = vocab.is_class(ids) | (ids == vocab.noise_class)
+  eos = ids == vocab.eos
   allowed = jnp.where(slot == 0, coord | eos, jnp.where(slot == 4, label, coord))
   return jnp.where(position == length - 1, eos, allowed)
 
 
-def filter_logits(logits: jax.Array, *, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+def filter_logits(logits: jax.Array, *, top_k: int = 0, top_p: float = 1.0,
+                  nucleus: str = 'reach') -> jax.Array:
   """Sets logits [B, V] outside the top-k / nucleus(top-p) set to NEG_INF.
 
   top_k 0 and top_p 1 keep everything; the most likely token is always kept, so
-  top_k 1 or top_p 0 leave only the argmax.
+  top_k 1 or top_p 0 leave only the argmax. nucleus 'reach' keeps the smallest set whose
+  probability reaches top_p (the token that crosses it included); 'official' keeps the
+  tokens whose cumulative probability, their own included, is at most top_p (the
+  official Pix2Seq's `top_logits`). Ties with the last kept logit are kept in both.
   """
   if top_k > 0:
     kth = jax.lax.top_k(logits, top_k)[0][:, -1:]  # [B, 1]
@@ -87,40 +99,45 @@ def filter_logits(logits: jax.Array, *, top_k: int = 0, top_p: float = 1.0) -> j
   if top_p < 1.0:
     ordered = jnp.sort(logits, axis=-1)[:, ::-1]  # [B, V] descending
     probs = jax.nn.softmax(ordered, axis=-1)
-    mass_before = jnp.cumsum(probs, axis=-1) - probs
-    keep = (mass_before < top_p) | (jnp.arange(logits.shape[-1]) == 0)
+    mass = jnp.cumsum(probs, axis=-1)
+    within = (mass - probs < top_p) if nucleus == 'reach' else (mass <= top_p)
+    keep = within | (jnp.arange(logits.shape[-1]) == 0)
     threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
     logits = jnp.where(logits < threshold, NEG_INF, logits)
   return logits
 
 
 def choose_tokens(logits: jax.Array, rng: jax.Array, *, temperature: float, top_k: int,
-                  top_p: float) -> jax.Array:
+                  top_p: float, nucleus: str = 'reach') -> jax.Array:
   """[B, V] (grammar-masked) logits -> [B] tokens: greedy or sampled."""
   if temperature <= 0:
     return jnp.argmax(logits, axis=-1)
-  filtered = filter_logits(logits / temperature, top_k=top_k, top_p=top_p)
+  filtered = filter_logits(logits / temperature, top_k=top_k, top_p=top_p, nucleus=nucleus)
   return jax.random.categorical(rng, filtered, axis=-1)
 
 
 def sample(logits_fn: LogitsFn, cache: Any, batch: int, vocab: vocab_lib.Vocabulary, *,
            length: int, rng: jax.Array, temperature: float = 0.0, top_k: int = 0,
-           top_p: float = 1.0, return_logits: bool = False) -> DecodeState:
+           top_p: float = 1.0, return_logits: bool = False,
+           mode: str = 'grammar') -> DecodeState:
   """The decoding loop: [B, length] response tokens from `logits_fn`."""
+  if mode not in MODES:
+    raise ValueError(f'decode.mode must be one of {MODES}, got {mode!r}.')
+  official = mode == 'official'
   real_class = vocab.is_class(jnp.arange(vocab.size))  # [V]
 
   def body(state: DecodeState) -> DecodeState:
-    last = jnp.where(state.position == 0, vocab_lib.START,
+    last = jnp.where(state.position == 0, vocab.start,
                      jax.lax.dynamic_index_in_dim(state.tokens, state.position - 1, axis=1,
                                                   keepdims=False))
     logits, cache = logits_fn(last, state.position, state.cache)
     logits = logits.astype(jnp.float32)  # [B, V]
-    masked = jnp.where(grammar_mask(state.position, state.tokens, vocab, length), logits,
-                       NEG_INF)
+    masked = logits if official else jnp.where(
+        grammar_mask(state.position, state.tokens, vocab, length), logits, NEG_INF)
     rng, sample_rng = jax.random.split(state.rng)
     token = choose_tokens(masked, sample_rng, temperature=temperature, top_k=top_k,
-                          top_p=top_p)
-    token = jnp.where(state.done, vocab_lib.PADDING, token).astype(jnp.int32)
+                          top_p=top_p, nucleus='official' if official else 'reach')
+    token = jnp.where(state.done, vocab.padding, token).astype(jnp.int32)
     probs = jax.nn.softmax(masked, axis=-1)  # [B, V]
     pick = lambda t: jnp.take_along_axis(probs, t[:, None], axis=1)[:, 0]
     is_class_slot = (state.position % _SLOTS == 4) & ~state.done
@@ -135,9 +152,9 @@ def sample(logits_fn: LogitsFn, cache: Any, batch: int, vocab: vocab_lib.Vocabul
         tokens=write(state.tokens, token),
         token_probs=write(state.token_probs, jnp.where(state.done, 0.0, pick(token))),
         class_tokens=write(state.class_tokens,
-                           jnp.where(is_class_slot, best_class, vocab_lib.PADDING)),
+                           jnp.where(is_class_slot, best_class, vocab.padding)),
         class_probs=write(state.class_probs, jnp.where(is_class_slot, pick(best_class), 0.0)),
-        done=state.done | (token == vocab_lib.EOS),
+        done=state.done if official else state.done | (token == vocab.eos),
         cache=cache, rng=rng, logits=new_logits)
 
   def cond(state: DecodeState) -> jax.Array:
@@ -145,9 +162,9 @@ def sample(logits_fn: LogitsFn, cache: Any, batch: int, vocab: vocab_lib.Vocabul
 
   init = DecodeState(
       position=jnp.zeros((), jnp.int32),
-      tokens=jnp.full((batch, length), vocab_lib.PADDING, jnp.int32),
+      tokens=jnp.full((batch, length), vocab.padding, jnp.int32),
       token_probs=jnp.zeros((batch, length), jnp.float32),
-      class_tokens=jnp.full((batch, length), vocab_lib.PADDING, jnp.int32),
+      class_tokens=jnp.full((batch, length), vocab.padding, jnp.int32),
       class_probs=jnp.zeros((batch, length), jnp.float32),
       done=jnp.zeros((batch,), bool),
       cache=cache, rng=rng,
@@ -158,7 +175,7 @@ def sample(logits_fn: LogitsFn, cache: Any, batch: int, vocab: vocab_lib.Vocabul
 def decode(model: Pix2Seq, images: jax.Array, vocab: vocab_lib.Vocabulary, *,
            length: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
            rng: jax.Array | None = None, step: str = 'cached',
-           return_logits: bool = False) -> DecodeState:
+           return_logits: bool = False, mode: str = 'grammar') -> DecodeState:
   """Generates [B, length] response tokens for images [B, H, W, 3] (call inside jit).
 
   `length` is `vocab.sequence_length(max_objects)` and at most the decoder's
@@ -179,7 +196,7 @@ def decode(model: Pix2Seq, images: jax.Array, vocab: vocab_lib.Vocabulary, *,
     def logits_fn(last, position, cache):
       return model.decoder.step(last, position, cache, memory_kv)
   else:
-    cache = jnp.full((batch, length), vocab_lib.START, jnp.int32)  # the input prefix
+    cache = jnp.full((batch, length), vocab.start, jnp.int32)  # the input prefix
 
     def logits_fn(last, position, prefix):
       prefix = jax.lax.dynamic_update_slice_in_dim(prefix, last[:, None], position, axis=1)
@@ -188,23 +205,27 @@ def decode(model: Pix2Seq, images: jax.Array, vocab: vocab_lib.Vocabulary, *,
 
   return sample(logits_fn, cache, batch, vocab, length=length,
                 rng=jax.random.key(0) if rng is None else rng, temperature=temperature,
-                top_k=top_k, top_p=top_p, return_logits=return_logits)
+                top_k=top_k, top_p=top_p, return_logits=return_logits, mode=mode)
 
 
 def detection_outputs(state: DecodeState, vocab: vocab_lib.Vocabulary,
-                      score: str = 'class') -> tuple[jax.Array, jax.Array]:
-  """(tokens [B, L], scores [B, L]) for `detections.parse_tokens`.
+                      score: str = 'class', mode: str = 'grammar') -> tuple[jax.Array, jax.Array]:
+  """(tokens [B, L], scores [B, L]) for `detections.parse_tokens` / `parse_official`.
 
-  At each class slot where a real class or "n/a" was emitted, the token becomes the most
-  likely real class and the score that object's score; EOS and padding stay as emitted.
+  At each class slot where a real class or "n/a" was emitted (official mode: at every
+  class slot), the token becomes the most likely real class and the score that object's
+  score; EOS and padding stay as emitted.
   """
   if score not in SCORE_MODES:
     raise ValueError(f'decode.score must be one of {SCORE_MODES}, got {score!r}.')
   tokens = state.tokens
-  label_slot = vocab.is_class(tokens) | (tokens == vocab_lib.NOISE_CLASS)
-  tokens = jnp.where(label_slot, state.class_tokens, tokens)
   batch, length = tokens.shape
-  objects = (length - 1) // _SLOTS
+  if mode == 'official':
+    label_slot = (jnp.arange(length) % _SLOTS == 4)[None]
+  else:
+    label_slot = vocab.is_class(tokens) | (tokens == vocab.noise_class)
+  tokens = jnp.where(label_slot, state.class_tokens, tokens)
+  objects = length // _SLOTS  # length is 5 * objects + 1
   per_object = state.token_probs[:, :objects * _SLOTS].reshape(batch, objects, _SLOTS)
   object_scores = state.class_probs[:, 4:objects * _SLOTS:_SLOTS]  # [B, objects]
   if score == 'class_x_coords':

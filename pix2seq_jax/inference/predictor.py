@@ -17,8 +17,10 @@ import os
 from typing import Iterable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from flax import nnx
 from PIL import Image, ImageDraw
 
 from pix2seq_jax import compilation_cache
@@ -49,7 +51,9 @@ class Predictor:
     self.config = workdir_config.load(workdir, decode)
     with open(os.path.join(workdir, workdir_lib.CATEGORIES)) as f:
       self.categories = coco_json.CategoryMap.from_categories(json.load(f))
-    self.vocab = vocab_lib.Vocabulary(self.categories.num_classes, self.config.data.num_bins)
+    self.vocab = vocab_lib.for_categories(self.config.model.vocabulary,
+                                          self.categories.category_ids,
+                                          self.config.data.num_bins)
     self.mesh = mesh_lib.make_mesh()
     devices = jax.device_count()
     self.batch_size = -(-batch_size // devices) * devices
@@ -65,6 +69,40 @@ class Predictor:
     self.size = self.config.data.image_size
     self.canvas_shapes = canvas.canvas_shapes(self.size, stride,
                                               self.config.decode.canvas_buckets)
+    self._logits_fn = None
+
+  def logits(self, images: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """Teacher-forced next-token logits, in eval mode: the public contract for parity checks.
+
+    Args:
+      images: [B, S, S, 3] float32 in [0, 1], already on this workdir's S x S canvas.
+      tokens: [B, T] ints in this workdir's vocabulary, starting with its start token
+        (`self.vocab.start`: 10 in the official vocabulary); T <= the decoder's positions.
+
+    Returns:
+      [B, T, V] float32 logits; row t scores the token after tokens[:, :t + 1].
+    """
+    images, tokens = np.asarray(images, np.float32), np.asarray(tokens)
+    if images.ndim != 4 or images.shape[1:] != (self.size, self.size, 3):
+      raise ValueError(f'images: expected [B, {self.size}, {self.size}, 3] (this workdir\'s '
+                       f'canvas), got {list(images.shape)}.')
+    positions = build.abstract_model(self.config, self.vocab).decoder.max_seq_len
+    if tokens.ndim != 2 or tokens.shape[0] != images.shape[0] or tokens.shape[1] > positions:
+      raise ValueError(f'tokens: expected [{images.shape[0]}, T <= {positions}] ints, got '
+                       f'{list(tokens.shape)}.')
+    if tokens.min() < 0 or tokens.max() >= self.vocab.size:
+      raise ValueError(f'tokens: ids must be in [0, {self.vocab.size}) ({self.vocab.layout} '
+                       f'vocabulary), got {tokens.min()}..{tokens.max()}.')
+    if self._logits_fn is None:
+      graphdef = build.model_graphdef(self.config, self.vocab)
+
+      def run(params, batch_stats, images, tokens):
+        model = nnx.merge(graphdef, params, batch_stats)
+        return model(images, tokens, train=False).astype(jnp.float32)
+
+      self._logits_fn = jax.jit(run)
+    return np.asarray(self._logits_fn(self.params, self.batch_stats, images,
+                                      tokens.astype(np.int32)))
 
   @property
   def compilations(self) -> int:
@@ -81,7 +119,7 @@ class Predictor:
     tokens, scores = np.asarray(tokens), np.asarray(scores)
     return [detections.detections_in_pixels(tokens[row], scores[row], self.vocab,
                                             self.categories, self.size, float(scales[row]),
-                                            image.shape[:2])
+                                            image.shape[:2], self.config.decode.mode)
             for row, image in enumerate(images)]
 
   def __call__(self, images: Sequence[str | np.ndarray]) -> list[list[dict]]:

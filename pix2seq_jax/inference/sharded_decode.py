@@ -21,7 +21,7 @@ from pix2seq_jax.parallel import mesh as mesh_lib
 class DecodeFn:
   """(params, batch_stats, images [B, H, W, 3], step) -> (tokens [B, L], scores [B, L]).
 
-  The outputs are `decoding.detection_outputs`, ready for `detections.parse_tokens`,
+  The outputs are `decoding.detection_outputs`, ready for `detections.parse`,
   sharded over the batch like the images. Parameters may come replicated or sharded
   (train.shard_params): they are gathered inside. Each new image shape is compiled once,
   ahead of time, for the parameters' placement at that first call; `compilations`
@@ -34,7 +34,7 @@ class DecodeFn:
     resolve.require_frozen(config, 'DecodeFn')
     dec = config.decode
     length = vocab_lib.sequence_length(dec.max_objects or config.data.max_instances)
-    settings = (length, dec.temperature, dec.top_k, dec.top_p, dec.score)
+    settings = (length, dec.temperature, dec.top_k, dec.top_p, dec.score, dec.mode)
     self._seed = config.seed
     self._jitted, self._executables = jit_cache.cached(
         ('decode', graphdef, vocab, mesh, settings),
@@ -59,13 +59,13 @@ class DecodeFn:
 
 def _jitted_decode(graphdef: nnx.GraphDef, vocab: vocab_lib.Vocabulary, mesh: Mesh,
                    length: int, temperature: float, top_k: int, top_p: float,
-                   score: str) -> Callable:
+                   score: str, mode: str) -> Callable:
   def run(params, batch_stats, images, rng):
     params, batch_stats = mesh_lib.gathered((params, batch_stats), mesh)
     model = nnx.merge(graphdef, params, batch_stats)
     state = decoding.decode(model, images, vocab, length=length, temperature=temperature,
-                            top_k=top_k, top_p=top_p, rng=rng)
-    return decoding.detection_outputs(state, vocab, score)
+                            top_k=top_k, top_p=top_p, rng=rng, mode=mode)
+    return decoding.detection_outputs(state, vocab, score, mode)
 
   return jax.jit(run, in_shardings=(None, None, mesh_lib.batch_sharded(mesh),
                                     mesh_lib.replicated(mesh)),
