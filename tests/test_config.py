@@ -41,7 +41,7 @@ def test_default_decode_settings_pass(shapes_dir):
 
 
 def test_the_shipped_configs_are_the_expected_ones():
-  assert CONFIGS == ['coco', 'coco_r50_c4', 'coco_vit_b', 'seed_r50_512', 'shapes']
+  assert CONFIGS == ['coco', 'coco_r50_c4', 'coco_vit_b', 'official', 'seed_r50_512', 'shapes']
 
 
 @pytest.mark.parametrize('name', CONFIGS)
@@ -66,6 +66,10 @@ def test_every_shipped_config_is_valid_on_1_to_8_devices_and_2_processes(name):
     ('model', 'image_normalization', 'caffe', 'image_normalization'),
     ('model', 'variant', 'r101', 'variant'),
     ('model', 'pretrained_backbone', '/no/such/resnet50.safetensors', 'does not exist'),
+    ('model', 'vocabulary', 'bpe', 'model.vocabulary'),
+    ('model', 'max_seq_len', 10, 'shorter than the sequences'),
+    ('model', 'init_from', '/no/such/workdir', 'has no config.json'),
+    ('decode', 'mode', 'beam', 'decode.mode'),
 ])
 def test_bad_model_and_train_settings_are_refused(shapes_dir, section, field, value, match):
   config = tiny_config(shapes_dir)

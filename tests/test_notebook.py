@@ -6,7 +6,7 @@ import nbformat
 from nbclient import NotebookClient
 import pytest
 
-from tests.tiny import ROOT
+from tests.tiny import ROOT, shared_path
 
 NOTEBOOK = os.path.join(ROOT, 'notebooks', 'evaluate_checkpoint.ipynb')
 
@@ -37,3 +37,27 @@ def test_notebook_evaluates_a_checkpoint(tiny_workdir, monkeypatch):
   figures = [out for cell in notebook.cells if cell.cell_type == 'code' for out in cell.outputs
              if 'image/png' in out.get('data', {})]
   assert len(figures) == 3  # per-category AP, precision-recall, the image grid
+
+
+@pytest.mark.slow
+def test_notebook_evaluates_a_converted_official_checkpoint(tmp_path, monkeypatch):
+  from pix2seq_jax import convert_official
+  coco_tiny = shared_path('coco_tiny')
+  workdir = str(tmp_path / 'official')
+  convert_official.convert(os.path.join(ROOT, 'tests', 'fixtures', 'official_vit_nano'),
+                           workdir)
+  monkeypatch.setenv('PIX2SEQ_WORKDIR', workdir)
+  monkeypatch.setenv('PIX2SEQ_MAX_IMAGES', '4')
+  monkeypatch.setenv('PIX2SEQ_VAL_IMAGES', os.path.join(coco_tiny, 'val2017'))
+  monkeypatch.setenv('PIX2SEQ_VAL_ANNOTATIONS',
+                     os.path.join(coco_tiny, 'annotations', 'instances_val2017.json'))
+  monkeypatch.setenv('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
+  notebook = nbformat.read(NOTEBOOK, as_version=4)
+  NotebookClient(notebook, timeout=600, kernel_name='python3',
+                 resources={'metadata': {'path': os.path.dirname(NOTEBOOK)}}).execute()
+  text = '\n'.join(out.get('text', '') for cell in notebook.cells if cell.cell_type == 'code'
+                   for out in cell.outputs)
+  assert 'checkpoint step 1234; variant vit_nano; 32 px; 80 classes' in text
+  assert '4 images' in text and 'AR100' in text
+  assert not [out for cell in notebook.cells if cell.cell_type == 'code'
+              for out in cell.outputs if out.output_type == 'error']

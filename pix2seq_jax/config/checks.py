@@ -20,6 +20,8 @@ from typing import Iterable
 import jax
 import ml_collections
 
+from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax import workdir as workdir_lib
 from pix2seq_jax.data import sources, tfds_source
 from pix2seq_jax.inference import decoding
 from pix2seq_jax.models import backbones, pix2seq, variants
@@ -44,7 +46,7 @@ class ConfigError(ValueError):
 def ignored_in_eval(overrides: Iterable[str]) -> list[str]:
   """The overrides --mode=eval does not read (training fields), for a warning: eval runs
   usually repeat the training command."""
-  return [name for name in overrides if name.startswith('train.')]
+  return [name for name in overrides if name.startswith('train.') or name == 'model.init_from']
 
 
 def validate(config: ml_collections.ConfigDict, *, mode: str = 'train',
@@ -242,6 +244,27 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
   for name in ('dropout', 'drop_path'):
     if not 0.0 <= model[name] < 1.0:
       raise ConfigError(f'config.model.{name}={model[name]} must be in [0, 1).')
+  if model.vocabulary not in vocab_lib.LAYOUTS:
+    raise ConfigError(f'config.model.vocabulary={model.vocabulary!r} is unknown; use one of '
+                      f'{list(vocab_lib.LAYOUTS)}.')
+  room = vocab_lib.OFFICIAL_SIZE - vocab_lib.OFFICIAL_COORD_OFFSET
+  if model.vocabulary == 'official' and config.data.num_bins > room:
+    raise ConfigError(f'config.data.num_bins={config.data.num_bins}: the official vocabulary '
+                      f'holds at most {room} coordinate bins.')
+  needed = vocab_lib.sequence_length(config.data.max_instances)
+  if model.max_seq_len and model.max_seq_len < needed:
+    raise ConfigError(
+        f'config.model.max_seq_len={model.max_seq_len} is shorter than the sequences of '
+        f'data.max_instances={config.data.max_instances} ({needed} tokens); raise it or set '
+        '0 (exactly the sequence length).')
+  if model.init_from and model.pretrained_backbone:
+    raise ConfigError('config.model.init_from and config.model.pretrained_backbone both set: '
+                      'init_from loads every parameter, the backbone included; keep one.')
+  if model.init_from:
+    for name in (workdir_lib.CONFIG, workdir_lib.CATEGORIES):
+      if not os.path.exists(os.path.join(model.init_from, name)):
+        raise ConfigError(f'config.model.init_from={model.init_from!r} has no {name}: give a '
+                          'training workdir or one written by pix2seq_jax.convert_official.')
 
 
 def _check_decode(config: ml_collections.ConfigDict, overrides: tuple[str, ...]) -> None:
@@ -268,6 +291,12 @@ def _check_decode(config: ml_collections.ConfigDict, overrides: tuple[str, ...])
   if dec.canvas_buckets < 1:
     raise ConfigError(f'config.decode.canvas_buckets={dec.canvas_buckets} must be at least 1 '
                       '(1: the square training canvas only).')
+  if dec.mode not in decoding.MODES:
+    raise ConfigError(f'config.decode.mode={dec.mode!r} is unknown; use one of '
+                      f'{list(decoding.MODES)}.')
+  if dec.mode == 'official' and dec.score != 'class':
+    raise ConfigError(f'config.decode.score={dec.score!r}: official decoding scores an object '
+                      "by its class probability only; use decode.score='class'.")
   if dec.score not in decoding.SCORE_MODES:
     raise ConfigError(f'config.decode.score={dec.score!r} is unknown; use one of '
                       f'{list(decoding.SCORE_MODES)}.')

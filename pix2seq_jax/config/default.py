@@ -62,9 +62,21 @@ def get_config() -> ml_collections.ConfigDict:
   data.noise_class_weight = 1.0
 
   config.model = model = ml_collections.ConfigDict()
-  # Model sizes: 'tiny' (CPU) or 'r50' (the official resnet variant).
+  # Model sizes: 'tiny' (CPU), or the official variants 'r50', 'r50_c4', 'vit_b', 'vit_l'.
   model.variant = 'r50'
-  # Dropout rate in the transformer (attention/MLP outputs and inputs).
+  # Token ids (vocab.py): 'compact' (4 specials + classes + bins, for training from
+  # scratch) or 'official' (the official Pix2Seq's 3000 ids, class token = 100 + COCO
+  # category id; what converted official checkpoints use, and fine-tuning from them).
+  model.vocabulary = 'compact'
+  # Learned decoder positions; 0: exactly the sequence (5 * data.max_instances + 1).
+  # Converted official checkpoints have 512.
+  model.max_seq_len = 0
+  # Start training from this workdir's parameters (a converted official checkpoint or any
+  # earlier run; not its optimizer state or step). Class rows are matched by category
+  # name, unmatched classes get fresh rows (train/init_from.py).
+  model.init_from = ''
+  # Dropout rate inside every transformer MLP and on ResNet features (as the official
+  # `drop_units`).
   model.dropout = 0.1
   # ImageNet ResNet-50 weights for the backbone (r50, r50_c4) at the start of training:
   # a torchvision or timm state dict as .safetensors or .npz (pix2seq_jax/pretrained.py).
@@ -72,7 +84,7 @@ def get_config() -> ml_collections.ConfigDict:
   # 'none' feeds [0, 1] pixels (official Pix2Seq); 'imagenet' standardises them with
   # ImageNet's mean and std first, as torchvision/timm weights expect.
   model.image_normalization = 'none'
-  # DropPath (stochastic depth) rate of every encoder and decoder residual branch.
+  # DropPath (stochastic depth) rate of every encoder, memory and decoder residual branch.
   model.drop_path = 0.1
   # Fine-tuning a ResNet as DETR and the seed do: 0 trains everything; 1 freezes the
   # stem, 2 the stem and stage 1 (DETR), ... (no gradients, no updates, no decay).
@@ -106,10 +118,13 @@ def get_config() -> ml_collections.ConfigDict:
   # Decay after warmup: 'linear' or 'cosine', down to end_lr_factor * peak.
   train.schedule = 'linear'
   train.end_lr_factor = 0.01
-  # AdamW moments and decoupled weight decay (not applied to norms and biases).
+  # AdamW moments and decoupled weight decay.
   train.b1 = 0.9
   train.b2 = 0.95
   train.weight_decay = 0.05
+  # Decay norm scales and biases too (the official code decays every parameter); False
+  # decays only matrices (kernels, embeddings).
+  train.decay_norms_and_biases = False
   # Clip gradients to this global norm (0: no clipping).
   train.grad_clip_norm = 1.0
   # Log scalars every this many steps.
@@ -138,6 +153,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Objects per image at most (EOS is forced after them); 0: data.max_instances, which
   # also bounds it (the decoder has no positions beyond).
   decode.max_objects = 0
+  # 'grammar': every sequence parses (coordinates, then a class; EOS only where an
+  # object may start) and decoding stops at EOS. 'official': the official Pix2Seq
+  # inference and post-processing (no grammar, all max_objects slots decoded, its
+  # nucleus rule; with temperature 1 and top_p 0.4 its COCO evaluation). See
+  # inference/decoding.py and README "Differences from the official implementation".
+  decode.mode = 'grammar'
   # Object score: 'class' (probability of its class token, as the official code) or
   # 'class_x_coords' (times the probabilities of its four coordinate tokens).
   decode.score = 'class'

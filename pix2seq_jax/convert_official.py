@@ -1,0 +1,280 @@
+"""Converts an official Pix2Seq checkpoint (TF2, object-based) into a workdir of this project.
+
+  python -m pix2seq_jax.convert_official --checkpoint=DIR_OR_PREFIX --output=WORKDIR \
+      [--categories=INSTANCES_OR_CATEGORIES.json]
+
+DIR is a released folder (gs://pix2seq/... copied with `gsutil cp -r`): its config.json
+and latest ckpt-N. A PREFIX (DIR/ckpt-N) picks a checkpoint; config.json is read beside
+it. Every model variable of the `resnet`, `resnet-c`, `vit-b` and `vit-l` architectures
+is mapped (models/official_names.py) at the image size of config.json; optimizer slots,
+global_step and save_counter are ignored. A checkpoint that is unknown, incomplete or
+mis-shaped is refused with the lists of unmapped, missing and mis-shaped names.
+
+The output is an ordinary workdir: checkpoints/<global_step> (parameters and batch
+statistics), config.json (the official settings, config/official.py) and
+categories.json (COCO's ids and names for COCO checkpoints; Objects365 ids with
+placeholder names for the pretrained ones, unless --categories gives names). It works
+unchanged with --mode=eval, --mode=predict, Predictor and the notebook, and as
+model.init_from for fine-tuning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from pix2seq_jax import messages
+from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax import workdir as workdir_lib
+from pix2seq_jax.config import checks, default, official
+from pix2seq_jax.data import coco_categories, coco_json
+from pix2seq_jax.models import backbones, build, official_names, variants
+
+OBJECTS365_CLASSES = 365
+_GLOBAL_STEP = 'global_step' + official_names.SUFFIX
+_LIST_LIMIT = 20
+
+
+class ConversionError(ValueError):
+  """A checkpoint this converter cannot map; the message lists the names and a fix."""
+
+
+def locate(checkpoint: str) -> tuple[str, str]:
+  """(checkpoint prefix, config.json path) of a released folder or a ckpt-N prefix."""
+  import tensorflow as tf  # noqa: PLC0415 (only the converter reads TF checkpoints)
+  if os.path.isdir(checkpoint):
+    prefix = tf.train.latest_checkpoint(checkpoint)
+    if prefix is None:
+      raise ConversionError(f'{checkpoint}: no TF checkpoint (a "checkpoint" file and '
+                            'ckpt-N.index/.data) in this folder; copy the whole released '
+                            'folder (gsutil cp -r gs://pix2seq/... DIR).')
+    folder = checkpoint
+  else:
+    if not os.path.exists(checkpoint + '.index'):
+      raise ConversionError(f'{checkpoint}: neither a folder nor a checkpoint prefix '
+                            f'({checkpoint}.index is missing).')
+    prefix, folder = checkpoint, os.path.dirname(checkpoint) or '.'
+  config_path = os.path.join(folder, 'config.json')
+  if not os.path.exists(config_path):
+    raise ConversionError(f'{config_path} is missing: the released folders hold the '
+                          'official config beside the checkpoint; copy it too.')
+  return prefix, config_path
+
+
+def _official_spec(model: dict) -> variants.ModelSpec:
+  """Our ModelSpec for the official model config, refusing what we do not implement."""
+  fixed = {'name': 'encoder_ar_decoder', 'use_cls_token': False, 'dec_proj_mode': 'mlp',
+           'pos_encoding': 'sin_cos', 'pos_encoding_dec': 'learned',
+           'shared_decoder_embedding': True, 'decoder_output_bias': True,
+           'vocab_size': vocab_lib.OFFICIAL_SIZE,
+           'coord_vocab_shift': vocab_lib.OFFICIAL_COORD_OFFSET}
+  for key, want in fixed.items():
+    if model.get(key, want) != want:
+      raise ConversionError(f'model.{key}={model.get(key)!r} in config.json: this project '
+                            f'implements {key}={want!r} only (the released detection models).')
+  kind = model.get('resnet_variant')
+  if kind == 'c1':
+    backbone = f"vit_patch{model.get('patch_size')}"
+  elif kind in ('standard', 'c4'):
+    resnet = (model.get('resnet_depth'), model.get('resnet_width_multiplier'),
+              model.get('resnet_sk_ratio'))
+    if resnet != (50, 1, 0.0):
+      raise ConversionError(f'ResNet depth/width/sk_ratio {resnet}: only ResNet-50 '
+                            '(50, 1, 0.0) is implemented.')
+    backbone = 'resnet50' if kind == 'standard' else 'resnet50_c4'
+  else:
+    raise ConversionError(f'model.resnet_variant={kind!r}: only standard (resnet), c4 '
+                          '(resnet-c) and c1 (ViT) are implemented.')
+  if backbone not in backbones.BACKBONES:
+    raise ConversionError(f'patch size {model.get("patch_size")}: no such ViT backbone here.')
+  if model['dim_mlp_dec'] != model['dim_att_dec'] * (model['dim_mlp'] // model['dim_att']):
+    raise ConversionError('the official memory MLP is dim_att_dec * (dim_mlp // dim_att) '
+                          'wide and this project\'s dim_mlp_dec wide; they differ here.')
+  return variants.ModelSpec(backbone, model['num_encoder_layers'], model['dim_att'],
+                            model['dim_mlp'], model['num_heads'], model['num_decoder_layers'],
+                            model['dim_att_dec'], model['dim_mlp_dec'], model['num_heads_dec'])
+
+
+def project_config(official_config: dict, step: int = 1):
+  """Our config (default.py fields) for the official config.json's model and task.
+
+  The train section records the official fine-tuning settings with the run's length
+  as the checkpoint's `step` (epochs need a dataset size the checkpoint does not have).
+  """
+  model = official_config['model']
+  task = official_config.get('task') or official_config['tasks'][0]
+  spec = _official_spec(model)
+  names = [name for name, s in variants.VARIANTS.items() if s == spec]
+  if not names:
+    raise ConversionError(f'No variant of this project has the sizes {spec}; known: '
+                          f'{sorted(variants.VARIANTS)}.')
+  height, width = model['image_size']
+  if height != width:
+    raise ConversionError(f'image_size {model["image_size"]}: only square canvases.')
+  config = default.get_config()
+  official.apply(config, names[0], int(height))
+  config.model.max_seq_len = int(model['max_seq_len'])
+  config.model.dropout = float(model.get('drop_units', 0.1))
+  config.model.drop_path = float(model.get('drop_path', 0.1))
+  config.data.source = 'coco_files'
+  config.data.num_bins = int(task.get('quantization_bins', 1000))
+  config.data.max_instances = int(task.get('max_instances_per_image_test', 100))
+  config.data.eos_weight = float(task.get('eos_token_weight', 0.1))
+  config.decode.temperature = float(task.get('temperature', 1.0))
+  config.decode.top_k = int(task.get('top_k', 0))
+  config.decode.top_p = float(task.get('top_p', 0.4))
+  config.train.steps, config.train.epochs = max(int(step), 1), 0.0
+  config.train.warmup_epochs = 0.0
+  checks.validate(config, mode='predict')
+  return config
+
+
+def default_categories(official_config: dict) -> coco_json.CategoryMap:
+  """COCO's categories for COCO checkpoints; Objects365 ids 1..365 otherwise."""
+  name = str((official_config.get('dataset') or {}).get('name', ''))
+  if name.startswith('coco'):
+    ids, names = zip(*coco_categories.COCO_CATEGORIES)
+    return coco_json.CategoryMap(tuple(ids), tuple(names))
+  ids = tuple(range(1, OBJECTS365_CLASSES + 1))
+  return coco_json.CategoryMap(ids, tuple(f'objects365_{i}' for i in ids))
+
+
+def read_categories(path: str) -> coco_json.CategoryMap:
+  """A COCO instances file's categories, or a bare [{id, name}, ...] list."""
+  with open(path) as f:
+    content = json.load(f)
+  categories = content['categories'] if isinstance(content, dict) else content
+  return coco_json.CategoryMap.from_categories(categories)
+
+
+def _flat(tree: dict, prefix: tuple = ()) -> dict[tuple, np.ndarray]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, prefix + (key,)))
+    else:
+      out[prefix + (key,)] = value
+  return out
+
+
+def _unflat(flat: dict[tuple, np.ndarray]) -> dict:
+  tree: dict = {}
+  for path, value in flat.items():
+    node = tree
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = value
+  return tree
+
+
+def convert_arrays(reader, config, vocab: vocab_lib.Vocabulary) -> tuple[dict, dict]:
+  """(params, batch_stats) as pure dicts of numpy arrays, read through `reader`
+  (tf.train.load_checkpoint). Raises ConversionError listing every problem."""
+  shapes = reader.get_variable_to_shape_map()
+  model_names = {n for n in shapes if not official_names.is_bookkeeping(n)}
+  _, params, stats = nnx.split(build.abstract_model(config, vocab), nnx.Param, nnx.BatchStat)
+  backbone = backbones.abstract_backbone(variants.get_spec(config.model.variant).backbone)
+  stage_sizes = getattr(backbone, 'stage_sizes', None)
+  used, missing, misshaped, out = set(), [], [], {}
+  for kind, tree in (('params', params.to_pure_dict()), ('batch_stats', stats.to_pure_dict())):
+    converted = {}
+    for path, leaf in _flat(tree).items():
+      shown = '/'.join(str(k) for k in (kind,) + path)
+      try:
+        name, layout = official_names.official_name(path, stage_sizes)
+      except KeyError:
+        missing.append(f'{shown} (no official counterpart)')
+        continue
+      if name not in shapes:
+        missing.append(f'{shown} <- {name}')
+        continue
+      used.add(name)
+      try:
+        converted[path] = official_names.to_ours(reader.get_tensor(name), layout, leaf.shape)
+      except ValueError as e:
+        misshaped.append(f'{name}: {e}')
+    out[kind] = _unflat(converted)
+  unmapped = sorted(model_names - used)
+  if unmapped or missing or misshaped:
+    parts = []
+    for title, names in (('unmapped (in the checkpoint, not in the model)', unmapped),
+                         ('missing (in the model, not in the checkpoint)', missing),
+                         ('mis-shaped', misshaped)):
+      if names:
+        parts.append(f'{len(names)} {title}:\n  ' + messages.first_of(
+            names, _LIST_LIMIT, separator='\n  ', rest='\n  (and {n} more)'))
+    raise ConversionError(
+        f'The checkpoint does not fit variant {config.model.variant!r} at '
+        f'{config.data.image_size} px:\n' + '\n'.join(parts) + '\nIs config.json the one '
+        'saved with this checkpoint?')
+  return out['params'], out['batch_stats']
+
+
+def convert(checkpoint: str, output: str, categories_path: str | None = None) -> dict:
+  """Writes the workdir `output`; returns {'step', 'variant', 'image_size', 'arrays'}."""
+  import tensorflow as tf  # noqa: PLC0415
+  from pix2seq_jax.train import checkpoints  # noqa: PLC0415 (orbax)
+
+  prefix, config_path = locate(checkpoint)
+  with open(config_path) as f:
+    official_config = json.load(f)
+  reader = tf.train.load_checkpoint(prefix)
+  shapes = reader.get_variable_to_shape_map()
+  step = int(reader.get_tensor(_GLOBAL_STEP)) if _GLOBAL_STEP in shapes else 0
+  config = project_config(official_config, step)
+  categories = (read_categories(categories_path) if categories_path
+                else default_categories(official_config))
+  vocab = vocab_lib.for_categories('official', categories.category_ids, config.data.num_bins)
+  params, batch_stats = convert_arrays(reader, config, vocab)
+  manager = checkpoints.make_manager(output)
+  if manager.latest_step() is not None:
+    raise ConversionError(f'{output} already holds checkpoints; choose a new --output.')
+  _, abstract_params, abstract_stats = nnx.split(build.abstract_model(config, vocab),
+                                                 nnx.Param, nnx.BatchStat)
+  state = {}
+  for name, template, values in (('params', abstract_params, params),
+                                 ('batch_stats', abstract_stats, batch_stats)):
+    values = jax.tree.map(lambda v, t: jnp.asarray(v, t.dtype), values, template.to_pure_dict())
+    nnx.replace_by_pure_dict(template, values)
+    state[name] = template
+  state['step'] = jnp.asarray(step, jnp.int32)
+  checkpoints.save(manager, step, state)
+  manager.close()
+  workdir_lib.write_json(os.path.join(output, workdir_lib.CONFIG), config.to_dict())
+  workdir_lib.write_json(os.path.join(output, workdir_lib.CATEGORIES), categories.to_json())
+  return {'step': step, 'variant': config.model.variant,
+          'image_size': config.data.image_size,
+          'arrays': len(jax.tree.leaves((params, batch_stats)))}
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog='python -m pix2seq_jax.convert_official',
+      description='Converts an official Pix2Seq checkpoint into a pix2seq-jax workdir.')
+  parser.add_argument('--checkpoint', required=True,
+                      help='a released folder (config.json + ckpt-N) or a ckpt-N prefix')
+  parser.add_argument('--output', required=True, help='the workdir to write')
+  parser.add_argument('--categories', default=None,
+                      help="optional: a COCO instances JSON (or a [{id, name}] list) naming "
+                           "the checkpoint's classes")
+  args = parser.parse_args(argv)
+  logging.set_verbosity(logging.INFO)
+  try:
+    done = convert(args.checkpoint, args.output, args.categories)
+  except (ConversionError, checks.ConfigError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  print(json.dumps({'output': args.output, **done}))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
