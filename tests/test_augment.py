@@ -179,6 +179,32 @@ def test_noise_objects_follow_real_ones_with_their_weights():
   np.testing.assert_array_equal(other[2:, 4], 0.5)
 
 
+def test_noise_boxes_lie_inside_the_image_not_its_padding():
+  """As the official code, which makes them before padding: with the image filling the
+  top-left 0.5 x 0.75 of the canvas, every noise coordinate stays inside it, eagerly and
+  inside a tf.data pipeline."""
+  boxes, labels = [[0.1, 0.1, 0.4, 0.5], [0.3, 0.2, 0.45, 0.7]], [4, 1]
+  extent = tf.constant([0.5, 0.75])
+  limit = VOCAB.coord_offset + np.round(np.array([0.5, 0.75, 0.5, 0.75]) * (VOCAB.num_bins - 1))
+
+  def build(seed):
+    return sequences.build_sequences(
+        tf.constant(boxes, tf.float32), tf.constant(labels, tf.int32), VOCAB, max_instances=6,
+        eos_weight=0.1, seed=seed, noise_objects=True, extent=extent)['target_tokens']
+
+  eager = np.stack([build(seed).numpy() for seed in _seeds(40)])
+  dataset = tf.data.Dataset.from_tensor_slices(np.stack(_seeds(40))).map(build)
+  in_dataset = np.stack(list(dataset.as_numpy_iterator()))
+  np.testing.assert_array_equal(eager, in_dataset)
+  noise = eager[:, 10:30].reshape(-1, 4, 5)[:, :, :4].reshape(-1, 4)
+  assert (noise <= limit).all()
+  whole = np.stack([sequences.build_sequences(
+      tf.constant(boxes, tf.float32), tf.constant(labels, tf.int32), VOCAB, max_instances=6,
+      eos_weight=0.1, seed=seed, noise_objects=True)['target_tokens'].numpy()
+      for seed in _seeds(40)])[:, 10:30].reshape(-1, 4, 5)[:, :, :4].reshape(-1, 4)
+  assert (whole > limit).any()  # without the extent they spread over the padding
+
+
 def test_input_class_corruption():
   boxes, labels = [[0.1, 0.1, 0.4, 0.5]] * 3, [2, 2, 2]
   classes = []

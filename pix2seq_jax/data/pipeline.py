@@ -68,6 +68,7 @@ def preprocess(tables: dict[str, tf.Tensor], index: tf.Tensor, data: ml_collecti
     if data.random_flip:
       image, boxes = transforms.random_horizontal_flip(image, boxes, fold(_FLIP_OP))
     boxes, labels = transforms.shuffle_objects(boxes, labels, fold(_ORDER_OP))
+  extent = tf.cast(tf.shape(image)[:2], tf.float32) / data.image_size  # before padding
   image, boxes = transforms.pad_to_canvas(image, boxes, data.image_size)
   augment = seed is not None
   example = sequences.build_sequences(
@@ -75,7 +76,8 @@ def preprocess(tables: dict[str, tf.Tensor], index: tf.Tensor, data: ml_collecti
       seed=fold(_SEQUENCE_OP) if augment else None,
       noise_objects=augment and data.noise_objects,
       corrupt_classes=augment and data.corrupt_classes,
-      noise_coord_weight=data.noise_coord_weight, noise_class_weight=data.noise_class_weight)
+      noise_coord_weight=data.noise_coord_weight, noise_class_weight=data.noise_class_weight,
+      extent=extent)
   example.update(image=image, image_id=tables['image_id'][index],
                  original_size=original_size, scale=scale)
   return example

@@ -29,7 +29,8 @@ from pix2seq_jax.data import pipeline, report, sources
 from pix2seq_jax.evaluation import evaluator as evaluator_lib
 from pix2seq_jax.models import build
 from pix2seq_jax.parallel import mesh as mesh_lib
-from pix2seq_jax.train import checkpoints, metrics_log, optimizer, preemption, state as state_lib
+from pix2seq_jax.train import checkpoints, init_from, metrics_log, optimizer, preemption
+from pix2seq_jax.train import state as state_lib
 from pix2seq_jax.train import step as step_lib
 
 
@@ -78,7 +79,8 @@ def make_setup(config: ml_collections.ConfigDict, *, overrides: Iterable[str] = 
                  '%d warmup steps.', config.train.epochs, config.train.warmup_epochs,
                  len(splits.train.records), config.train.batch_size, frozen.train.steps,
                  frozen.train.warmup_steps)
-  vocab = vocab_lib.Vocabulary(splits.categories.num_classes, frozen.data.num_bins)
+  vocab = vocab_lib.for_categories(frozen.model.vocabulary, splits.categories.category_ids,
+                                   frozen.data.num_bins)
   graphdef = build.model_graphdef(frozen, vocab)
   tx = optimizer.make_optimizer(frozen)
   return Setup(frozen, splits, vocab, mesh, graphdef, tx,
@@ -102,10 +104,15 @@ def _check_finite(scalars: dict, step: int, manager, workdir: str) -> None:
 def _restore_or_create(setup: Setup, manager) -> state_lib.TrainState:
   restored = checkpoints.restore(manager, setup.abstract_state())
   if restored is not None:
-    logging.info('Resumed from %s at step %d.', manager.directory, int(restored.step))
+    logging.info('Resumed from %s at step %d%s.', manager.directory, int(restored.step),
+                 ' (model.init_from applies only to a run\'s start)'
+                 if setup.config.model.init_from else '')
     return restored
   state = setup.create_state()
-  if setup.config.model.pretrained_backbone:
+  if setup.config.model.init_from:
+    state = init_from.with_init_from(state, setup.config, setup.vocab, setup.splits.categories,
+                                     setup.mesh)
+  elif setup.config.model.pretrained_backbone:
     state, ignored = state_lib.with_pretrained_backbone(state, setup.config, setup.mesh)
     logging.info('Loaded the backbone from %s (ignored %d keys: the classifier, batch counters '
                  'and stages the backbone lacks).', setup.config.model.pretrained_backbone,

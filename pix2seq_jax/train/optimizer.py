@@ -1,5 +1,9 @@
 """AdamW with linear warmup then linear or cosine decay, and global-norm clipping.
 
+Weight decay skips norm scales and biases unless `train.decay_norms_and_biases` (the
+official code decays every parameter); `train.grad_clip_norm` 0 does not clip (the
+official fine-tuning config).
+
 The hyperparameters are inputs of the compiled train step, not constants in it
 (`optax.inject_hyperparams`): every step the loop passes `hyperparams(config.train,
 step)` (this step's learning rate, the moments, weight decay and clipping norm), which
@@ -44,6 +48,11 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def _decay_everything(params):
+  """Weight decay on every parameter, as the official Pix2Seq (Keras AdamW)."""
+  return jax.tree.map(lambda p: True, params)
+
+
 def frozen_prefixes(model: ml_collections.ConfigDict) -> tuple[tuple[str, ...], ...]:
   """Parameter path prefixes, from the model's root, that `model.frozen_backbone_stages`
   freezes (e.g. ('backbone', 'blocks', '0'))."""
@@ -69,10 +78,10 @@ def hyperparams(train: ml_collections.ConfigDict, step: int) -> dict[str, np.nda
   return {k: np.float32(v) for k, v in values.items()}
 
 
-def _clipped_adamw(learning_rate, b1, b2, weight_decay, clip_norm):
+def _clipped_adamw(learning_rate, b1, b2, weight_decay, clip_norm, decay_all=False):
   return optax.chain(optax.clip_by_global_norm(clip_norm),
                      optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay,
-                                 mask=_decay_mask))
+                                 mask=_decay_everything if decay_all else _decay_mask))
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -84,15 +93,17 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   start at 0 and take `hyperparams(config.train, step)` at every step.
   """
   prefixes = frozen_prefixes(config.model)
+  decay_all = bool(config.train.decay_norms_and_biases)
 
   def build() -> optax.GradientTransformation:
-    adamw = optax.inject_hyperparams(_clipped_adamw)(
-        learning_rate=0.0, b1=0.0, b2=0.0, weight_decay=0.0, clip_norm=0.0)
+    adamw = optax.inject_hyperparams(_clipped_adamw, static_args=('decay_all',))(
+        learning_rate=0.0, b1=0.0, b2=0.0, weight_decay=0.0, clip_norm=0.0,
+        decay_all=decay_all)
     frozen = (optax.masked(optax.set_to_zero(), lambda params: frozen_mask(params, prefixes))
               if prefixes else optax.identity())
     return optax.chain(adamw, frozen)
 
-  return jit_cache.cached(('optimizer', prefixes), build)
+  return jit_cache.cached(('optimizer', prefixes, decay_all), build)
 
 
 def with_hyperparams(opt_state, values: dict) -> tuple:
