@@ -31,7 +31,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from pix2seq_jax import messages
+from pix2seq_jax import messages, tree_paths
 from pix2seq_jax import vocab as vocab_lib
 from pix2seq_jax import workdir as workdir_lib
 from pix2seq_jax.config import checks, default, official
@@ -155,26 +155,6 @@ def read_categories(path: str) -> coco_json.CategoryMap:
   return coco_json.CategoryMap.from_categories(categories)
 
 
-def _flat(tree: dict, prefix: tuple = ()) -> dict[tuple, np.ndarray]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, prefix + (key,)))
-    else:
-      out[prefix + (key,)] = value
-  return out
-
-
-def _unflat(flat: dict[tuple, np.ndarray]) -> dict:
-  tree: dict = {}
-  for path, value in flat.items():
-    node = tree
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = value
-  return tree
-
-
 def convert_arrays(reader, config, vocab: vocab_lib.Vocabulary) -> tuple[dict, dict]:
   """(params, batch_stats) as pure dicts of numpy arrays, read through `reader`
   (tf.train.load_checkpoint). Raises ConversionError listing every problem."""
@@ -186,7 +166,7 @@ def convert_arrays(reader, config, vocab: vocab_lib.Vocabulary) -> tuple[dict, d
   used, missing, misshaped, out = set(), [], [], {}
   for kind, tree in (('params', params.to_pure_dict()), ('batch_stats', stats.to_pure_dict())):
     converted = {}
-    for path, leaf in _flat(tree).items():
+    for path, leaf in tree_paths.flatten(tree).items():
       shown = '/'.join(str(k) for k in (kind,) + path)
       try:
         name, layout = official_names.official_name(path, stage_sizes)
@@ -201,7 +181,7 @@ def convert_arrays(reader, config, vocab: vocab_lib.Vocabulary) -> tuple[dict, d
         converted[path] = official_names.to_ours(reader.get_tensor(name), layout, leaf.shape)
       except ValueError as e:
         misshaped.append(f'{name}: {e}')
-    out[kind] = _unflat(converted)
+    out[kind] = tree_paths.unflatten(converted)
   unmapped = sorted(model_names - used)
   if unmapped or missing or misshaped:
     parts = []

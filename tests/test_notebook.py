@@ -18,24 +18,27 @@ def test_notebook_is_committed_without_outputs():
       assert not cell.outputs and cell.execution_count is None
 
 
-@pytest.mark.slow
-def test_notebook_evaluates_a_checkpoint(tiny_workdir, monkeypatch):
-  monkeypatch.setenv('PIX2SEQ_WORKDIR', tiny_workdir)
-  monkeypatch.setenv('PIX2SEQ_MAX_IMAGES', '6')
+def _run_notebook(monkeypatch, **env: str) -> tuple[str, list]:
+  """Executes the notebook with these environment variables; (printed text, outputs)."""
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
   monkeypatch.setenv('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   NotebookClient(notebook, timeout=600, kernel_name='python3',
                  resources={'metadata': {'path': os.path.dirname(NOTEBOOK)}}).execute()
-  text = '\n'.join(out.get('text', '') for cell in notebook.cells if cell.cell_type == 'code'
-                   for out in cell.outputs)
+  outputs = [out for cell in notebook.cells if cell.cell_type == 'code' for out in cell.outputs]
+  assert not [out for out in outputs if out.output_type == 'error']
+  return '\n'.join(out.get('text', '') for out in outputs), outputs
+
+
+@pytest.mark.slow
+def test_notebook_evaluates_a_checkpoint(tiny_workdir, monkeypatch):
+  text, outputs = _run_notebook(monkeypatch, PIX2SEQ_WORKDIR=tiny_workdir,
+                                PIX2SEQ_MAX_IMAGES='6')
   assert 'checkpoint step 2' in text and '6 images' in text
   for key in ('AP50', 'AR100'):
     assert key in text
-  errors = [out for cell in notebook.cells if cell.cell_type == 'code' for out in cell.outputs
-            if out.output_type == 'error']
-  assert not errors
-  figures = [out for cell in notebook.cells if cell.cell_type == 'code' for out in cell.outputs
-             if 'image/png' in out.get('data', {})]
+  figures = [out for out in outputs if 'image/png' in out.get('data', {})]
   assert len(figures) == 3  # per-category AP, precision-recall, the image grid
 
 
@@ -46,18 +49,9 @@ def test_notebook_evaluates_a_converted_official_checkpoint(tmp_path, monkeypatc
   workdir = str(tmp_path / 'official')
   convert_official.convert(os.path.join(ROOT, 'tests', 'fixtures', 'official_vit_nano'),
                            workdir)
-  monkeypatch.setenv('PIX2SEQ_WORKDIR', workdir)
-  monkeypatch.setenv('PIX2SEQ_MAX_IMAGES', '4')
-  monkeypatch.setenv('PIX2SEQ_VAL_IMAGES', os.path.join(coco_tiny, 'val2017'))
-  monkeypatch.setenv('PIX2SEQ_VAL_ANNOTATIONS',
-                     os.path.join(coco_tiny, 'annotations', 'instances_val2017.json'))
-  monkeypatch.setenv('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
-  notebook = nbformat.read(NOTEBOOK, as_version=4)
-  NotebookClient(notebook, timeout=600, kernel_name='python3',
-                 resources={'metadata': {'path': os.path.dirname(NOTEBOOK)}}).execute()
-  text = '\n'.join(out.get('text', '') for cell in notebook.cells if cell.cell_type == 'code'
-                   for out in cell.outputs)
+  text, _ = _run_notebook(
+      monkeypatch, PIX2SEQ_WORKDIR=workdir, PIX2SEQ_MAX_IMAGES='4',
+      PIX2SEQ_VAL_IMAGES=os.path.join(coco_tiny, 'val2017'),
+      PIX2SEQ_VAL_ANNOTATIONS=os.path.join(coco_tiny, 'annotations', 'instances_val2017.json'))
   assert 'checkpoint step 1234; variant vit_nano; 32 px; 80 classes' in text
   assert '4 images' in text and 'AR100' in text
-  assert not [out for cell in notebook.cells if cell.cell_type == 'code'
-              for out in cell.outputs if out.output_type == 'error']

@@ -25,7 +25,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
-from pix2seq_jax import messages
+from pix2seq_jax import messages, tree_paths
 from pix2seq_jax import vocab as vocab_lib
 from pix2seq_jax import workdir as workdir_lib
 from pix2seq_jax.config import workdir_config
@@ -79,18 +79,10 @@ def row_sources(target: vocab_lib.Vocabulary, target_names: tuple[str, ...],
   return rows, unmatched
 
 
-def _flat(tree: dict, prefix: tuple = ()) -> dict[tuple, np.ndarray]:
-  out = {}
-  for key, value in tree.items():
-    out.update(_flat(value, prefix + (key,)) if isinstance(value, dict)
-               else {prefix + (key,): value})
-  return out
-
-
 def merge(target: dict, source: dict, rows: np.ndarray) -> tuple[dict, list[str]]:
   """`target` (pure dict of arrays) with `source`'s values: vocabulary arrays by `rows`,
   every other array whole. Returns the merged tree and the mismatches."""
-  flat_target, flat_source = _flat(target), _flat(source)
+  flat_target, flat_source = tree_paths.flatten(target), tree_paths.flatten(source)
   problems = [f'{"/".join(map(str, p))}: only here {tuple(flat_target[p].shape)}'
               for p in flat_target.keys() - flat_source.keys()]
   problems += [f'{"/".join(map(str, p))}: only in model.init_from '
@@ -114,13 +106,7 @@ def merge(target: dict, source: dict, rows: np.ndarray) -> tuple[dict, list[str]
                       f'model.init_from {value.shape}')
       continue
     merged[path] = value.astype(fresh.dtype)
-  tree: dict = {}
-  for path, value in merged.items():
-    node = tree
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = value
-  return tree, sorted(problems)
+  return tree_paths.unflatten(merged), sorted(problems)
 
 
 def with_init_from(state: state_lib.TrainState, config, vocab: vocab_lib.Vocabulary,
