@@ -49,8 +49,8 @@ def test_backbone_strides_match_the_table(name):
 
 # Official totals (the official README, in millions of parameters, one decimal) and, where
 # known, the backbone's share.
-OFFICIAL = {'r50': (36.6e6, 23.5e6), 'r50_c4': (84.7e6, 8.5e6), 'vit_b': (115.2e6, None),
-            'vit_l': (341.2e6, None)}
+# (vit_l, 341.2M, takes longer to build abstractly: BENCHMARKS.md, "Official parity".)
+OFFICIAL = {'r50': (36.6e6, 23.5e6), 'r50_c4': (84.7e6, 8.5e6), 'vit_b': (115.2e6, None)}
 
 
 @pytest.mark.slow  # builds each full-size model abstractly

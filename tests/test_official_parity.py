@@ -174,8 +174,9 @@ def test_a_converted_checkpoint_runs_eval_and_predict_from_the_command_line(conv
   workdir = converted[0]
   coco_tiny = tiny.shared_path('coco_tiny')
   code = tiny.run_main('--mode=eval', '--config=configs/official.py:vit_nano,32',
-                       f'--config.data.coco_dir={coco_tiny}', '--config.eval.max_images=8',
-                       '--config.eval.batch_size=8', f'--workdir={workdir}')
+                       f'--config.data.coco_dir={coco_tiny}', '--config.eval.max_images=4',
+                       '--config.eval.batch_size=4', '--config.decode.max_objects=10',
+                       f'--workdir={workdir}')
   assert code == 0
   with open(os.path.join(workdir, 'eval', 'step_1234', 'metrics.json')) as f:
     metrics = json.load(f)
@@ -189,7 +190,8 @@ def test_a_converted_checkpoint_runs_eval_and_predict_from_the_command_line(conv
     os.symlink(os.path.join(coco_tiny, 'val2017', name), images / name)
   output = tmp_path / 'detections.json'
   assert tiny.run_main('--mode=predict', f'--workdir={workdir}', f'--images={images}/*.jpg',
-                       f'--output={output}') == 0
+                       '--config=configs/official.py:vit_nano,32',
+                       '--config.decode.max_objects=10', f'--output={output}') == 0
   with open(output) as f:
     entries = json.load(f)
   assert len(entries) == 3 and any(e['detections'] for e in entries)  # a random model
