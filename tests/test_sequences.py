@@ -39,6 +39,35 @@ def test_sequences_layout_and_weights():
   np.testing.assert_allclose(out['loss_weights'], [1.0] * 15 + [0.1] + [0.0] * (length - 16))
 
 
+def test_official_vocabulary_sequences_use_the_official_ids():
+  """The official layout (vocab.py): prompt 10, class 100 + category id, coordinate
+  1000 + bin, 0 ends and pads; noise objects say 30. Eagerly and inside tf.data."""
+  official = vocab_lib.for_categories('official', (1, 18, 90), 1000)
+  assert (official.size, official.start, official.eos, official.noise_class) == (3000, 10, 0, 30)
+  boxes = tf.constant([[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0]])
+  labels = tf.constant([2, 1])
+
+  def build(seed):
+    return sequences.build_sequences(boxes, labels, official, max_instances=4, eos_weight=0.1,
+                                     seed=seed, noise_objects=True, corrupt_classes=True)
+
+  seed = tf.constant([3, 4], tf.int64)
+  eager = {k: v.numpy() for k, v in build(seed).items()}
+  in_dataset = next(tf.data.Dataset.from_tensors(seed).map(build).as_numpy_iterator())
+  for key in eager:
+    np.testing.assert_array_equal(eager[key], in_dataset[key])
+  target = eager['target_tokens']
+  np.testing.assert_array_equal(target[:10], [1100, 1200, 1500, 1599, 190,
+                                              1000, 1000, 1999, 1999, 118])
+  np.testing.assert_array_equal(target[14:20:5], 30)  # two noise objects, "n/a"
+  assert (target[20:] == 0).all() and eager['input_tokens'][0] == 10
+  inputs = eager['input_tokens'][1:]
+  classes = inputs[4:20:5]
+  assert (((classes >= 100) & (classes < 1000)) | (classes == 30)).all()
+  found = detections.parse_tokens(target, official)
+  np.testing.assert_array_equal(found.labels, [2, 1])
+
+
 def test_objects_beyond_max_instances_are_dropped():
   boxes, labels = _objects(np.random.default_rng(1), 7)
   out = sequences.build_sequences(tf.constant(boxes), tf.constant(labels), VOCAB,
