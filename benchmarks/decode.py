@@ -114,6 +114,9 @@ def main() -> None:
     print(f"{compare_tokens} tokens, batch 1: cached {result[f'cached_seconds_{compare_tokens}']:.3f}"
           f" s, recompute {result[f'recompute_seconds_{compare_tokens}']:.3f} s, speedup "
           f"{result[f'speedup_cached_vs_uncached_{compare_tokens}']:.1f}x")
+  stats = jax.devices()[0].memory_stats() or {}  # None on CPU
+  if 'peak_bytes_in_use' in stats:
+    result['peak_device_memory_gib'] = stats['peak_bytes_in_use'] / 2**30
   print(json.dumps(result))
 
 

@@ -107,6 +107,9 @@ def main() -> None:
         f"{batch_size / seconds:.1f} images/s, {flops / 1e9:.1f} GFLOP/step, "
         f"{flops / seconds / 1e9:.0f} of a {peak / 1e9:.0f} GFLOP/s matmul peak "
         f"({flops / seconds / peak:.1%})")
+  stats = jax.devices()[0].memory_stats() or {}  # None on CPU
+  if 'peak_bytes_in_use' in stats:
+    result['peak_device_memory_gib'] = stats['peak_bytes_in_use'] / 2**30
   print(json.dumps(result))
 
 
