@@ -123,12 +123,8 @@ class Vocabulary:
     return np.arange(self.num_classes, dtype=np.int32) + CLASS_OFFSET
 
   def class_token(self, label):
-    """Labels (numpy or JAX ints) -> class tokens (TF: gather `class_tokens`)."""
-    if not self.official:
-      return label + CLASS_OFFSET
-    if isinstance(label, (int, np.integer, np.ndarray)):
-      return self.class_tokens[label]
-    return _take(self.class_tokens, label)
+    """Labels (numpy ints) -> class tokens; in TF or JAX gather from `class_tokens`."""
+    return self.class_tokens[np.asarray(label)]
 
   def label_of_token(self, tokens: np.ndarray) -> np.ndarray:
     """Class tokens -> contiguous labels (numpy); -1 where a token is no class of ours."""
@@ -158,12 +154,6 @@ class Vocabulary:
     """Class tokens: [4, 4+C) compact; every class slot [100, 1000) official (as the
     official decoder's class argmax), of which `label_of_token` knows the dataset's."""
     return (tokens >= self.class_offset) & (tokens < self.coord_offset)
-
-
-def _take(table: np.ndarray, index):
-  """table[index] for a JAX array index (imported lazily: this module needs no JAX)."""
-  import jax.numpy as jnp  # noqa: PLC0415
-  return jnp.asarray(table)[index]
 
 
 def for_categories(layout: str, category_ids, num_bins: int) -> Vocabulary:
