@@ -147,14 +147,6 @@ def default_categories(official_config: dict) -> coco_json.CategoryMap:
   return coco_json.CategoryMap(ids, tuple(f'objects365_{i}' for i in ids))
 
 
-def read_categories(path: str) -> coco_json.CategoryMap:
-  """A COCO instances file's categories, or a bare [{id, name}, ...] list."""
-  with open(path) as f:
-    content = json.load(f)
-  categories = content['categories'] if isinstance(content, dict) else content
-  return coco_json.CategoryMap.from_categories(categories)
-
-
 def convert_arrays(reader, config, vocab: vocab_lib.Vocabulary) -> tuple[dict, dict]:
   """(params, batch_stats) as pure dicts of numpy arrays, read through `reader`
   (tf.train.load_checkpoint). Raises ConversionError listing every problem."""
@@ -210,7 +202,7 @@ def convert(checkpoint: str, output: str, categories_path: str | None = None) ->
   shapes = reader.get_variable_to_shape_map()
   step = int(reader.get_tensor(_GLOBAL_STEP)) if _GLOBAL_STEP in shapes else 0
   config = project_config(official_config, step)
-  categories = (read_categories(categories_path) if categories_path
+  categories = (coco_json.CategoryMap.from_file(categories_path) if categories_path
                 else default_categories(official_config))
   vocab = vocab_lib.for_categories('official', categories.category_ids, config.data.num_bins)
   params, batch_stats = convert_arrays(reader, config, vocab)

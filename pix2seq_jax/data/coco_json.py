@@ -45,6 +45,13 @@ class CategoryMap:
     return cls(tuple(int(c['id']) for c in ordered),
                tuple(str(c.get('name', c['id'])) for c in ordered))
 
+  @classmethod
+  def from_file(cls, path: str) -> 'CategoryMap':
+    """A workdir's categories.json ([{id, name}, ...]) or an instances file's categories."""
+    with open(path) as f:
+      content = json.load(f)
+    return cls.from_categories(content['categories'] if isinstance(content, dict) else content)
+
 
 @dataclasses.dataclass
 class ImageRecord:

@@ -49,8 +49,8 @@ class Predictor:
                decode: dict | None = None):
     compilation_cache.enable()  # before the first compilation (see compilation_cache.py)
     self.config = workdir_config.load(workdir, decode)
-    with open(os.path.join(workdir, workdir_lib.CATEGORIES)) as f:
-      self.categories = coco_json.CategoryMap.from_categories(json.load(f))
+    self.categories = coco_json.CategoryMap.from_file(
+        os.path.join(workdir, workdir_lib.CATEGORIES))
     self.vocab = vocab_lib.for_categories(self.config.model.vocabulary,
                                           self.categories.category_ids,
                                           self.config.data.num_bins)

@@ -16,7 +16,6 @@ An architecture mismatch is refused naming the arrays.
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -115,8 +114,8 @@ def with_init_from(state: state_lib.TrainState, config, vocab: vocab_lib.Vocabul
   `config.model.init_from`, placed as `state` on `mesh`."""
   source_dir = config.model.init_from
   source_config = workdir_config.load(source_dir)
-  with open(os.path.join(source_dir, workdir_lib.CATEGORIES)) as f:
-    source_categories = coco_json.CategoryMap.from_categories(json.load(f))
+  source_categories = coco_json.CategoryMap.from_file(
+      os.path.join(source_dir, workdir_lib.CATEGORIES))
   source_vocab = vocab_lib.for_categories(source_config.model.vocabulary,
                                           source_categories.category_ids,
                                           source_config.data.num_bins)
@@ -131,12 +130,8 @@ def with_init_from(state: state_lib.TrainState, config, vocab: vocab_lib.Vocabul
   fresh_params, fresh_stats = jax.device_get((state.params, state.batch_stats))
   params, stats = fresh_params.to_pure_dict(), fresh_stats.to_pure_dict()
   source_params, source_stats = jax.device_get((restored['params'], restored['batch_stats']))
-  new_params, problems = merge(params, source_params.to_pure_dict()
-                               if hasattr(source_params, 'to_pure_dict') else source_params,
-                               rows)
-  new_stats, stat_problems = merge(stats, source_stats.to_pure_dict()
-                                   if hasattr(source_stats, 'to_pure_dict') else source_stats,
-                                   rows)
+  new_params, problems = merge(params, source_params.to_pure_dict(), rows)
+  new_stats, stat_problems = merge(stats, source_stats.to_pure_dict(), rows)
   problems += stat_problems
   if problems:
     raise InitFromError(
