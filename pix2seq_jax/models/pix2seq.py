@@ -25,7 +25,7 @@ from flax import nnx
 from pix2seq_jax.models import backbones, transformer
 from pix2seq_jax.models.variants import ModelSpec
 
-Cache = list[dict[str, jax.Array]]  # per decoder layer {'k', 'v'}: [B, L, H, K]
+Cache = list[dict[str, jax.Array]]  # per decoder layer {'k', 'v'}: [B*H, L, K]
 
 
 def _sincos(coords: np.ndarray, dim: int, temperature: float) -> np.ndarray:
@@ -103,7 +103,7 @@ class Decoder(nnx.Module):
 
   def init_cache(self, batch_size: int, length: int, dtype=jnp.float32) -> Cache:
     head_dim = self.embed.features // self.heads
-    shape = (batch_size, length, self.heads, head_dim)
+    shape = (batch_size * self.heads, length, head_dim)
     return [{'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)} for _ in self.layers]
 
   def step(self, tokens: jax.Array, position: jax.Array, cache: Cache,

@@ -1,9 +1,14 @@
 """Pre-LN transformer layers with an explicit key/value cache for decoding.
 
 Shapes: B batch, T query length, S key length, H heads, K head dim, D model dim.
-The decoding cache is a plain pytree: one {'k': [B, L, H, K], 'v': [B, L, H, K]}
-dict per decoder layer, passed in and returned by `DecoderLayer.step`. Cross-attention
-keys/values of the image memory are computed once per image (`project_kv`).
+Keys and values are kept with batch and heads merged, [B*H, S, K], so that attention is
+a plain batched matmul whose operands XLA reads where they lie: laid out [B, S, H, K],
+XLA transposed the whole cache and the image memory's keys/values at every decoding
+step, and a reshape between the cache and the matmul made it copy the cache at every
+step instead of updating it in place. The decoding cache is a plain pytree: one
+{'k': [B*H, L, K], 'v': [B*H, L, K]} dict per decoder layer, passed in and returned by
+`DecoderLayer.step`. Cross-attention keys/values of the image memory are computed once
+per image (`project_kv`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from flax import nnx
 LN_EPSILON = 1e-6
 _DENSE_INIT = nnx.initializers.xavier_uniform()
 
-KeyValue = tuple[jax.Array, jax.Array]  # ([B, S, H, K], [B, S, H, K])
+KeyValue = tuple[jax.Array, jax.Array]  # ([B*H, S, K], [B*H, S, K])
 
 
 def _dense(cin: int, cout: int, rngs: nnx.Rngs) -> nnx.Linear:
@@ -64,20 +69,25 @@ class Attention(nnx.Module):
     self.out = _dense(dim, dim, rngs)
 
   def _split(self, x: jax.Array) -> jax.Array:
-    return x.reshape(*x.shape[:-1], self.heads, self.head_dim)  # [B, T, H, K]
+    """[B, T, D] -> [B*H, T, K]."""
+    batch, length = x.shape[:2]
+    heads = jnp.swapaxes(x.reshape(batch, length, self.heads, self.head_dim), 1, 2)
+    return heads.reshape(batch * self.heads, length, self.head_dim)
 
   def project_kv(self, source: jax.Array) -> KeyValue:
     return self._split(self.key(source)), self._split(self.value(source))
 
   def __call__(self, x: jax.Array, kv: KeyValue, mask: jax.Array | None = None) -> jax.Array:
-    """x: [B, T, D]; kv from `project_kv`; mask: bool, broadcastable to [B, H, T, S]."""
-    q = self._split(self.query(x)) / math.sqrt(self.head_dim)
-    logits = jnp.einsum('bthk,bshk->bhts', q, kv[0])
+    """x: [B, T, D]; kv from `project_kv`; mask: bool, broadcastable to [B*H, T, S]."""
+    batch, length, dim = x.shape
+    q = self._split(self.query(x)) / math.sqrt(self.head_dim)  # [B*H, T, K]
+    logits = jnp.einsum('ntk,nsk->nts', q, kv[0])
     if mask is not None:
       logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(kv[1].dtype)
-    out = jnp.einsum('bhts,bshk->bthk', weights, kv[1])
-    return self.out(out.reshape(*x.shape[:-1], -1))
+    out = jnp.einsum('nts,nsk->ntk', weights, kv[1])  # [B*H, T, K]
+    out = jnp.swapaxes(out.reshape(batch, self.heads, length, self.head_dim), 1, 2)
+    return self.out(out.reshape(batch, length, dim))
 
 
 class MLP(nnx.Module):
@@ -128,9 +138,9 @@ class DecoderLayer(nnx.Module):
 
   def step(self, x: jax.Array, position: jax.Array, cache: dict[str, jax.Array],
            memory_kv: KeyValue) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """One position: x [B, 1, D] at `position`; cache {'k','v'}: [B, L, H, K]."""
+    """One position: x [B, 1, D] at `position`; cache {'k','v'}: [B*H, L, K]."""
     h = self.self_norm(x)
-    k, v = self.self_attn.project_kv(h)
+    k, v = self.self_attn.project_kv(h)  # [B*H, 1, K]
     cache = {'k': jax.lax.dynamic_update_slice_in_dim(cache['k'], k, position, axis=1),
              'v': jax.lax.dynamic_update_slice_in_dim(cache['v'], v, position, axis=1)}
     visible = jnp.arange(cache['k'].shape[1]) <= position  # [L]
