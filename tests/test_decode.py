@@ -4,6 +4,8 @@ Most tests drive `decoding.sample` with fake logits functions whose output is kn
 cache of those fakes counts the loop's iterations.
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,6 +72,32 @@ def test_cached_equals_recompute_tokens_logits_and_probabilities(shapes_dir):
                              rtol=1e-5)
   np.testing.assert_allclose(cached.token_probs, full.token_probs, atol=1e-5)
   np.testing.assert_allclose(cached.class_probs, full.class_probs, atol=1e-5)
+
+
+@pytest.mark.parametrize('batch', [1, 2])
+def test_decode_loop_updates_the_cache_in_place(shapes_dir, batch):
+  """The compiled loop never copies a self-attention cache.
+
+  With keys/values laid out [B, L, H, K], XLA copied every layer's cache at every step
+  (at batch 1 through a reshape before the matmul): whole-cache traffic per token.
+  """
+  model = _model(shapes_dir)
+  graphdef, state = nnx.split(model)
+  images = jnp.zeros((batch, 64, 64, 3))
+  fn = jax.jit(lambda state, images: decoding.decode(
+      nnx.merge(graphdef, state), images, VOCAB, length=LENGTH).tokens)
+  hlo = fn.lower(state, images).compile().as_text()
+  cache_size = batch * LENGTH * model.decoder.embed.features
+  copies = []  # (shape, computation) of cache-sized copies outside the entry computation
+  for computation in re.split(r'\n(?=\S)', hlo):  # each starts unindented
+    if computation.startswith('ENTRY'):
+      continue  # the loop's initial state is copied there once
+    for dims in re.findall(r'= f32\[([\d,]+)\]\{[\d,]+\} copy\(', computation):
+      shape = [int(d) for d in dims.split(',')]
+      if LENGTH in shape and np.prod(shape) == cache_size:
+        copies.append((shape, computation.split('\n')[0][:80]))
+  assert re.search(rf'f32\[{batch * model.decoder.heads},{LENGTH},', hlo)  # the cache
+  assert not copies
 
 
 def test_model_samples_always_parse(shapes_dir):
