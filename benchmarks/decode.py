@@ -6,7 +6,8 @@
 Measured, after compilation, as the median of --repeats calls on a device-resident image:
   b1       one image generating 5 * objects + 1 tokens (the seed: 20 objects, 101 tokens)
   bN       the same at --batch_size, per image
-  encode   the backbone + encoder alone at batch 1, so decode = b1 - encode
+  encode   the backbone + encoder alone at batch 1 and at --batch_size (per image), so
+           the decode loop = b1 - encode, bN - encode at bN
   500      one image generating 5 * compare_objects + 1 tokens with the KV cache and with
            full-prefix recomputation (the seed's method), once each
 EOS is given a -inf output bias, so every row generates every token; the grammar forces
@@ -98,10 +99,18 @@ def main() -> None:
   result['decode_loop_seconds_b1'] = result['seconds_per_image_b1'] - result['encode_seconds_b1']
   result['seconds_per_image_bN'] = _median_seconds(
       lambda: run_short(state, batch), args.repeats) / args.batch_size
+  result['encode_seconds_per_image_bN'] = _median_seconds(
+      lambda: encode(state, batch), args.repeats) / args.batch_size
+  loop_b1 = result['decode_loop_seconds_b1']
+  loop_bn = result['seconds_per_image_bN'] - result['encode_seconds_per_image_bN']
+  result['decode_loop_seconds_per_image_bN'] = loop_bn
+  result['decode_loop_bN_over_b1'] = loop_bn / loop_b1
   print(f"{args.variant} {size}px float32: {int(steps)} tokens, {len(found.labels)} objects "
         f"parsed; b1 {result['seconds_per_image_b1']:.3f} s/image (encode "
         f"{result['encode_seconds_b1']:.3f} s, decode loop {result['decode_loop_seconds_b1']:.3f}"
-        f" s); b{args.batch_size} {result['seconds_per_image_bN']:.3f} s/image")
+        f" s); b{args.batch_size} {result['seconds_per_image_bN']:.3f} s/image (encode "
+        f"{result['encode_seconds_per_image_bN']:.3f} s, decode loop {loop_bn:.3f} s: "
+        f"{loop_bn / loop_b1:.2f} of batch 1's)")
 
   if not args.skip_recompute:
     compare_tokens = 5 * args.compare_objects  # plus the final EOS

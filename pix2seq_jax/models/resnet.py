@@ -11,6 +11,7 @@ mesh); `train=False` uses the running averages.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -65,10 +66,75 @@ class PointwiseConv(nnx.Module):
     return pointwise(x, self.kernel[...][0, 0].astype(x.dtype))
 
 
+def _conv_nhwc(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def _patches(x: jax.Array, size: int, stride: int, pad: int, out_hw: tuple[int, int]) -> jax.Array:
+  """[B, H, W, C] -> [B, Ho, Wo, size * size * C]: each output pixel's input window,
+  ordered (row, column, channel) as the kernel's [size, size, C] axes."""
+  padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  (out_h, out_w) = out_hw
+  return jnp.concatenate([
+      padded[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
+      for i in range(size) for j in range(size)], axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def patch_grad_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
+  """x [B, H, W, Cin] conv kernel [k, k, Cin, Cout] (stride, `pad` on every side).
+
+  The forward pass and the input gradient are XLA's; the kernel gradient is one matmul
+  of the input's patches [B*Ho*Wo, k*k*Cin] with dy. XLA's CPU backend computes that
+  gradient as a convolution whose window is the whole image, many times slower than the
+  forward pass when Cin is small (the 7x7 stem: BENCHMARKS.md); the patches are small
+  exactly then.
+  """
+  return _conv_nhwc(x, kernel, stride, pad)
+
+
+def _patch_grad_conv_fwd(x, kernel, stride, pad):
+  return _conv_nhwc(x, kernel, stride, pad), (x, kernel)
+
+
+def _patch_grad_conv_bwd(stride, pad, residuals, dy):
+  x, kernel = residuals
+  dx = jax.vjp(lambda x: _conv_nhwc(x, kernel, stride, pad), x)[1](dy)[0]
+  patches = _patches(x, kernel.shape[0], stride, pad, dy.shape[1:3])
+  dkernel = jax.lax.dot_general(patches.reshape(-1, patches.shape[-1]),
+                                dy.reshape(-1, dy.shape[-1]), (((0,), (0,)), ((), ())))
+  return dx, dkernel.reshape(kernel.shape).astype(kernel.dtype)
+
+
+patch_grad_conv.defvjp(_patch_grad_conv_fwd, _patch_grad_conv_bwd)
+
+# Convolutions whose input window (k * k * Cin values) is at most this many take their
+# kernel gradient from `patch_grad_conv`: the stems, whose input has 3 channels.
+PATCH_GRAD_MAX_WINDOW = 256
+
+
+class PatchGradConv(nnx.Module):
+  """A bias-free k x k convolution (pad (k-1)/2) with `patch_grad_conv`'s kernel gradient.
+
+  Same parameter (`kernel` [k, k, cin, cout], same initialisation) and result as
+  `nnx.Conv` with explicit symmetric padding.
+  """
+
+  def __init__(self, cin: int, cout: int, kernel: int, stride: int, *, rngs: nnx.Rngs):
+    self.stride, self.pad = stride, (kernel - 1) // 2
+    self.kernel = nnx.Param(_CONV_INIT(rngs.params(), (kernel, kernel, cin, cout)))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return patch_grad_conv(x, self.kernel[...].astype(x.dtype), self.stride, self.pad)
+
+
 def _conv(cin: int, cout: int, kernel: int, stride: int,
-          rngs: nnx.Rngs) -> nnx.Conv | PointwiseConv:
+          rngs: nnx.Rngs) -> nnx.Conv | PointwiseConv | PatchGradConv:
   if kernel == 1:
     return PointwiseConv(cin, cout, stride, rngs=rngs)
+  if kernel * kernel * cin <= PATCH_GRAD_MAX_WINDOW:
+    return PatchGradConv(cin, cout, kernel, stride, rngs=rngs)
   pad = (kernel - 1) // 2  # explicit and symmetric, as the official and torchvision ResNets
   return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
                   use_bias=False, kernel_init=_CONV_INIT, rngs=rngs)

@@ -1,0 +1,123 @@
+"""This project against its peers, on this machine, in one run: the table of BENCHMARKS.md.
+
+  python benchmarks/peers.py \
+      --official_src=OFFICIAL --official_python=ORACLE_VENV/bin/python \
+      --seed_src=SEED --seed_python=TORCH_VENV/bin/python \
+      [--coco_dir=../shared/data/coco_tiny] [--repeats=3]
+
+OFFICIAL is a checkout of google-research/pix2seq (its *.py files), run by
+../shared/tools/official_speed.py in a scratch environment with tensorflow-cpu and
+tf-keras; SEED a checkout of the seed (gaopengcuhk/Unofficial-Pix2Seq), run by
+../shared/tools/seed_infer.py and benchmarks/seed_step_torch.py with torch and
+torchvision. Neither is a dependency of this project: without --official_python /
+--seed_python the peers' rows print the commands to run instead of their times.
+
+Every measurement is a separate process, run one after the other (peers first, then
+this project, row by row), all with random weights:
+  infer 640 b1/b8  R50 at 640 px decoding 501 tokens, per image, batch 1 and 8
+  infer 512 b1     R50 at 512 px decoding 101 tokens, batch 1 (the seed's sizes)
+  train 512 b2     one R50 train step, 512 px, batch 2, 101 tokens, float32
+  train seed-work  the same with the stem, stage 1 and batch norms frozen (the seed's
+                   DETR fine-tuning), against an equivalent PyTorch step
+  input 640        the training input pipeline over bare JPEG decoding (this project only)
+Prints one line per measurement, the markdown table, and last one JSON object.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(os.path.dirname(ROOT), 'shared', 'tools')
+
+
+def _last_json(command: list[str]) -> dict:
+  """Runs `command` and returns the JSON object on its last line of output."""
+  print('$', ' '.join(command), flush=True)
+  out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+  lines = [line for line in out.stdout.splitlines() if line.startswith('{')]
+  if out.returncode or not lines:
+    raise SystemExit(f'{command[:3]} failed (exit {out.returncode}):\n{out.stderr[-3000:]}')
+  result = json.loads(lines[-1])
+  print('  ', lines[-1], flush=True)
+  return result
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--official_src', default='')
+  parser.add_argument('--official_python', default='')
+  parser.add_argument('--seed_src', default='')
+  parser.add_argument('--seed_python', default='')
+  parser.add_argument('--coco_dir', default=os.path.join(os.path.dirname(ROOT), 'shared', 'data',
+                                                         'coco_tiny'))
+  parser.add_argument('--tools', default=TOOLS, help='folder of official_speed.py, seed_infer.py')
+  parser.add_argument('--repeats', type=int, default=3)
+  args = parser.parse_args()
+  me = sys.executable
+  repeats = str(args.repeats)
+  official = lambda *a: [args.official_python, os.path.join(args.tools, 'official_speed.py'),
+                         args.official_src, *a]
+  seed_infer = [args.seed_python, os.path.join(args.tools, 'seed_infer.py'), args.seed_src,
+                '512', repeats]
+  seed_step = [args.seed_python, 'benchmarks/seed_step_torch.py']
+  rows = []  # (work, official, seed, ours, ratio text)
+
+  def peer(enabled: bool, command: list[str], key: str, scale: float = 1.0):
+    if not enabled:
+      print('  (not run) peer command:', ' '.join(c or '...' for c in command))
+      return None
+    return _last_json(command)[key] * scale
+
+  have_official = bool(args.official_python and args.official_src)
+  have_seed = bool(args.seed_python and args.seed_src)
+  o1 = peer(have_official, official('640', '100', '1', repeats), 'official_infer_s_per_image')
+  o8 = peer(have_official, official('640', '100', '8', repeats), 'official_infer_s_per_image')
+  ours640 = _last_json([me, 'benchmarks/decode.py', '--image_size=640', '--objects=100',
+                        '--batch_size=8', '--skip_recompute', f'--repeats={repeats}'])
+  rows.append(('inference, R50 640 px, 501 tokens, batch 1, s per image', o1, None,
+               ours640['seconds_per_image_b1']))
+  rows.append(('the same at batch 8, s per image', o8, None, ours640['seconds_per_image_bN']))
+  s1 = peer(have_seed, seed_infer, 'seed_infer_s_per_image')
+  ours512 = _last_json([me, 'benchmarks/decode.py', '--skip_recompute', f'--repeats={repeats}'])
+  rows.append(('inference, R50 512 px, 101 tokens, batch 1, s per image', None, s1,
+               ours512['seconds_per_image_b1']))
+  ot = peer(have_official, official('512', '20', '2', repeats, 'train'), 'official_train_step_s')
+  ours_train = _last_json([me, 'benchmarks/train_step.py'])
+  rows.append(('train step, R50 512 px, batch 2, 101 tokens, f32, s', ot, None,
+               ours_train['seconds_per_step']))
+  st = peer(bool(args.seed_python), seed_step, 'step_seconds')
+  ours_frozen = _last_json([me, 'benchmarks/train_step.py', '--frozen_backbone_stages=2',
+                            '--frozen_batch_norm'])
+  rows.append(("train step, the seed's work (stem + stage 1 and BN frozen), s", None, st,
+               ours_frozen['seconds_per_step']))
+  pipeline = None
+  if os.path.isdir(args.coco_dir):
+    pipeline = _last_json([me, 'benchmarks/input_pipeline.py', f'--coco_dir={args.coco_dir}'])
+
+  fmt = lambda v: '-' if v is None else f'{v:.3g}'
+  print('\n| work | official TF | seed (PyTorch) | this project | ratio |\n|---|---|---|---|---|')
+  table = []
+  for work, off, seed, ours in rows:
+    peer_time = off if off is not None else seed
+    ratio = None if peer_time is None else peer_time / ours
+    table.append({'work': work, 'official': off, 'seed': seed, 'ours': ours, 'ratio': ratio})
+    ratio_text = '-' if ratio is None else f'{ratio:.2f}x {"faster" if ratio >= 1 else "(slower)"}'
+    print(f'| {work} | {fmt(off)} | {fmt(seed)} | {fmt(ours)} | {ratio_text} |')
+  if pipeline:
+    print(f"| input pipeline at 640, full augmentation / bare JPEG decode, images/s | - | - | "
+          f"{pipeline['images_per_second']:.0f} / {pipeline['decode_only_images_per_second']:.0f}"
+          f" | {pipeline['pipeline_over_decode']:.2f} |")
+  print(f"\nbatch 8 over batch 1, per image: whole inference "
+        f"{ours640['seconds_per_image_bN'] / ours640['seconds_per_image_b1']:.2f}, decode loop "
+        f"{ours640['decode_loop_bN_over_b1']:.2f}; train step "
+        f"{ours_train['flop_utilization']:.1%} of the "
+        f"{ours_train['matmul_peak_flops_per_second'] / 1e9:.0f} GFLOP/s matmul peak")
+  print(json.dumps({'rows': table, 'decode_640': ours640, 'decode_512': ours512,
+                    'train': ours_train, 'train_frozen': ours_frozen, 'pipeline': pipeline}))
+
+
+if __name__ == '__main__':
+  main()
