@@ -120,17 +120,20 @@ def test_pointwise_conv_equals_a_1x1_conv():
                                    atol=1e-5)
 
 
-@pytest.mark.parametrize('kernel,stride,size', [(7, 2, 16), (7, 2, 13), (3, 2, 9), (3, 1, 6)])
-def test_patch_grad_conv_equals_a_conv_with_its_gradients(kernel, stride, size):
-  ours = resnet.PatchGradConv(3, 5, kernel, stride, rngs=nnx.Rngs(0))
+@pytest.mark.parametrize('cin,kernel,stride,size,method', [
+    (3, 7, 2, 16, 'patches'), (3, 7, 2, 13, 'patches'), (3, 3, 2, 9, 'patches'),
+    (30, 3, 1, 7, 'offsets'), (30, 3, 1, 6, 'offsets'), (30, 3, 2, 7, 'patches')])
+def test_matmul_grad_conv_equals_a_conv_with_its_gradients(cin, kernel, stride, size, method):
+  ours = resnet.MatmulGradConv(cin, 5, kernel, stride, rngs=nnx.Rngs(0))
+  assert ours.method == method
   pad = (kernel - 1) // 2
-  conv = nnx.Conv(3, 5, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
+  conv = nnx.Conv(cin, 5, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
                   use_bias=False, rngs=nnx.Rngs(1))
   np.testing.assert_array_equal(conv.kernel.shape, ours.kernel.shape)
   conv.kernel[...] = ours.kernel[...]
-  x = jax.random.normal(jax.random.key(kernel), (2, size, size + 1, 3))
+  x = jax.random.normal(jax.random.key(kernel), (2, size, size + 1, cin))
   np.testing.assert_allclose(ours(x), conv(x), rtol=1e-5, atol=1e-5)
-  # Its kernel gradient (a matmul of patches) equals differentiating the convolution.
+  # Its kernel gradient (matmuls) equals differentiating the convolution.
   loss = lambda module, x: jnp.sum(jnp.sin(module(x)))
   for argnums in (nnx.DiffState(0, nnx.Param), 1):
     got = nnx.grad(loss, argnums=argnums)(ours, x)
@@ -140,11 +143,11 @@ def test_patch_grad_conv_equals_a_conv_with_its_gradients(kernel, stride, size):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_stems_use_the_patch_gradient_and_wider_convs_do_not():
+def test_resnet_convs_pick_their_kernel_gradient():
   model = resnet.resnet_tiny(rngs=nnx.Rngs(0))  # 3x3 stems of 3 and 16 channels
-  assert isinstance(model.stem_pre, resnet.PatchGradConv)
-  assert isinstance(model.stem, resnet.PatchGradConv)
-  assert isinstance(model.blocks[0].conv1, nnx.Conv)  # 3x3 x 32 channels
+  assert model.stem_pre.method == 'patches' and model.stem.method == 'patches'
+  methods = {block.conv1.stride: block.conv1.method for block in model.blocks}  # 3x3 x 32+
+  assert methods == {1: 'offsets', 2: 'patches'}
 
 
 @pytest.mark.parametrize('shape', [(2, 8, 8, 3), (1, 7, 9, 2), (1, 1, 2, 1)])

@@ -81,63 +81,82 @@ def _patches(x: jax.Array, size: int, stride: int, pad: int, out_hw: tuple[int, 
       for i in range(size) for j in range(size)], axis=-1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def patch_grad_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def matmul_grad_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int,
+                     method: str) -> jax.Array:
   """x [B, H, W, Cin] conv kernel [k, k, Cin, Cout] (stride, `pad` on every side).
 
-  The forward pass and the input gradient are XLA's; the kernel gradient is one matmul
-  of the input's patches [B*Ho*Wo, k*k*Cin] with dy. XLA's CPU backend computes that
-  gradient as a convolution whose window is the whole image, many times slower than the
-  forward pass when Cin is small (the 7x7 stem: BENCHMARKS.md); the patches are small
-  exactly then.
+  The forward pass and the input gradient are XLA's; the kernel gradient is computed
+  with matmuls, because XLA's CPU backend computes it as a convolution whose window is
+  the whole image, up to several times slower than the forward pass
+  (benchmarks/conv_grads.py, BENCHMARKS.md):
+    'patches'  one matmul of the input's patches [B*Ho*Wo, k*k*Cin] with dy: strided
+               convolutions and small windows (the stems: 3 input channels);
+    'offsets'  one [Cout, Cin] matmul of dy with the shifted input per kernel offset:
+               stride-1 convolutions, without materialising the k*k larger patches.
   """
   return _conv_nhwc(x, kernel, stride, pad)
 
 
-def _patch_grad_conv_fwd(x, kernel, stride, pad):
+def _matmul_grad_conv_fwd(x, kernel, stride, pad, method):
   return _conv_nhwc(x, kernel, stride, pad), (x, kernel)
 
 
-def _patch_grad_conv_bwd(stride, pad, residuals, dy):
+def _matmul_grad_conv_bwd(stride, pad, method, residuals, dy):
   x, kernel = residuals
   dx = jax.vjp(lambda x: _conv_nhwc(x, kernel, stride, pad), x)[1](dy)[0]
-  patches = _patches(x, kernel.shape[0], stride, pad, dy.shape[1:3])
-  dkernel = jax.lax.dot_general(patches.reshape(-1, patches.shape[-1]),
-                                dy.reshape(-1, dy.shape[-1]), (((0,), (0,)), ((), ())))
-  return dx, dkernel.reshape(kernel.shape).astype(kernel.dtype)
+  size, cin, cout = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+  pixels_dy = dy.reshape(-1, cout)  # [B*Ho*Wo, Cout]
+  contract_pixels = (((0,), (0,)), ((), ()))
+  if method == 'patches':
+    patches = _patches(x, size, stride, pad, dy.shape[1:3])
+    dkernel = jax.lax.dot_general(patches.reshape(-1, patches.shape[-1]), pixels_dy,
+                                  contract_pixels).reshape(kernel.shape)
+  else:
+    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    out_h, out_w = dy.shape[1:3]
+    per_offset = [  # [Cout, Cin] each: dy on the left, as `pointwise`'s backward
+        jax.lax.dot_general(pixels_dy, padded[:, i:i + out_h, j:j + out_w].reshape(-1, cin),
+                            contract_pixels)
+        for i in range(size) for j in range(size)]
+    dkernel = jnp.stack(per_offset).reshape(size, size, cout, cin).transpose(0, 1, 3, 2)
+  return dx, dkernel.astype(kernel.dtype)
 
 
-patch_grad_conv.defvjp(_patch_grad_conv_fwd, _patch_grad_conv_bwd)
+matmul_grad_conv.defvjp(_matmul_grad_conv_fwd, _matmul_grad_conv_bwd)
 
-# Convolutions whose input window (k * k * Cin values) is at most this many take their
-# kernel gradient from `patch_grad_conv`: the stems, whose input has 3 channels.
-PATCH_GRAD_MAX_WINDOW = 256
+# Stride-1 convolutions whose input window (k * k * Cin values) is at most this many
+# take their kernel gradient from patches too: the stems, whose input has 3 channels.
+PATCHES_MAX_WINDOW = 256
 
 
-class PatchGradConv(nnx.Module):
-  """A bias-free k x k convolution (pad (k-1)/2) with `patch_grad_conv`'s kernel gradient.
+class MatmulGradConv(nnx.Module):
+  """A bias-free k x k convolution (pad (k-1)/2) with `matmul_grad_conv`'s kernel gradient.
 
   Same parameter (`kernel` [k, k, cin, cout], same initialisation) and result as
-  `nnx.Conv` with explicit symmetric padding.
+  `nnx.Conv` with explicit symmetric padding. Off the CPU (GPU, TPU) the kernel gradient
+  stays XLA's, which there comes from the vendor's convolution libraries.
   """
 
   def __init__(self, cin: int, cout: int, kernel: int, stride: int, *, rngs: nnx.Rngs):
     self.stride, self.pad = stride, (kernel - 1) // 2
+    small = kernel * kernel * cin <= PATCHES_MAX_WINDOW
+    self.method = 'patches' if stride > 1 or small else 'offsets'
     self.kernel = nnx.Param(_CONV_INIT(rngs.params(), (kernel, kernel, cin, cout)))
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return patch_grad_conv(x, self.kernel[...].astype(x.dtype), self.stride, self.pad)
+    kernel = self.kernel[...].astype(x.dtype)
+    if jax.default_backend() != 'cpu':
+      return _conv_nhwc(x, kernel, self.stride, self.pad)
+    return matmul_grad_conv(x, kernel, self.stride, self.pad, self.method)
 
 
 def _conv(cin: int, cout: int, kernel: int, stride: int,
-          rngs: nnx.Rngs) -> nnx.Conv | PointwiseConv | PatchGradConv:
+          rngs: nnx.Rngs) -> PointwiseConv | MatmulGradConv:
   if kernel == 1:
     return PointwiseConv(cin, cout, stride, rngs=rngs)
-  if kernel * kernel * cin <= PATCH_GRAD_MAX_WINDOW:
-    return PatchGradConv(cin, cout, kernel, stride, rngs=rngs)
-  pad = (kernel - 1) // 2  # explicit and symmetric, as the official and torchvision ResNets
-  return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
-                  use_bias=False, kernel_init=_CONV_INIT, rngs=rngs)
+  # Padded (k-1)/2 on every side, as the official and torchvision ResNets.
+  return MatmulGradConv(cin, cout, kernel, stride, rngs=rngs)
 
 
 def max_pool_same(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
