@@ -63,7 +63,7 @@ def main() -> None:
   seed_infer = [args.seed_python, os.path.join(args.tools, 'seed_infer.py'), args.seed_src,
                 '512', repeats]
   seed_step = [args.seed_python, 'benchmarks/seed_step_torch.py']
-  rows = []  # (work, official, seed, ours, ratio text)
+  rows = []  # (work, official s, seed s, this project's s)
 
   def peer(enabled: bool, command: list[str], key: str, scale: float = 1.0):
     if not enabled:

@@ -71,14 +71,11 @@ def _conv_nhwc(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Ar
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-def _patches(x: jax.Array, size: int, stride: int, pad: int, out_hw: tuple[int, int]) -> jax.Array:
-  """[B, H, W, C] -> [B, Ho, Wo, size * size * C]: each output pixel's input window,
-  ordered (row, column, channel) as the kernel's [size, size, C] axes."""
-  padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  (out_h, out_w) = out_hw
-  return jnp.concatenate([
-      padded[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
-      for i in range(size) for j in range(size)], axis=-1)
+def _windows(padded: jax.Array, size: int, stride: int, out_h: int, out_w: int) -> list:
+  """The size * size strided views [B, out_h, out_w, C] of a padded input [B, H, W, C]
+  that a size x size window with `stride` sees, in (row, column) order."""
+  return [padded[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
+          for i in range(size) for j in range(size)]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -106,19 +103,17 @@ def _matmul_grad_conv_bwd(stride, pad, method, residuals, dy):
   x, kernel = residuals
   dx = jax.vjp(lambda x: _conv_nhwc(x, kernel, stride, pad), x)[1](dy)[0]
   size, cin, cout = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+  padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  windows = _windows(padded, size, stride, *dy.shape[1:3])  # k*k x [B, Ho, Wo, Cin]
   pixels_dy = dy.reshape(-1, cout)  # [B*Ho*Wo, Cout]
   contract_pixels = (((0,), (0,)), ((), ()))
-  if method == 'patches':
-    patches = _patches(x, size, stride, pad, dy.shape[1:3])
-    dkernel = jax.lax.dot_general(patches.reshape(-1, patches.shape[-1]), pixels_dy,
-                                  contract_pixels).reshape(kernel.shape)
+  if method == 'patches':  # [B*Ho*Wo, k*k*Cin], ordered as the kernel's [k, k, Cin]
+    patches = jnp.concatenate(windows, axis=-1).reshape(-1, size * size * cin)
+    dkernel = jax.lax.dot_general(patches, pixels_dy, contract_pixels).reshape(kernel.shape)
   else:
-    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    out_h, out_w = dy.shape[1:3]
     per_offset = [  # [Cout, Cin] each: dy on the left, as `pointwise`'s backward
-        jax.lax.dot_general(pixels_dy, padded[:, i:i + out_h, j:j + out_w].reshape(-1, cin),
-                            contract_pixels)
-        for i in range(size) for j in range(size)]
+        jax.lax.dot_general(pixels_dy, window.reshape(-1, cin), contract_pixels)
+        for window in windows]
     dkernel = jnp.stack(per_offset).reshape(size, size, cout, cin).transpose(0, 1, 3, 2)
   return dx, dkernel.astype(kernel.dtype)
 
@@ -173,12 +168,7 @@ def max_pool_same(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
     pads.append((total // 2, total - total // 2, out))
   padded = jnp.pad(x, ((0, 0), pads[0][:2], pads[1][:2], (0, 0)), constant_values=-jnp.inf)
   (_, _, out_h), (_, _, out_w) = pads
-  result = None
-  for i in range(window):
-    for j in range(window):
-      part = padded[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
-      result = part if result is None else jnp.maximum(result, part)
-  return result
+  return functools.reduce(jnp.maximum, _windows(padded, window, stride, out_h, out_w))
 
 
 def _norm(channels: int, rngs: nnx.Rngs, zero_init: bool = False) -> nnx.BatchNorm:
