@@ -51,11 +51,20 @@ def main() -> None:
   parser.add_argument('--official_python', default='')
   parser.add_argument('--seed_src', default='')
   parser.add_argument('--seed_python', default='')
-  parser.add_argument('--coco_dir', default=os.path.join(os.path.dirname(ROOT), 'shared', 'data',
-                                                         'coco_tiny'))
+  parser.add_argument('--coco_dir', default=None,
+                      help='COCO-layout folder for the pipeline row (default ../shared/data/'
+                           'coco_tiny, skipped with a note when absent)')
   parser.add_argument('--tools', default=TOOLS, help='folder of official_speed.py, seed_infer.py')
   parser.add_argument('--repeats', type=int, default=3)
   args = parser.parse_args()
+  for peer_name in ('official', 'seed'):
+    src, python = getattr(args, f'{peer_name}_src'), getattr(args, f'{peer_name}_python')
+    if bool(src) != bool(python):
+      parser.error(f'--{peer_name}_src and --{peer_name}_python go together: give both to '
+                   f'time that peer, neither to print its commands.')
+  coco_dir = args.coco_dir or os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'coco_tiny')
+  if args.coco_dir and not os.path.isdir(coco_dir):
+    parser.error(f'--coco_dir={coco_dir} is not a folder.')
   me = sys.executable
   repeats = str(args.repeats)
   official = lambda *a: [args.official_python, os.path.join(args.tools, 'official_speed.py'),
@@ -65,11 +74,11 @@ def main() -> None:
   seed_step = [args.seed_python, 'benchmarks/seed_step_torch.py']
   rows = []  # (work, official s, seed s, this project's s)
 
-  def peer(enabled: bool, command: list[str], key: str, scale: float = 1.0):
+  def peer(enabled: bool, command: list[str], key: str):
     if not enabled:
       print('  (not run) peer command:', ' '.join(c or '...' for c in command))
       return None
-    return _last_json(command)[key] * scale
+    return _last_json(command)[key]
 
   have_official = bool(args.official_python and args.official_src)
   have_seed = bool(args.seed_python and args.seed_src)
@@ -88,14 +97,16 @@ def main() -> None:
   ours_train = _last_json([me, 'benchmarks/train_step.py'])
   rows.append(('train step, R50 512 px, batch 2, 101 tokens, f32, s', ot, None,
                ours_train['seconds_per_step']))
-  st = peer(bool(args.seed_python), seed_step, 'step_seconds')
+  st = peer(have_seed, seed_step, 'step_seconds')
   ours_frozen = _last_json([me, 'benchmarks/train_step.py', '--frozen_backbone_stages=2',
                             '--frozen_batch_norm'])
   rows.append(("train step, the seed's work (stem + stage 1 and BN frozen), s", None, st,
                ours_frozen['seconds_per_step']))
   pipeline = None
-  if os.path.isdir(args.coco_dir):
-    pipeline = _last_json([me, 'benchmarks/input_pipeline.py', f'--coco_dir={args.coco_dir}'])
+  if os.path.isdir(coco_dir):
+    pipeline = _last_json([me, 'benchmarks/input_pipeline.py', f'--coco_dir={coco_dir}'])
+  else:
+    print(f'  (not run) input pipeline: {coco_dir} is absent; give --coco_dir.')
 
   fmt = lambda v: '-' if v is None else f'{v:.3g}'
   print('\n| work | official TF | seed (PyTorch) | this project | ratio |\n|---|---|---|---|---|')
