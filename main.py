@@ -4,6 +4,8 @@
   eval     evaluate the latest checkpoint of --workdir on the val split
   predict  detect objects in --images=GLOB, write --output=FILE.json, draw into --draw_dir
            (the workdir's config; --config, if given, supplies only the decode settings)
+  export   write --workdir's latest checkpoint to --output=DIR as a jax.export program and a
+           TensorFlow SavedModel (pix2seq_jax/deploy/export.py; --config: decode settings)
   summary  print the model's parameters per module and `total_params=N` (no --workdir)
 
 Several hosts: run the same command on every host with --coordinator_address=HOST:PORT
@@ -19,9 +21,11 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and evaluation output.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'summary'], 'What to do.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'export', 'summary'],
+                  'What to do.')
 flags.DEFINE_string('images', None, 'predict: a glob of image files.')
-flags.DEFINE_string('output', None, 'predict: the JSON file to write detections to.')
+flags.DEFINE_string('output', None, 'predict: the JSON file to write detections to; '
+                    'export: the folder to write the exported detector to.')
 flags.DEFINE_string('draw_dir', None, 'predict: a folder for the images with boxes drawn.')
 flags.DEFINE_float('min_score', 0.0, 'predict: drop detections scored below this.')
 flags.DEFINE_string('coordinator_address', None,
@@ -47,6 +51,13 @@ def main(argv):
     raise app.UsageError(f'--mode={mode} needs --workdir.')
   if mode == 'predict' and (not FLAGS.images or not FLAGS.output):
     raise app.UsageError('--mode=predict needs --images=GLOB and --output=FILE.json.')
+  if mode == 'export' and not FLAGS.output:
+    raise app.UsageError('--mode=export needs --output=DIR.')
+  for name in ('images', 'draw_dir', 'min_score'):
+    if mode != 'predict' and FLAGS[name].present:
+      raise app.UsageError(f'--{name} is a --mode=predict flag, not one of --mode={mode}.')
+  if mode not in ('predict', 'export') and FLAGS['output'].present:
+    raise app.UsageError(f'--output is a flag of --mode=predict and export, not of {mode}.')
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_quiet_orbax)
   overrides = tuple(config_flags.get_override_values(FLAGS['config'])) if FLAGS.config else ()
@@ -69,14 +80,21 @@ def _run(mode: str, overrides: tuple[str, ...]) -> None:
   compilation_cache.enable()  # PIX2SEQ_COMPILATION_CACHE moves it or turns it off
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                          auto=FLAGS.auto_distributed)
+  decode = None
+  if mode in ('predict', 'export') and FLAGS.config is not None:  # only the decode settings
+    checks.validate(FLAGS.config, mode='predict', overrides=overrides)
+    decode = FLAGS.config.decode.to_dict()
   if mode == 'predict':  # no TensorFlow: the Predictor reads files with PIL
     from pix2seq_jax.inference import predictor
-    decode = None
-    if FLAGS.config is not None:  # supplies only the decode settings
-      checks.validate(FLAGS.config, mode='predict', overrides=overrides)
-      decode = FLAGS.config.decode.to_dict()
     predictor.predict_files(FLAGS.workdir, FLAGS.images, FLAGS.output, FLAGS.draw_dir,
                             min_score=FLAGS.min_score, decode=decode)
+    return
+  if mode == 'export':
+    from pix2seq_jax.deploy import export
+    manifest = export.export_workdir(FLAGS.workdir, FLAGS.output, decode=decode)
+    print(f'Exported step {manifest["checkpoint_step"]} of {FLAGS.workdir} to {FLAGS.output}: '
+          f'{", ".join(sorted(manifest["sha256"]))}'
+          f'{", saved_model/" if manifest["saved_model"] else ""}.')
     return
   import tensorflow as tf  # the input pipeline only: keep it off any GPU
   tf.config.set_visible_devices([], 'GPU')

@@ -12,7 +12,8 @@ class BlockTensorFlow:
     if name == 'tensorflow' or name.startswith('tensorflow.'):
       raise ImportError('TensorFlow is blocked in this test: ' + name)
 sys.meta_path.insert(0, BlockTensorFlow())
-import pix2seq_jax.inference.decoding, pix2seq_jax.inference.predictor
+import pix2seq_jax.inference.decoding, pix2seq_jax.inference.predictor, pix2seq_jax.serving
+import pix2seq_jax.deploy.export, pix2seq_jax.deploy.detector
 import pix2seq_jax.evaluation.coco_metrics, pix2seq_jax.evaluation.val_loss
 import pix2seq_jax.train.step, pix2seq_jax.train.state, pix2seq_jax.train.checkpoints
 import pix2seq_jax.models.summary, pix2seq_jax.config.checks

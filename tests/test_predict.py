@@ -28,12 +28,48 @@ def test_to_canvas_resizes_the_longest_side_and_pads_bottom_right():
   image = np.full((50, 200, 3), 255, np.uint8)
   square, scale = canvas.to_canvas(image, 96)
   assert square.shape == (96, 96, 3) and scale == pytest.approx(0.48)
-  np.testing.assert_allclose(square[:24], 1.0)
+  np.testing.assert_allclose(square[:24], 1.0, rtol=0, atol=1e-6)
   np.testing.assert_allclose(square[24:], canvas.PAD_VALUE)
   wide, _ = canvas.to_canvas(image, 96, (32, 96))
   np.testing.assert_array_equal(wide, square[:32])  # the same pixels, less padding
   with pytest.raises(ValueError, match='does not fit'):
     canvas.to_canvas(image, 96, (16, 96))
+
+
+@pytest.mark.parametrize('height,width,size', [(480, 640, 640), (37, 91, 64), (300, 20, 64),
+                                               (13, 7, 64), (1000, 999, 64), (5, 800, 96)])
+def test_to_canvas_is_the_evaluation_pipelines_canvas(height, width, size):
+  """The numpy resize against the pipeline's own TensorFlow transforms, shrinking and
+  enlarging, in one process eagerly and inside a tf.data map."""
+  import tensorflow as tf
+  from pix2seq_jax.data import transforms
+  image = np.random.default_rng(height).integers(0, 256, (height, width, 3), np.uint8)
+
+  def pipeline(pixels):
+    floats = tf.image.convert_image_dtype(pixels, tf.float32)
+    resized, scale = transforms.resize_longest_side(floats, size)
+    padded = transforms.pad_to_canvas(resized, tf.zeros([0, 4]), size)[0]
+    return padded, scale, tf.shape(resized)[:2]
+
+  ours, scale = canvas.to_canvas(image, size)
+  eager, eager_scale, eager_shape = pipeline(tf.constant(image))
+  in_dataset = next(iter(tf.data.Dataset.from_tensors(image).map(pipeline)))[0]
+  for theirs in (eager.numpy(), in_dataset.numpy()):
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=5e-6)
+  assert scale == float(eager_scale)
+  assert canvas.resized_shape(height, width, size) == (tuple(eager_shape.numpy()), scale)
+
+
+def test_as_rgb_repeats_grey_and_drops_alpha():
+  grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
+  for image in (grey, grey[..., None], np.stack([grey, grey + 1], -1)):
+    np.testing.assert_array_equal(canvas.as_rgb(image), np.repeat(grey[..., None], 3, -1))
+  rgba = np.arange(48, dtype=np.uint8).reshape(3, 4, 4)
+  np.testing.assert_array_equal(canvas.as_rgb(rgba), rgba[..., :3])
+  with pytest.raises(ValueError, match='uint8'):
+    canvas.as_rgb(grey.astype(np.float32))
+  with pytest.raises(ValueError, match='1-4 channels'):
+    canvas.as_rgb(np.zeros((3, 4, 5), np.uint8))
 
 
 def test_new_image_sizes_reuse_the_compiled_canvases(tiny_workdir):

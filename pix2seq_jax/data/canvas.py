@@ -4,6 +4,10 @@ Images are floats in [0, 1], resized so the longest side equals the canvas size 
 padded bottom/right with PAD_VALUE (the official code's 0.3). Box coordinates are always
 normalised to the S x S square, whatever canvas the pixels are placed on.
 
+`resize_bilinear` is the pipeline's resize (`tf.image.resize`, bilinear, antialiased when
+shrinking) in numpy: the same separable triangle filter, in float32, so a canvas made
+here equals the pipeline's to float rounding.
+
 For inference the padding can be trimmed: with `buckets` k > 1 an image is placed on
 the smallest of a few canvases, S x S and S x (i * S / k) for i < k in both
 orientations (sides rounded up to the backbone stride), so a wide image costs about
@@ -14,9 +18,9 @@ The kept pixels, and their 2D positions, are exactly those of the S x S canvas.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
 PAD_VALUE = 0.3
 
@@ -34,9 +38,60 @@ def canvas_shapes(size: int, stride: int, buckets: int = 1) -> list[tuple[int, i
 
 
 def resized_shape(height: int, width: int, size: int) -> tuple[tuple[int, int], float]:
-  """((height, width) after resizing the longest side to `size`, scale)."""
-  scale = size / max(height, width)
-  return (max(1, round(height * scale)), max(1, round(width * scale))), scale
+  """((height, width) after resizing the longest side to `size`, scale).
+
+  In float32 and rounded half to even, as the pipeline's `transforms.resize_longest_side`.
+  """
+  scale = np.float32(size) / np.float32(max(height, width))
+  new_h, new_w = (int(max(1, np.round(np.float32(side) * scale))) for side in (height, width))
+  return (new_h, new_w), float(scale)
+
+
+def as_rgb(image: np.ndarray) -> np.ndarray:
+  """uint8 [H, W], [H, W, 1|2|3|4] -> [H, W, 3]: grey repeated, alpha dropped (as PIL's
+  convert('RGB') and the pipeline's decoder)."""
+  image = np.asarray(image)
+  if image.dtype != np.uint8:
+    raise ValueError(f'Expected a uint8 image, got {image.dtype}.')
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4) or 0 in image.shape[:2]:
+    raise ValueError(f'Expected an image [H, W] or [H, W, 1-4 channels], got shape '
+                     f'{image.shape}.')
+  if image.shape[2] <= 2:  # grey, grey + alpha
+    return np.repeat(image[..., :1], 3, axis=2)
+  return np.ascontiguousarray(image[..., :3])
+
+
+def _filter_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """(indices [out, taps], weights [out, taps] float32) of the triangle filter that
+  resizes `in_size` samples to `out_size`, widened by the scale when shrinking
+  (TensorFlow's ScaleAndTranslate with antialias; unused taps have weight 0)."""
+  inv_scale = np.float32(in_size) / np.float32(out_size)
+  kernel_scale = max(inv_scale, np.float32(1.0))
+  centre = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * inv_scale  # [out]
+  start = np.clip(np.ceil(centre - kernel_scale - np.float32(0.5)), 0, in_size - 1)
+  stop = np.clip(np.floor(centre + kernel_scale - np.float32(0.5)), 0, in_size - 1) + 1
+  taps = int((stop - start).max())
+  index = start.astype(np.int64)[:, None] + np.arange(taps)  # [out, taps]
+  inside = index < stop[:, None]
+  index = np.minimum(index, in_size - 1)
+  distance = (index.astype(np.float32) + np.float32(0.5) - centre[:, None]) / kernel_scale
+  weight = np.where(inside, np.maximum(np.float32(0.0), np.float32(1.0) - np.abs(distance)),
+                    np.float32(0.0)).astype(np.float32)
+  total = weight.sum(axis=1, keepdims=True)
+  return index, (weight / np.where(total > 0, total, 1)).astype(np.float32)
+
+
+def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """float32 [H, W, C] -> [height, width, C] as `tf.image.resize(..., antialias=True)`."""
+  image = np.asarray(image, np.float32)
+  if image.shape[:2] == (height, width):
+    return image
+  rows, row_weights = _filter_taps(image.shape[0], height)
+  cols, col_weights = _filter_taps(image.shape[1], width)
+  tall = np.einsum('ot,otwc->owc', row_weights, image[rows])  # [height, W, C]
+  return np.einsum('pt,optc->opc', col_weights, tall[:, cols]).astype(np.float32)
 
 
 def choose_canvas(height: int, width: int, shapes: list[tuple[int, int]]) -> tuple[int, int]:
@@ -47,15 +102,28 @@ def choose_canvas(height: int, width: int, shapes: list[tuple[int, int]]) -> tup
   raise ValueError(f'No canvas in {shapes} holds an image of {height}x{width}.')
 
 
+def group_by_canvas(sizes: Sequence[tuple[int, int]], size: int,
+                    shapes: list[tuple[int, int]]) -> dict[tuple[int, int], list[int]]:
+  """Image indices by the canvas each (height, width) goes on, in order."""
+  groups: dict[tuple[int, int], list[int]] = {}
+  for index, (height, width) in enumerate(sizes):
+    resized, _ = resized_shape(height, width, size)
+    groups.setdefault(choose_canvas(*resized, shapes), []).append(index)
+  return groups
+
+
 def to_canvas(image: np.ndarray, size: int,
               shape: tuple[int, int] | None = None) -> tuple[np.ndarray, float]:
-  """uint8 [H, W, 3] -> (float32 [h, w, 3] in [0, 1], scale); (h, w) = shape or (size, size)."""
+  """uint8 [H, W, 3] -> (float32 [h, w, 3] in [0, 1], scale); (h, w) = shape or (size, size).
+
+  The pipeline's evaluation canvas: pixels scaled to [0, 1] as TensorFlow converts uint8,
+  resized (longest side `size`), clipped to [0, 1] and padded bottom/right.
+  """
   (new_h, new_w), scale = resized_shape(*image.shape[:2], size)
   height, width = shape or (size, size)
   if new_h > height or new_w > width:
     raise ValueError(f'A {new_h}x{new_w} image does not fit a {height}x{width} canvas.')
-  resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR),
-                       np.float32)
+  pixels = np.asarray(image, np.uint8).astype(np.float32) * np.float32(1 / 255)
   canvas = np.full((height, width, 3), PAD_VALUE, np.float32)
-  canvas[:new_h, :new_w] = resized / 255.0
+  canvas[:new_h, :new_w] = np.clip(resize_bilinear(pixels, new_h, new_w), 0.0, 1.0)
   return canvas, scale

@@ -118,19 +118,21 @@ def to_original_pixels(boxes: np.ndarray, canvas_size: int, scale: float,
 
 def detections_in_pixels(tokens: np.ndarray, scores: np.ndarray, vocab: vocab_lib.Vocabulary,
                          categories: coco_json.CategoryMap, canvas_size: int, scale: float,
-                         original_size: tuple[int, int], mode: str = 'grammar') -> list[dict]:
+                         original_size: tuple[int, int], mode: str = 'grammar',
+                         decimals: int | None = 2) -> list[dict]:
   """One decoded row -> [{category_id, category_name, bbox [x, y, w, h] px, score}].
 
   `tokens`, `scores`: [L] from `decoding.detection_outputs`; `scale` and `original_size`
   say how the image was put on its canvas (`data/canvas.py`). Category ids are the
-  annotation file's; boxes are rounded to 0.01 px.
+  annotation file's; boxes are rounded to `decimals` digits of a pixel (None: not rounded).
   """
   found = parse(tokens, vocab, scores, mode)
   boxes = to_original_pixels(found.boxes, canvas_size, scale, original_size,
                              clip=mode != 'official')
   return [{'category_id': int(categories.category_ids[label]),
            'category_name': categories.names[label],
-           'bbox': [round(float(v), 2) for v in box], 'score': float(score)}
+           'bbox': [float(v) if decimals is None else round(float(v), decimals) for v in box],
+           'score': float(score)}
           for box, label, score in zip(boxes, found.labels, found.scores)]
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pix2seq_jax.data import canvas
 
 # What a bad file raises in PIL: missing, empty, truncated, not an image.
 UNREADABLE_IMAGE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError)
@@ -33,3 +37,15 @@ def load_image(path: str, orientation: int | None = None,
       grey = np.clip(np.round(np.asarray(image, np.float64) / 257), 0, 255).astype(np.uint8)
       return np.repeat(grey[..., None], 3, axis=-1)
     return np.asarray(image.convert('RGB'))
+
+
+def as_arrays(images: Sequence[str | np.ndarray]) -> list[np.ndarray]:
+  """File paths or uint8 arrays [H, W], [H, W, 1-4] -> uint8 [H, W, 3] each (grey
+  repeated, alpha dropped); a bad one raises ValueError naming its index."""
+  arrays = []
+  for index, image in enumerate(images):
+    try:
+      arrays.append(load_image(image) if isinstance(image, str) else canvas.as_rgb(image))
+    except ValueError as e:
+      raise ValueError(f'Image {index}: {e}') from None
+  return arrays

@@ -119,19 +119,20 @@ class Predictor:
     tokens, scores = np.asarray(tokens), np.asarray(scores)
     return [detections.detections_in_pixels(tokens[row], scores[row], self.vocab,
                                             self.categories, self.size, float(scales[row]),
-                                            image.shape[:2], self.config.decode.mode)
+                                            image.shape[:2], self.config.decode.mode,
+                                            decimals=None)
             for row, image in enumerate(images)]
 
   def __call__(self, images: Sequence[str | np.ndarray]) -> list[list[dict]]:
-    """Per image, a list of {category_id, category_name, bbox [x, y, w, h] px, score}."""
-    arrays = [images_lib.load_image(i) if isinstance(i, str) else np.asarray(i, np.uint8)
-              for i in images]
-    groups: dict[tuple[int, int], list[int]] = {}
-    for index, image in enumerate(arrays):
-      if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f'Image {index}: expected uint8 [H, W, 3], got shape {image.shape}.')
-      resized, _ = canvas.resized_shape(*image.shape[:2], self.size)
-      groups.setdefault(canvas.choose_canvas(*resized, self.canvas_shapes), []).append(index)
+    """Per image, a list of {category_id, category_name, bbox [x, y, w, h] px, score}
+    (boxes in full precision).
+
+    Images are file paths or uint8 arrays [H, W] (grey), [H, W, 3] or [H, W, 4] (alpha
+    is dropped).
+    """
+    arrays = images_lib.as_arrays(images)
+    groups = canvas.group_by_canvas([a.shape[:2] for a in arrays], self.size,
+                                    self.canvas_shapes)
     out: list[list[dict]] = [[] for _ in arrays]
     for shape, indices in groups.items():
       for start in range(0, len(indices), self.batch_size):
@@ -215,7 +216,8 @@ def predict_files(workdir: str, pattern: str, output: str, draw_dir: str | None 
         logging.warning('%s: skipped, not a readable image (%s)', path, e)
         unreadable.append(path)
     for path, image, found in zip(chunk, images, predictor(images) if images else []):
-      found = [d for d in found if d['score'] >= min_score]
+      found = [dict(d, bbox=[round(v, 2) for v in d['bbox']]) for d in found
+               if d['score'] >= min_score]
       entries.append({'file_name': os.path.basename(path), 'path': path,
                       'height': image.shape[0], 'width': image.shape[1], 'detections': found})
       if draw_dir:

@@ -1,0 +1,122 @@
+"""A trained workdir written out as a detector that runs without this project's model code.
+
+  python main.py --mode=export --workdir=W --output=DIR [--config=C for decode settings]
+
+writes into DIR:
+
+  detector.jax       `jax.export` of `detector.detector_fn` on the S x S canvas: (weights,
+                     canvases [b, S, S, 3] float32) -> detections, b symbolic, lowered for
+                     CPU and CUDA. With decode.canvas_buckets > 1, one more file per extra
+                     canvas (detector_HxW.jax), as the Predictor compiles them.
+  weights.npz        the parameters and batch statistics, in the exported functions' order.
+  saved_model/       the same function through jax2tf as a TensorFlow SavedModel whose
+                     serving signature takes uint8 images [b, H, W, C] (padded to a common
+                     size) with each one's (height, width) [b, 2], resizes and pads them as
+                     the evaluation pipeline does, and returns boxes in original pixels.
+  export.json        what a user needs: canvas, vocabulary, categories, decode settings,
+                     versions, the checkpoint step and a SHA-256 per file.
+
+`pix2seq_jax.serving.load(DIR)` runs the first three with JAX alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+import pix2seq_jax
+from pix2seq_jax import serving
+from pix2seq_jax.deploy import detector
+from pix2seq_jax.inference import predictor as predictor_lib
+from pix2seq_jax.models import build
+
+SAVED_MODEL = 'saved_model'
+PLATFORMS = ('cpu', 'cuda')
+
+
+def detector_file(shape: tuple[int, int], size: int) -> str:
+  return 'detector.jax' if tuple(shape) == (size, size) else f'detector_{shape[0]}x{shape[1]}.jax'
+
+
+def _flat_detector(predictor: predictor_lib.Predictor):
+  """(list of weight arrays, canvases) -> detections, and those weights as numpy."""
+  detect = detector.detector_fn(predictor.config,
+                                build.model_graphdef(predictor.config, predictor.vocab),
+                                predictor.vocab, predictor.categories, predictor.step)
+  leaves, treedef = jax.tree.flatten((predictor.params, predictor.batch_stats))
+  weights = [np.asarray(jax.device_get(leaf)) for leaf in leaves]
+
+  def run(weights, canvases):
+    params, batch_stats = jax.tree.unflatten(treedef, list(weights))
+    return detect(params, batch_stats, canvases)
+
+  return run, weights
+
+
+def export_workdir(workdir: str, output: str, decode: dict | None = None,
+                   step: int | None = None, saved_model: bool = True,
+                   platforms: tuple[str, ...] = PLATFORMS) -> dict:
+  """Writes the export of `workdir`'s checkpoint (default: the latest) to `output`;
+  returns the manifest. `decode` overrides the workdir's decode settings."""
+  predictor = predictor_lib.Predictor(workdir, step=step, decode=decode)
+  run, weights = _flat_detector(predictor)
+  size = predictor.size
+  os.makedirs(output, exist_ok=True)
+  weight_specs = [jax.ShapeDtypeStruct(w.shape, w.dtype) for w in weights]
+  np.savez(os.path.join(output, serving.WEIGHTS), *weights)  # arr_0, arr_1, ... in order
+  files = [serving.WEIGHTS]
+  batch = jax.export.symbolic_shape('b')[0]
+  canvases = []
+  for shape in predictor.canvas_shapes:
+    name = detector_file(shape, size)
+    logging.info('Exporting the detector on the %dx%d canvas (%s) ...', *shape, name)
+    exported = jax.export.export(jax.jit(run), platforms=platforms)(
+        weight_specs, jax.ShapeDtypeStruct((batch, *shape, 3), jnp.float32))
+    with open(os.path.join(output, name), 'wb') as f:
+      f.write(exported.serialize())
+    canvases.append({'shape': list(shape), 'file': name})
+    files.append(name)
+  if saved_model:
+    from pix2seq_jax.deploy import saved_model as saved_model_lib  # TensorFlow only here
+    target = os.path.join(output, SAVED_MODEL)
+    shutil.rmtree(target, ignore_errors=True)
+    logging.info('Writing the TensorFlow SavedModel (%s) ...', target)
+    saved_model_lib.save(run, weights, size, predictor.config.decode.mode, target, platforms)
+  config = predictor.config
+  vocab = predictor.vocab
+  manifest = {
+      'format': serving.FORMAT,
+      'pix2seq_jax_version': pix2seq_jax.__version__,
+      'jax_version': jax.__version__,
+      'workdir': os.path.abspath(workdir),
+      'checkpoint_step': predictor.step,
+      'canvas_size': size,
+      'canvases': canvases,
+      'saved_model': {'folder': SAVED_MODEL, 'canvas': [size, size]} if saved_model else None,
+      'platforms': list(platforms),
+      'max_detections': (config.decode.max_objects or config.data.max_instances),
+      'num_weights': len(weights),
+      'vocabulary': {'layout': vocab.layout, 'num_classes': vocab.num_classes,
+                     'num_bins': vocab.num_bins, 'size': vocab.size,
+                     'class_tokens': vocab.class_tokens.tolist(),
+                     'coord_offset': vocab.coord_offset, 'eos': vocab.eos,
+                     'start': vocab.start, 'padding': vocab.padding},
+      'categories': predictor.categories.to_json(),
+      'decode': config.decode.to_dict(),
+      'outputs': {
+          'boxes': '[b, K, 4] float32 (ymin, xmin, ymax, xmax) normalised to the '
+                   'canvas_size square',
+          'classes': '[b, K] int32 category ids, -1 past num_detections',
+          'scores': '[b, K] float32, 0 past num_detections',
+          'num_detections': '[b] int32'},
+      'sha256': {name: serving.sha256(os.path.join(output, name)) for name in files},
+  }
+  with open(os.path.join(output, serving.MANIFEST), 'w') as f:
+    json.dump(manifest, f, indent=1)
+  return manifest
