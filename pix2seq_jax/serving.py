@@ -5,7 +5,8 @@
 
 Needs only jax, numpy and PIL: no Flax, no model code, no TensorFlow. Images are put on
 canvases exactly as the Predictor puts them (`data/canvas.py`), batches are padded to a
-fixed size, and each canvas shape's deserialised program is compiled once.
+fixed size, and each canvas shape's deserialised program is compiled once per process
+and kept in the persistent compilation cache (`compilation_cache.py`) across processes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from pix2seq_jax import compilation_cache
 from pix2seq_jax.data import canvas
 from pix2seq_jax.inference import detections, images as images_lib
 
@@ -42,6 +44,7 @@ class ExportedDetector:
   """The detector of an export folder. Call it on images like a `Predictor`."""
 
   def __init__(self, directory: str, batch_size: int = 8):
+    compilation_cache.enable()  # before the first compilation
     manifest_path = os.path.join(directory, MANIFEST)
     try:
       with open(manifest_path) as f:
