@@ -52,6 +52,8 @@ def main() -> None:
   parser.add_argument('--num_bins', type=int, default=1000)
   parser.add_argument('--num_classes', type=int, default=80)
   parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--prefix_block', type=int, default=decoding.PREFIX_BLOCK,
+                      help='positions per block of the self-attention cache (0: one block)')
   parser.add_argument('--skip_recompute', action='store_true',
                       help='skip the slow full-prefix recompute comparison')
   args = parser.parse_args()
@@ -72,7 +74,7 @@ def main() -> None:
     @jax.jit
     def run(state, images):
       out = decoding.decode(nnx.merge(graphdef, state), images, vocab, length=length,
-                            step=step)
+                            step=step, prefix_block=args.prefix_block)
       return decoding.detection_outputs(out, vocab) + (out.position,)
     return run
 
@@ -92,6 +94,7 @@ def main() -> None:
 
   result = {'variant': args.variant, 'image_size': size, 'dtype': 'float32',
             'objects': args.objects, 'tokens': int(steps), 'batch_size': args.batch_size,
+            'prefix_block': args.prefix_block,
             'backend': jax.default_backend(), 'device': str(jax.devices()[0].device_kind),
             'host': platform.node(), 'date': datetime.date.today().isoformat()}
   result['seconds_per_image_b1'] = _median_seconds(lambda: run_short(state, one), args.repeats)

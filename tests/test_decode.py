@@ -74,9 +74,29 @@ def test_cached_equals_recompute_tokens_logits_and_probabilities(shapes_dir):
   np.testing.assert_allclose(cached.class_probs, full.class_probs, atol=1e-5)
 
 
-@pytest.mark.parametrize('batch', [1, 2])
-def test_decode_loop_updates_the_cache_in_place(shapes_dir, batch):
-  """The compiled loop never copies a self-attention cache.
+def test_the_cache_grows_by_blocks_and_equals_one_block_and_recompute(shapes_dir):
+  """Attention over the filled prefix in blocks of 8 (6 loops for 41 positions) gives the
+  tokens and logits of one loop over the whole cache and of full recomputation."""
+  model = _model(shapes_dir)
+  model.decoder.output_bias[...] = model.decoder.output_bias[...].at[EOS].set(-1e9)
+  images = jax.random.uniform(jax.random.key(2), (2, 64, 64, 3))
+  blocked = _run(model, images, prefix_block=8, return_logits=True)
+  assert int(blocked.position) == LENGTH  # every block ran
+  for other in (_run(model, images, prefix_block=0, return_logits=True),
+                _run(model, images, step='recompute', return_logits=True)):
+    np.testing.assert_array_equal(blocked.tokens, other.tokens)
+    np.testing.assert_allclose(blocked.logits, other.logits, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(blocked.class_probs, other.class_probs, atol=1e-5)
+  assert [c['k'].shape[1] for c in model.decoder.grow_cache(
+      model.decoder.init_cache(2, 8), 16)] == [16] * len(model.decoder.layers)
+  with pytest.raises(ValueError, match='must increase'):
+    decoding.sample(lambda *a: None, None, 1, VOCAB, length=LENGTH, rng=jax.random.key(0),
+                    block_ends=(16, 8))
+
+
+@pytest.mark.parametrize('batch,prefix_block', [(1, 0), (2, 0), (2, 8)])
+def test_decode_loop_updates_the_cache_in_place(shapes_dir, batch, prefix_block):
+  """The compiled loops never copy a self-attention cache (nor the memory's keys/values).
 
   With keys/values laid out [B, L, H, K], XLA copied every layer's cache at every step
   (at batch 1 through a reshape before the matmul): whole-cache traffic per token.
@@ -85,19 +105,21 @@ def test_decode_loop_updates_the_cache_in_place(shapes_dir, batch):
   graphdef, state = nnx.split(model)
   images = jnp.zeros((batch, 64, 64, 3))
   fn = jax.jit(lambda state, images: decoding.decode(
-      nnx.merge(graphdef, state), images, VOCAB, length=LENGTH).tokens)
+      nnx.merge(graphdef, state), images, VOCAB, length=LENGTH,
+      prefix_block=prefix_block).tokens)
   hlo = fn.lower(state, images).compile().as_text()
-  cache_size = batch * LENGTH * model.decoder.embed.features
-  copies = []  # (shape, computation) of cache-sized copies outside the entry computation
+  rows = batch * model.decoder.heads
+  head_dim = model.decoder.embed.features // model.decoder.heads
+  copies = []  # (shape, computation) of [B*H, n, K] copies outside the entry computation
   for computation in re.split(r'\n(?=\S)', hlo):  # each starts unindented
     if computation.startswith('ENTRY'):
-      continue  # the loop's initial state is copied there once
+      continue  # each loop's initial state is made there once
     for dims in re.findall(r'= f32\[([\d,]+)\]\{[\d,]+\} copy\(', computation):
       shape = [int(d) for d in dims.split(',')]
-      if LENGTH in shape and np.prod(shape) == cache_size:
+      if len(shape) == 3 and shape[0] == rows and shape[2] == head_dim and shape[1] > 1:
         copies.append((shape, computation.split('\n')[0][:80]))
-  assert re.search(rf'f32\[{batch * model.decoder.heads},{LENGTH},', hlo)  # the cache
-  assert not copies
+  assert re.search(rf'f32\[{rows},{LENGTH if not prefix_block else 8},', hlo)  # a cache
+  assert not copies, copies
 
 
 def test_model_samples_always_parse(shapes_dir):

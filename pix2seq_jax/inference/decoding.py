@@ -30,13 +30,18 @@ within top_p, and always the most likely one), and every 5-token slot is an obje
 class is the most likely class token at its class position under the full softmax,
 scored by that probability (`detections.parse_official`).
 
+The cached loop attends only over the filled prefix, in blocks: the self-attention cache
+starts `prefix_block` positions long and the loop runs once per block, the cache growing
+by a block between runs, so position t reads about t rounded up to the block, not all
+`length` positions (cached == recompute within float rounding; tests/test_decode.py).
+
 For tests and benchmarks, `step='recompute'` runs the full decoder over the whole
 (causally masked) prefix at every step instead of using the cache.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +54,9 @@ NEG_INF = -1e30
 SCORE_MODES = ('class', 'class_x_coords')
 MODES = ('grammar', 'official')
 _SLOTS = vocab_lib.TOKENS_PER_OBJECT
+# Positions per block of the self-attention cache (see the module docstring); 0: one loop
+# over a cache of the full length.
+PREFIX_BLOCK = 64
 
 # (last token [B], position [], cache) -> (logits [B, V], cache)
 LogitsFn = Callable[[jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
@@ -119,8 +127,14 @@ def choose_tokens(logits: jax.Array, rng: jax.Array, *, temperature: float, top_
 def sample(logits_fn: LogitsFn, cache: Any, batch: int, vocab: vocab_lib.Vocabulary, *,
            length: int, rng: jax.Array, temperature: float = 0.0, top_k: int = 0,
            top_p: float = 1.0, return_logits: bool = False,
-           mode: str = 'grammar') -> DecodeState:
-  """The decoding loop: [B, length] response tokens from `logits_fn`."""
+           mode: str = 'grammar', block_ends: Sequence[int] = (),
+           grow_cache: Callable[[Any, int], Any] | None = None) -> DecodeState:
+  """The decoding loop: [B, length] response tokens from `logits_fn`.
+
+  With `block_ends` (increasing positions < length), the loop stops at each of them and
+  `grow_cache(cache, next_end)` enlarges the cache before it goes on (the last block
+  ends at `length`).
+  """
   if mode not in MODES:
     raise ValueError(f'decode.mode must be one of {MODES}, got {mode!r}.')
   official = mode == 'official'
@@ -157,8 +171,8 @@ def sample(logits_fn: LogitsFn, cache: Any, batch: int, vocab: vocab_lib.Vocabul
         done=state.done if official else state.done | (token == vocab.eos),
         cache=cache, rng=rng, logits=new_logits)
 
-  def cond(state: DecodeState) -> jax.Array:
-    return (state.position < length) & ~jnp.all(state.done)
+  def cond(end: int) -> Callable[[DecodeState], jax.Array]:
+    return lambda state: (state.position < end) & ~jnp.all(state.done)
 
   init = DecodeState(
       position=jnp.zeros((), jnp.int32),
@@ -169,17 +183,26 @@ def sample(logits_fn: LogitsFn, cache: Any, batch: int, vocab: vocab_lib.Vocabul
       done=jnp.zeros((batch,), bool),
       cache=cache, rng=rng,
       logits=jnp.zeros((batch, length, vocab.size), jnp.float32) if return_logits else None)
-  return jax.lax.while_loop(cond, body, init)
+  ends = [*block_ends, length]
+  if ends != sorted(set(ends)) or ends[0] < 1:
+    raise ValueError(f'block_ends {list(block_ends)} must increase within (0, {length}).')
+  state = init
+  for index, end in enumerate(ends):
+    if index:
+      state = state.replace(cache=grow_cache(state.cache, end))
+    state = jax.lax.while_loop(cond(end), body, state)
+  return state
 
 
 def decode(model: Pix2Seq, images: jax.Array, vocab: vocab_lib.Vocabulary, *,
            length: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
            rng: jax.Array | None = None, step: str = 'cached',
-           return_logits: bool = False, mode: str = 'grammar') -> DecodeState:
+           return_logits: bool = False, mode: str = 'grammar',
+           prefix_block: int = PREFIX_BLOCK) -> DecodeState:
   """Generates [B, length] response tokens for images [B, H, W, 3] (call inside jit).
 
   `length` is `vocab.sequence_length(max_objects)` and at most the decoder's
-  `max_seq_len`.
+  `max_seq_len`. `prefix_block`: positions per block of the cache (0: one block).
   """
   if step not in ('cached', 'recompute'):
     raise ValueError(f'step must be "cached" or "recompute", got {step!r}.')
@@ -189,9 +212,13 @@ def decode(model: Pix2Seq, images: jax.Array, vocab: vocab_lib.Vocabulary, *,
   batch = images.shape[0]
   memory = model.encode(images, train=False)  # [B, N, D]
 
+  block_ends, grow_cache = (), None
   if step == 'cached':
     memory_kv = model.decoder.memory_kv(memory)
-    cache = model.decoder.init_cache(batch, length, memory.dtype)
+    if prefix_block > 0:
+      block_ends = tuple(range(prefix_block, length, prefix_block))
+      grow_cache = model.decoder.grow_cache
+    cache = model.decoder.init_cache(batch, (*block_ends, length)[0], memory.dtype)
 
     def logits_fn(last, position, cache):
       return model.decoder.step(last, position, cache, memory_kv)
@@ -205,7 +232,8 @@ def decode(model: Pix2Seq, images: jax.Array, vocab: vocab_lib.Vocabulary, *,
 
   return sample(logits_fn, cache, batch, vocab, length=length,
                 rng=jax.random.key(0) if rng is None else rng, temperature=temperature,
-                top_k=top_k, top_p=top_p, return_logits=return_logits, mode=mode)
+                top_k=top_k, top_p=top_p, return_logits=return_logits, mode=mode,
+                block_ends=block_ends, grow_cache=grow_cache)
 
 
 def detection_outputs(state: DecodeState, vocab: vocab_lib.Vocabulary,

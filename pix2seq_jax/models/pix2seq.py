@@ -106,6 +106,11 @@ class Decoder(nnx.Module):
     shape = (batch_size * self.heads, length, head_dim)
     return [{'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)} for _ in self.layers]
 
+  def grow_cache(self, cache: Cache, length: int) -> Cache:
+    """The cache with room for `length` positions (zeros appended to each layer's)."""
+    grow = lambda x: jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0)))
+    return [{name: grow(x) for name, x in layer.items()} for layer in cache]
+
   def step(self, tokens: jax.Array, position: jax.Array, cache: Cache,
            memory_kv: list[transformer.KeyValue]) -> tuple[jax.Array, Cache]:
     """tokens [B] at `position` -> logits [B, V] and the updated cache."""
