@@ -177,6 +177,23 @@ def test_a_converted_official_checkpoint_exports_the_same_detections(tmp_path):
   assert _assert_same(expected, serving.load(str(tmp_path / 'export'), batch_size=2)(images)) > 0
 
 
+def test_each_canvas_of_the_predictor_is_exported(tiny_workdir, tmp_path):
+  """decode.canvas_buckets 2: the wide and tall canvases get their own programs, and wide,
+  tall and square images detect as the Predictor detects them on the same canvases."""
+  out = str(tmp_path / 'export')
+  manifest = export.export_workdir(tiny_workdir, out, decode={'canvas_buckets': 2},
+                                   saved_model=False)
+  assert [c['file'] for c in manifest['canvases']] == [
+      'detector_32x64.jax', 'detector_64x32.jax', 'detector.jax']
+  rng = np.random.default_rng(3)
+  images = [rng.integers(0, 256, shape, np.uint8) for shape in
+            ((20, 64, 3), (90, 30, 3), (50, 50, 3), (10, 40, 3))]
+  predictor = Predictor(tiny_workdir, batch_size=2, decode={'canvas_buckets': 2})
+  expected = predictor(images)
+  assert predictor.compilations == 3
+  assert _assert_same(expected, serving.load(out, batch_size=2)(images)) > 0
+
+
 @pytest.mark.parametrize('layout', ['compact', 'official'])
 @pytest.mark.parametrize('mode', ['grammar', 'official'])
 def test_reading_objects_in_the_graph_equals_parsing_with_numpy(layout, mode):
