@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -48,9 +49,11 @@ def _two_processes(command, signal_process_1_after: str | None = None):
   Returns [(exit code, stderr)] per process."""
   address = f'localhost:{_free_port()}'
   env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  # Output goes to files: a full pipe would stop one process while the other waits for it.
+  logs = [tempfile.TemporaryFile('w+') for _ in range(2)]
   processes = [subprocess.Popen(
       command + [f'--coordinator_address={address}', '--num_processes=2', f'--process_id={i}'],
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=logs[i], text=True)
       for i in range(2)]
 
   def signal_later():
@@ -64,10 +67,15 @@ def _two_processes(command, signal_process_1_after: str | None = None):
   sender = threading.Thread(target=signal_later) if signal_process_1_after else None
   if sender:
     sender.start()
-  results = [(p.communicate(timeout=900)[1], p.returncode) for p in processes]
+  codes = [p.wait(timeout=900) for p in processes]
   if sender:
     sender.join()
-  return [(code, err) for err, code in results]
+  errors = []
+  for log in logs:
+    log.seek(0)
+    errors.append(log.read())
+    log.close()
+  return list(zip(codes, errors))
 
 
 @pytest.fixture(scope='module')
