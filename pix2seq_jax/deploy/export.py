@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -41,10 +42,11 @@ PLATFORMS = ('cpu', 'cuda')
 
 
 def detector_file(shape: tuple[int, int], size: int) -> str:
+  """The program file of one canvas: detector.jax for the S x S square."""
   return 'detector.jax' if tuple(shape) == (size, size) else f'detector_{shape[0]}x{shape[1]}.jax'
 
 
-def _flat_detector(predictor: predictor_lib.Predictor):
+def _flat_detector(predictor: predictor_lib.Predictor) -> tuple[Callable, list[np.ndarray]]:
   """(list of weight arrays, canvases) -> detections, and those weights as numpy."""
   detect = detector.detector_fn(predictor.config,
                                 build.model_graphdef(predictor.config, predictor.vocab),
