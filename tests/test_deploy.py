@@ -285,3 +285,34 @@ def test_main_exports_a_workdir(tiny_workdir, tmp_path):
   assert manifest['decode']['max_objects'] == 3 and manifest['max_detections'] == 3
   found = serving.load(out).detect_canvases(np.full((2, 64, 64, 3), 0.5, np.float32))
   assert found['boxes'].shape == (2, 3, 4) and found['num_detections'].shape == (2,)
+
+
+_FIRST_DETECTION = '''
+import sys
+import numpy as np
+from pix2seq_jax import serving
+serving.load(sys.argv[1], batch_size=1)([np.zeros((40, 60, 3), np.uint8)])
+'''
+
+
+def test_a_second_start_takes_its_programs_from_the_compilation_cache(exported, tmp_path,
+                                                                      monkeypatch):
+  from pix2seq_jax import compilation_cache
+  monkeypatch.setenv(compilation_cache.ENV, 'off')
+  assert compilation_cache.chosen_dir() is None
+  monkeypatch.setenv(compilation_cache.ENV, str(tmp_path / 'moved'))
+  assert compilation_cache.chosen_dir() == str(tmp_path / 'moved')
+  monkeypatch.delenv(compilation_cache.ENV)
+  assert compilation_cache.chosen_dir() == compilation_cache.default_dir()
+  cache = tmp_path / 'cache'
+  env = dict(os.environ, **{compilation_cache.ENV: str(cache), 'JAX_LOG_COMPILES': '1',
+                            'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'})
+  logs = []
+  for _ in range(2):
+    run = subprocess.run([sys.executable, '-c', _FIRST_DETECTION, exported], cwd=tiny.ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    logs.append(run.stderr)
+  assert os.listdir(cache)
+  hit = 'Persistent compilation cache hit for \'jit_call'
+  assert hit not in logs[0] and hit in logs[1]
