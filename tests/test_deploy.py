@@ -170,10 +170,11 @@ def test_a_converted_official_checkpoint_exports_the_same_detections(tmp_path):
   from pix2seq_jax import convert_official
   workdir = str(tmp_path / 'official')
   convert_official.convert(FIXTURE, workdir)  # official vocabulary, decode mode, sampling
-  export.export_workdir(workdir, str(tmp_path / 'export'), saved_model=False)
+  decode = {'max_objects': 12}  # 61 tokens: one cache block, a quicker compilation
+  export.export_workdir(workdir, str(tmp_path / 'export'), decode=decode, saved_model=False)
   images = [np.asarray(Image.new('RGB', (40, 24), (200, 30, 30))),
             np.random.default_rng(1).integers(0, 256, (32, 32, 3), np.uint8)]
-  expected = Predictor(workdir, batch_size=2)(images)
+  expected = Predictor(workdir, batch_size=2, decode=decode)(images)
   assert _assert_same(expected, serving.load(str(tmp_path / 'export'), batch_size=2)(images)) > 0
 
 
