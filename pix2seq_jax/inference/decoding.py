@@ -1,4 +1,4 @@
-"""Autoregressive decoding of token sequences in one jit-compiled `lax.while_loop`.
+"""Autoregressive decoding of token sequences: `lax.while_loop`s in one jitted program.
 
 The image is encoded once and every decoder layer's cross-attention keys/values are
 projected once; self-attention keys/values live in an explicit cache pytree that the
