@@ -24,7 +24,15 @@ from tests import tiny  # noqa: E402
 
 @pytest.fixture(scope='session')
 def shapes_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('shapes'))
+  """The tiny configs' shapes dataset, made once per session in a folder every
+  pytest-xdist worker sees (tiny_workdir's config names it, whichever worker trains it)."""
+  from pix2seq_jax.data import shapes
+  path, lock = _shared_tmp(tmp_path_factory, 'shapes')
+  data = tiny.tiny_config(path).data
+  with lock:
+    shapes.ensure_dataset(path, seed=data.shapes_seed, num_train=data.shapes_num_train,
+                          num_val=data.shapes_num_val)
+  return path
 
 
 @pytest.fixture
