@@ -98,27 +98,19 @@ class ExportedDetector:
     """Per image, [{category_id, category_name, bbox [x, y, w, h] px, score}], as the
     Predictor returns them: file paths or uint8 [H, W], [H, W, 1-4] arrays."""
     arrays = images_lib.as_arrays(images)
-    groups = canvas.group_by_canvas([a.shape[:2] for a in arrays], self.size,
-                                    self.canvas_shapes)
     out: list[list[dict]] = [[] for _ in arrays]
-    for shape, indices in groups.items():
-      for start in range(0, len(indices), self.batch_size):
-        chunk = indices[start:start + self.batch_size]
-        batch = np.full((self.batch_size, *shape, 3), canvas.PAD_VALUE, np.float32)
-        scales = []
-        for row, index in enumerate(chunk):
-          batch[row], scale = canvas.to_canvas(arrays[index], self.size, shape)
-          scales.append(scale)
-        found = self.detect_canvases(batch)
-        for row, index in enumerate(chunk):
-          count = int(found['num_detections'][row])
-          boxes = detections.to_original_pixels(found['boxes'][row, :count], self.size,
-                                                scales[row], arrays[index].shape[:2],
-                                                clip=self._clip)
-          out[index] = [{'category_id': int(c), 'category_name': self.category_names[int(c)],
-                         'bbox': [float(v) for v in box], 'score': float(s)}
-                        for box, c, s in zip(boxes, found['classes'][row, :count],
-                                             found['scores'][row, :count])]
+    for indices, canvases, scales in canvas.canvas_batches(arrays, self.size,
+                                                           self.canvas_shapes, self.batch_size):
+      found = self.detect_canvases(canvases)
+      for row, index in enumerate(indices):
+        count = int(found['num_detections'][row])
+        boxes = detections.to_original_pixels(found['boxes'][row, :count], self.size,
+                                              scales[row], arrays[index].shape[:2],
+                                              clip=self._clip)
+        out[index] = [{'category_id': int(c), 'category_name': self.category_names[int(c)],
+                       'bbox': [float(v) for v in box], 'score': float(s)}
+                      for box, c, s in zip(boxes, found['classes'][row, :count],
+                                           found['scores'][row, :count])]
     return out
 
 

@@ -18,7 +18,7 @@ The kept pixels, and their 2D positions, are exactly those of the S x S canvas.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -102,16 +102,6 @@ def choose_canvas(height: int, width: int, shapes: list[tuple[int, int]]) -> tup
   raise ValueError(f'No canvas in {shapes} holds an image of {height}x{width}.')
 
 
-def group_by_canvas(sizes: Sequence[tuple[int, int]], size: int,
-                    shapes: list[tuple[int, int]]) -> dict[tuple[int, int], list[int]]:
-  """Image indices by the canvas each (height, width) goes on, in order."""
-  groups: dict[tuple[int, int], list[int]] = {}
-  for index, (height, width) in enumerate(sizes):
-    resized, _ = resized_shape(height, width, size)
-    groups.setdefault(choose_canvas(*resized, shapes), []).append(index)
-  return groups
-
-
 def to_canvas(image: np.ndarray, size: int,
               shape: tuple[int, int] | None = None) -> tuple[np.ndarray, float]:
   """uint8 [H, W, 3] -> (float32 [h, w, 3] in [0, 1], scale); (h, w) = shape or (size, size).
@@ -127,3 +117,23 @@ def to_canvas(image: np.ndarray, size: int,
   canvas = np.full((height, width, 3), PAD_VALUE, np.float32)
   canvas[:new_h, :new_w] = np.clip(resize_bilinear(pixels, new_h, new_w), 0.0, 1.0)
   return canvas, scale
+
+
+def canvas_batches(images: Sequence[np.ndarray], size: int, shapes: list[tuple[int, int]],
+                   batch_size: int) -> Iterator[tuple[list[int], np.ndarray, list[float]]]:
+  """uint8 images [H, W, 3] in fixed-size batches, each of one canvas shape: (the
+  images' indices, float32 canvases [batch_size, h, w, 3] padded with PAD_VALUE rows
+  where a last batch is short, their scales)."""
+  groups: dict[tuple[int, int], list[int]] = {}
+  for index, image in enumerate(images):
+    resized, _ = resized_shape(*image.shape[:2], size)
+    groups.setdefault(choose_canvas(*resized, shapes), []).append(index)
+  for shape, indices in groups.items():
+    for start in range(0, len(indices), batch_size):
+      chunk = indices[start:start + batch_size]
+      canvases = np.full((batch_size, *shape, 3), PAD_VALUE, np.float32)
+      scales = []
+      for row, index in enumerate(chunk):
+        canvases[row], scale = to_canvas(images[index], size, shape)
+        scales.append(scale)
+      yield chunk, canvases, scales

@@ -33,7 +33,7 @@ from absl import logging
 
 import pix2seq_jax
 from pix2seq_jax import serving
-from pix2seq_jax.deploy import detector
+from pix2seq_jax.deploy import detector, saved_model as saved_model_lib
 from pix2seq_jax.inference import predictor as predictor_lib
 from pix2seq_jax.models import build
 
@@ -85,7 +85,6 @@ def export_workdir(workdir: str, output: str, decode: dict | None = None,
     canvases.append({'shape': list(shape), 'file': name})
     files.append(name)
   if saved_model:
-    from pix2seq_jax.deploy import saved_model as saved_model_lib  # TensorFlow only here
     target = os.path.join(output, SAVED_MODEL)
     shutil.rmtree(target, ignore_errors=True)
     logging.info('Writing the TensorFlow SavedModel (%s) ...', target)

@@ -13,7 +13,8 @@ The serving signature `serving_default`:
 
 Each image is cut to its size, converted to floats and resized (longest side S) by the
 evaluation pipeline's own TensorFlow transforms, padded onto the S x S canvas, and
-decoded by the jax2tf-converted `detector.detector_fn` (weights as variables).
+decoded by the jax2tf-converted `detector.detector_fn` (weights as variables). TensorFlow
+is imported only inside `save`.
 """
 
 from __future__ import annotations
@@ -21,29 +22,26 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-import tensorflow as tf
-from jax.experimental import jax2tf
-
-from pix2seq_jax.data import transforms
 
 
-def _canvas(size: int) -> Callable:
-  def one(args):
+def save(run: Callable, weights: list[np.ndarray], size: int, mode: str, path: str,
+         platforms: tuple[str, ...]) -> None:
+  """Writes the SavedModel of `run(weights, canvases [b, S, S, 3])` (export.py) to `path`."""
+  import tensorflow as tf  # noqa: PLC0415 (only writing a SavedModel needs TensorFlow)
+  from jax.experimental import jax2tf  # noqa: PLC0415 (imports TensorFlow)
+
+  from pix2seq_jax.data import transforms  # noqa: PLC0415 (TensorFlow)
+
+  def canvas(args):  # one image, cut to its size -> (the evaluation canvas, scale)
     image, hw = args
     image = image[:hw[0], :hw[1]]
     image = tf.cond(tf.shape(image)[2] <= 2, lambda: tf.tile(image[..., :1], [1, 1, 3]),
                     lambda: image[..., :3])  # grey repeated, alpha dropped
     image = tf.image.convert_image_dtype(image, tf.float32)  # as the pipeline decodes
     resized, scale = transforms.resize_longest_side(image, size)
-    canvas, _ = transforms.pad_to_canvas(resized, tf.zeros([0, 4]), size)
-    return tf.ensure_shape(canvas, [size, size, 3]), scale
+    padded, _ = transforms.pad_to_canvas(resized, tf.zeros([0, 4]), size)
+    return tf.ensure_shape(padded, [size, size, 3]), scale
 
-  return one
-
-
-def save(run: Callable, weights: list[np.ndarray], size: int, mode: str, path: str,
-         platforms: tuple[str, ...]) -> None:
-  """Writes the SavedModel of `run(weights, canvases [b, S, S, 3])` (export.py) to `path`."""
   try:  # TensorFlow only traces and writes here: keep it off any GPU
     tf.config.set_visible_devices([], 'GPU')
   except RuntimeError:  # its devices were set up already
@@ -59,7 +57,7 @@ def save(run: Callable, weights: list[np.ndarray], size: int, mode: str, path: s
       tf.TensorSpec([None, 2], tf.int32, name='sizes')])
   def serve(images, sizes):
     canvases, scales = tf.map_fn(
-        _canvas(size), (images, sizes),
+        canvas, (images, sizes),
         fn_output_signature=(tf.TensorSpec([size, size, 3], tf.float32),
                              tf.TensorSpec([], tf.float32)))
     out = converted(module.weights, canvases)

@@ -109,16 +109,13 @@ class Predictor:
     """How many image shapes the decoder has been compiled for so far."""
     return self._decode.compilations
 
-  def _detect_batch(self, images: list[np.ndarray], shape: tuple[int, int]) -> list[list[dict]]:
-    canvases = np.full((self.batch_size, *shape, 3), canvas.PAD_VALUE, np.float32)
-    scales = np.ones(self.batch_size, np.float32)
-    for row, image in enumerate(images):
-      canvases[row], scales[row] = canvas.to_canvas(image, self.size, shape)
+  def _detect_batch(self, canvases: np.ndarray, scales: list[float],
+                    images: list[np.ndarray]) -> list[list[dict]]:
     placed = mesh_lib.put_batch({'image': canvases}, self.mesh)['image']
     tokens, scores = self._decode(self.params, self.batch_stats, placed, self.step)
     tokens, scores = np.asarray(tokens), np.asarray(scores)
     return [detections.detections_in_pixels(tokens[row], scores[row], self.vocab,
-                                            self.categories, self.size, float(scales[row]),
+                                            self.categories, self.size, scales[row],
                                             image.shape[:2], self.config.decode.mode,
                                             decimals=None)
             for row, image in enumerate(images)]
@@ -131,14 +128,12 @@ class Predictor:
     is dropped).
     """
     arrays = images_lib.as_arrays(images)
-    groups = canvas.group_by_canvas([a.shape[:2] for a in arrays], self.size,
-                                    self.canvas_shapes)
     out: list[list[dict]] = [[] for _ in arrays]
-    for shape, indices in groups.items():
-      for start in range(0, len(indices), self.batch_size):
-        chunk = indices[start:start + self.batch_size]
-        for index, found in zip(chunk, self._detect_batch([arrays[i] for i in chunk], shape)):
-          out[index] = found
+    for indices, canvases, scales in canvas.canvas_batches(arrays, self.size,
+                                                           self.canvas_shapes, self.batch_size):
+      found = self._detect_batch(canvases, scales, [arrays[i] for i in indices])
+      for index, detected in zip(indices, found):
+        out[index] = detected
     return out
 
 
