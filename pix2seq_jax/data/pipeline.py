@@ -98,6 +98,7 @@ def train_batches(split: coco_json.CocoSplit, data: ml_collections.ConfigDict,
     ds = ds.filter(lambda position, _: (position // local_batch_size) % process_count
                    == process_index)
 
+  @tf.autograph.experimental.do_not_convert  # plain TF ops; converting costs seconds a run
   def _example(position, index):
     example_seed = tf.stack([tf.constant(seed, tf.int64), position])
     return preprocess(tables, index, data, vocab, seed=example_seed)
@@ -129,6 +130,7 @@ def eval_batches(split: coco_json.CocoSplit, data: ml_collections.ConfigDict,
   positions = np.arange(total).reshape(-1, process_count, local)[:, process_index].reshape(-1)
   ds = tf.data.Dataset.from_tensor_slices(positions)
 
+  @tf.autograph.experimental.do_not_convert
   def _example(position):
     valid = position < num_images
     example = preprocess(tables, tf.where(valid, position, 0), data, vocab, seed=None)
