@@ -67,6 +67,20 @@ def tiny_workdir(shapes_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def reference_run(shapes_dir, tmp_path_factory):
+  """A workdir of `tiny.reference_config` trained without interruption on this process's
+  one device, once per session: what test_reliability's interrupted runs and
+  test_multihost's two processes must reproduce."""
+  from pix2seq_jax.train import loop
+  workdir, lock = _shared_tmp(tmp_path_factory, 'reference_run')
+  with lock:
+    if not os.path.exists(os.path.join(workdir, 'done')):
+      loop.train_and_evaluate(tiny.reference_config(shapes_dir), workdir)
+      open(os.path.join(workdir, 'done'), 'w').close()
+  return workdir
+
+
+@pytest.fixture(scope='session')
 def multi_device_run(tmp_path_factory):
   """tests/multi_device_run.py's results, from one process with 8 CPU devices."""
   import json

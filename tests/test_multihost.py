@@ -5,7 +5,8 @@ reads its rows of every global batch, the state is sharded over all four devices
 SIGTERM sent to process 1 alone stops both at the same step with one collective
 checkpoint, the same command resumes from it, evaluation decodes each process's slice
 and gathers it, and only process 0 writes logs and metrics. The reference is the same
-run in this process on one device (test_train checks 1, 4 and 8 devices step by step).
+run in a test process on one device (conftest's `reference_run`; test_train checks 1 and 8
+devices, and 4 with the state sharded, step by step).
 """
 
 import json
@@ -20,12 +21,10 @@ import time
 import numpy as np
 import pytest
 
-from pix2seq_jax.train import loop
-from tests.tiny import ROOT, main_command, main_config
+from tests.tiny import REFERENCE_STEPS as STEPS
+from tests.tiny import ROOT, main_command
 
 pytestmark = pytest.mark.slow
-
-STEPS = 6
 
 
 def _free_port() -> int:
@@ -78,17 +77,8 @@ def _two_processes(command, signal_process_1_after: str | None = None):
   return list(zip(codes, errors))
 
 
-@pytest.fixture(scope='module')
-def reference(shapes_dir, tmp_path_factory):
-  """The same run, in this process on one device."""
-  workdir = str(tmp_path_factory.mktemp('reference'))
-  config = main_config(shapes_dir, steps=STEPS, checkpoint_every=2)
-  config.eval.max_images = 6
-  loop.train_and_evaluate(config, workdir)
-  return workdir
-
-
-def test_two_processes_of_two_devices_equal_one_process(reference, shapes_dir, tmp_path):
+def test_two_processes_of_two_devices_equal_one_process(reference_run, shapes_dir, tmp_path):
+  reference = reference_run  # tiny.reference_config: evaluated on 6 images, as below
   multi = str(tmp_path / 'multi')
   command = main_command(multi, shapes_dir, steps=STEPS, checkpoint_every=2) + [
       '--config.eval.max_images=6', '--config.train.shard_params=True']

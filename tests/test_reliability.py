@@ -1,8 +1,9 @@
 """Interrupted runs lose nothing: exact resume after SIGKILL, a checkpoint on SIGTERM/SIGINT,
 a stop without saving on a non-finite loss; bad input is refused before any work.
 
-The uninterrupted reference and the SIGTERM/SIGINT runs train in this process (a thread
-sends the signal to it); the SIGKILL run is a real main.py process, resumed by main.py.
+The uninterrupted reference (conftest's `reference_run`) and the SIGTERM/SIGINT runs train
+in a test process (a thread sends the signal to it); the SIGKILL run is a real main.py
+process, resumed in the test process.
 """
 
 import json
@@ -22,9 +23,8 @@ import pytest
 from pix2seq_jax.evaluation import evaluator
 from pix2seq_jax.parallel import mesh as mesh_lib
 from pix2seq_jax.train import checkpoints, loop, preemption, step as step_lib
+from tests.tiny import REFERENCE_STEPS as STEPS
 from tests.tiny import ROOT, main_command, main_config, run_main, tiny_config
-
-STEPS = 8
 
 
 def _run(command, **kwargs):
@@ -75,13 +75,9 @@ def _assert_same_run(workdir: str, reference: str) -> None:
 
 
 @pytest.fixture(scope='module')
-def uninterrupted(tmp_path_factory, shapes_dir):
-  """main_command's run, trained in this process without interruption."""
-  workdir = str(tmp_path_factory.mktemp('uninterrupted'))
-  # Saved once, at the end: how often a run saves does not change what it computes.
-  loop.train_and_evaluate(main_config(shapes_dir, steps=STEPS, checkpoint_every=STEPS),
-                          workdir)
-  return workdir
+def uninterrupted(reference_run):
+  """main_command's run of STEPS steps, trained in a test process without interruption."""
+  return reference_run
 
 
 @pytest.fixture(scope='module')

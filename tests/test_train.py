@@ -218,11 +218,11 @@ def one_device_losses():
 
 @pytest.mark.slow
 @pytest.mark.xdist_group('multi_device')
-def test_one_four_and_eight_devices_give_the_same_losses(multi_device_run, one_device_losses):
-  """The same batches on one device here, and on meshes of 4 and 8 of a process with 8."""
+def test_one_and_eight_devices_give_the_same_losses(multi_device_run, one_device_losses):
+  """The same batches on one device here, and on a mesh of 8 of a process with 8 (the
+  sharded test below runs on a mesh of 4 of them)."""
   one = one_device_losses
-  for devices in ('4', '8'):
-    np.testing.assert_allclose(multi_device_run['losses'][devices], one, rtol=1e-4)
+  np.testing.assert_allclose(multi_device_run['losses']['8'], one, rtol=1e-4)
   assert one[2] != one[0]  # the steps really trained
 
 

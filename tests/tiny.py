@@ -87,6 +87,18 @@ def main_config(shapes_dir: str, steps: int, checkpoint_every: int) -> ml_collec
   return config
 
 
+REFERENCE_STEPS = 8
+
+
+def reference_config(shapes_dir: str) -> ml_collections.ConfigDict:
+  """`main_command`'s run of REFERENCE_STEPS steps as one test process trains it: saved
+  once, at the end (how often a run saves does not change what it computes), and
+  evaluated on 6 images."""
+  config = main_config(shapes_dir, steps=REFERENCE_STEPS, checkpoint_every=REFERENCE_STEPS)
+  config.eval.max_images = 6
+  return config
+
+
 def load_main_module():
   """main.py as a module, to run its command line in this process."""
   spec = importlib.util.spec_from_file_location('pix2seq_main', os.path.join(ROOT, 'main.py'))
