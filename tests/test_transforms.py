@@ -2,19 +2,24 @@
 
 import io
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
 from pix2seq_jax import vocab as vocab_lib
-from pix2seq_jax.data import sequences, transforms
+from pix2seq_jax.data import canvas, sequences, transforms
 
 SEED = tf.constant([7, 11], tf.int64)
 
 
 def _image(height=30, width=50, seed=0):
   return tf.constant(np.random.default_rng(seed).uniform(size=(height, width, 3)), tf.float32)
+
+
+def _pixels(height=30, width=50, seed=0):
+  return tf.constant(np.random.default_rng(seed).integers(0, 256, (height, width, 3)), tf.uint8)
 
 
 BOXES = tf.constant([[0.1, 0.2, 0.5, 0.6], [0.3, 0.0, 0.9, 0.4], [0.0, 0.5, 1.0, 1.0]])
@@ -33,6 +38,13 @@ CASES = {
     'decode_jpeg': (transforms.decode_image, (_encoded('JPEG'),)),
     'decode_png': (transforms.decode_image, (_encoded('PNG'),)),
     'decode_grey_png': (transforms.decode_image, (_encoded('PNG', 'L'),)),
+    'decode_pixels': (transforms.decode_pixels, (_encoded('JPEG'),)),
+    'resize_pixels': (lambda p: transforms.resize_pixels_longest_side(p, 64), (_pixels(),)),
+    'resize_pixels_shrink': (lambda p: transforms.resize_pixels_longest_side(p, 20),
+                             (_pixels(),)),
+    'scale_jitter_and_crop': (lambda p, b, l: transforms.random_scale_jitter_and_crop(
+        p, b, l, 40, SEED, SEED + 1, 0.3, 2.0), (_pixels(), BOXES, LABELS)),
+    'pad_pixels': (lambda p, b: transforms.pad_to_canvas(p, b, 64), (_pixels(), BOXES)),
     'resize': (lambda im: transforms.resize_longest_side(im, 64), (_image(),)),
     'flip': (lambda im, b: transforms.random_horizontal_flip(im, b, SEED), (_image(), BOXES)),
     'pad': (lambda im, b: transforms.pad_to_canvas(im, b, 64), (_image(), BOXES)),
@@ -120,3 +132,68 @@ def test_shuffle_is_a_joint_permutation():
   order = [list(LABELS.numpy()).index(l) for l in labels.numpy()]
   assert sorted(order) == [0, 1, 2]
   np.testing.assert_array_equal(boxes.numpy(), BOXES.numpy()[order])
+
+
+def _fold(seed, op):
+  return tf.random.experimental.stateless_fold_in(tf.constant([seed, 5], tf.int64), op)
+
+
+@pytest.mark.parametrize('shape', [(48, 61), (53, 17), (40, 25), (9, 70), (90, 43), (1, 30)])
+def test_jitter_and_crop_on_pixels_equals_jitter_then_crop_in_float(shape):
+  """The same boxes, labels and scale as the float transforms with the same seeds, and
+  their pixels to within the rounding to uint8 (half a level), eagerly and in tf.data;
+  both shrinking and enlarging occur over the shapes and seeds."""
+  size, rng = 40, np.random.default_rng(shape[0])
+  pixels = tf.constant(rng.integers(0, 256, (*shape, 3)), tf.uint8)
+  corners = np.sort(rng.uniform(size=(6, 2, 2)), axis=1)  # [N, (min, max), (y, x)]
+  boxes = tf.constant(corners.transpose(0, 2, 1).reshape(6, 4)[:, [0, 2, 1, 3]], tf.float32)
+  labels = tf.range(6)
+  fn = lambda p, b, l, seed: transforms.random_scale_jitter_and_crop(
+      p, b, l, size, _fold(seed, 1), _fold(seed, 2), 0.3, 2.0)
+  for seed in range(8):
+    reference, scale = transforms.random_scale_jitter(transforms.to_float(pixels), size,
+                                                      _fold(seed, 1), 0.3, 2.0)
+    reference, ref_boxes, ref_labels = transforms.random_crop(reference, boxes, labels, size,
+                                                              _fold(seed, 2))
+    eager = fn(pixels, boxes, labels, seed)
+    in_dataset = next(iter(tf.data.Dataset.from_tensors((pixels, boxes, labels)).map(
+        lambda p, b, l: fn(p, b, l, seed))))
+    for got, got_boxes, got_labels, got_scale in (eager, in_dataset):
+      assert got.dtype == tf.uint8 and got.shape == reference.shape
+      np.testing.assert_array_equal(got_boxes.numpy(), ref_boxes.numpy())
+      np.testing.assert_array_equal(got_labels.numpy(), ref_labels.numpy())
+      assert float(got_scale) == float(scale)
+      error = np.abs(got.numpy().astype(np.float32) - reference.numpy() * 255).max()
+      assert error <= 0.5 + 1e-3, error
+
+
+@pytest.mark.parametrize('size', [32, 64, 160])  # shrink, same size, grow
+def test_resize_of_pixels_equals_the_float_resize_rounded(size):
+  pixels = _pixels(48, 64, seed=size)
+  want, want_scale = transforms.resize_longest_side(transforms.to_float(pixels), size)
+  got, scale = transforms.resize_pixels_longest_side(pixels, size)
+  assert got.dtype == tf.uint8 and got.shape == want.shape and float(scale) == float(want_scale)
+  error = np.abs(got.numpy().astype(np.float32) - want.numpy() * 255)
+  assert error.max() <= 0.5 + 1e-3
+  if size == 64:  # unchanged size: the pixels themselves
+    np.testing.assert_array_equal(got.numpy(), pixels.numpy())
+
+
+def test_pixels_are_zero_padded_and_model_images_fill_the_pad_value():
+  """The uint8 canvas and its extent give, on the device, the float canvas that
+  `pad_to_canvas` makes of the float image (which rounds x - 0.3 + 0.3 by an ulp)."""
+  pixels = _pixels(30, 50)
+  padded, boxes = transforms.pad_to_canvas(pixels, BOXES, 64)
+  want, want_boxes = transforms.pad_to_canvas(transforms.to_float(pixels), BOXES, 64)
+  assert padded.dtype == tf.uint8 and int(tf.reduce_max(padded[30:])) == 0
+  np.testing.assert_array_equal(boxes.numpy(), want_boxes.numpy())
+  other = np.asarray(transforms.pad_to_canvas(_pixels(64, 20, seed=1), BOXES, 64)[0])
+  batch = {'image': np.stack([padded.numpy(), other]), 'extent': np.array([[30, 50], [64, 20]])}
+  images = np.asarray(jax.jit(canvas.model_images)(batch))
+  assert images.dtype == np.float32
+  np.testing.assert_allclose(images[0], want.numpy(), rtol=0, atol=1e-7)
+  np.testing.assert_array_equal(images[0, 30:], np.float32(canvas.PAD_VALUE))
+  np.testing.assert_array_equal(images[0, :30, :50], transforms.to_float(pixels).numpy())
+  np.testing.assert_array_equal(images[1, :, 20:], np.float32(canvas.PAD_VALUE))
+  float_batch = {'image': want.numpy()[None]}
+  np.testing.assert_array_equal(canvas.model_images(float_batch), float_batch['image'])

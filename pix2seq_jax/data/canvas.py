@@ -13,16 +13,38 @@ the smallest of a few canvases, S x S and S x (i * S / k) for i < k in both
 orientations (sides rounded up to the backbone stride), so a wide image costs about
 its own area and every image size maps to one of 2k - 1 shapes, each compiled once.
 The kept pixels, and their 2D positions, are exactly those of the S x S canvas.
+
+Training batches carry the canvas as uint8 pixels, zero-padded, with each image's
+extent; `model_images` turns them into this float32 canvas on the device.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 PAD_VALUE = 0.3
+
+
+def model_images(batch: Mapping[str, Any]) -> jax.Array:
+  """The model's float32 images [B, H, W, 3] of a batch (inside jit, on the device).
+
+  A training batch's uint8 `image` [B, H, W, 3] becomes x * float32(1/255) (TensorFlow's
+  uint8 to float32 conversion) inside each row's `extent` [B, 2] (height, width) and
+  PAD_VALUE outside it; float32 images (evaluation, the Predictor) are returned as they are.
+  """
+  images = batch['image']
+  if images.dtype != jnp.uint8:
+    return images
+  extent = batch['extent']  # [B, 2]
+  rows = jnp.arange(images.shape[1])[None, :, None] < extent[:, None, 0, None]  # [B, H, 1]
+  cols = jnp.arange(images.shape[2])[None, None, :] < extent[:, None, None, 1]  # [B, 1, W]
+  pixels = images.astype(jnp.float32) * np.float32(1 / 255)
+  return jnp.where((rows & cols)[..., None], pixels, np.float32(PAD_VALUE))
 
 
 def canvas_shapes(size: int, stride: int, buckets: int = 1) -> list[tuple[int, int]]:

@@ -7,7 +7,10 @@ s * global indices before any image is read. Random transforms are seeded by the
 example's position in the stream, so any number of processes sees the same global batch.
 
 Every batch holds:
-  image          float32 [B, S, S, 3] in [0, 1], padded bottom/right
+  image          training: uint8 [B, S, S, 3], zero-padded bottom/right, with
+                 extent int32 [B, 2] (the image's height and width on the canvas);
+                 `canvas.model_images` makes the model's float32 input on the device
+                 evaluation: float32 [B, S, S, 3] in [0, 1], padded with PAD_VALUE
   input_tokens   int32 [B, L]   target_tokens int32 [B, L]   loss_weights float32 [B, L]
   image_id       int64 [B]      original_size int32 [B, 2] (h, w)   scale float32 [B]
   mask           bool [B]       (eval only: False on padding examples)
@@ -48,27 +51,32 @@ def preprocess(tables: dict[str, tf.Tensor], index: tf.Tensor, data: ml_collecti
 
   Training: scale jitter and random crop (`data.scale_jitter`), flip (`data.random_flip`),
   object shuffling, padding, and sequence augmentation (`data.noise_objects`,
-  `data.corrupt_classes`). Evaluation (`seed` None): resize the longest side, pad.
+  `data.corrupt_classes`), on uint8 pixels (the image is uint8 and zero-padded, with its
+  `extent`). Evaluation (`seed` None): resize the longest side, pad, in float32.
   """
   boxes = tables['boxes'][index]
   labels = tables['labels'][index]
-  image = transforms.decode_image(tf.io.read_file(tables['path'][index]))
-  image = transforms.apply_exif_orientation(image, tables['orientation'][index])
-  image = transforms.resize_to(image, tables['size'][index])  # a no-op unless image_check fixed it
+  pixels = transforms.decode_pixels(tf.io.read_file(tables['path'][index]))
+  pixels = transforms.apply_exif_orientation(pixels, tables['orientation'][index])
+  # float32 [0, 1] for evaluation, uint8 for training; resize_to is a no-op unless
+  # image_check found the file at another size.
+  image = transforms.resize_to(pixels if seed is not None else transforms.to_float(pixels),
+                               tables['size'][index])
   original_size = tf.shape(image)[:2]
-  fold = lambda op: tf.random.experimental.stateless_fold_in(seed, op)
-  if seed is not None and data.scale_jitter:
-    image, scale = transforms.random_scale_jitter(image, data.image_size, fold(_SCALE_OP),
-                                                  data.scale_min, data.scale_max)
-    image, boxes, labels = transforms.random_crop(image, boxes, labels, data.image_size,
-                                                  fold(_CROP_OP))
-  else:
+  if seed is None:
     image, scale = transforms.resize_longest_side(image, data.image_size)
-  if seed is not None:
+  else:
+    fold = lambda op: tf.random.experimental.stateless_fold_in(seed, op)
+    if data.scale_jitter:
+      image, boxes, labels, scale = transforms.random_scale_jitter_and_crop(
+          image, boxes, labels, data.image_size, fold(_SCALE_OP), fold(_CROP_OP),
+          data.scale_min, data.scale_max)
+    else:
+      image, scale = transforms.resize_pixels_longest_side(image, data.image_size)
     if data.random_flip:
       image, boxes = transforms.random_horizontal_flip(image, boxes, fold(_FLIP_OP))
     boxes, labels = transforms.shuffle_objects(boxes, labels, fold(_ORDER_OP))
-  extent = tf.cast(tf.shape(image)[:2], tf.float32) / data.image_size  # before padding
+  extent = tf.shape(image)[:2]  # before padding
   image, boxes = transforms.pad_to_canvas(image, boxes, data.image_size)
   augment = seed is not None
   example = sequences.build_sequences(
@@ -77,9 +85,11 @@ def preprocess(tables: dict[str, tf.Tensor], index: tf.Tensor, data: ml_collecti
       noise_objects=augment and data.noise_objects,
       corrupt_classes=augment and data.corrupt_classes,
       noise_coord_weight=data.noise_coord_weight, noise_class_weight=data.noise_class_weight,
-      extent=extent)
+      extent=tf.cast(extent, tf.float32) / data.image_size)
   example.update(image=image, image_id=tables['image_id'][index],
                  original_size=original_size, scale=scale)
+  if augment:
+    example['extent'] = extent
   return example
 
 
