@@ -3,6 +3,7 @@
   python benchmarks/decode.py                     # the seed's sizes: R50, 512 px, 6+6 x 256
   python benchmarks/decode.py --batch_size=64 --objects=100 --skip_recompute   # GPU sizes
 
+Compiled as the project compiles inference (xla_cpu_flags.inference_compiler_options).
 Measured, after compilation, as the median of --repeats calls on a device-resident image:
   b1       one image generating 5 * objects + 1 tokens (the seed: 20 objects, 101 tokens)
   bN       the same at --batch_size, per image
@@ -16,6 +17,7 @@ EOS at the last position. Prints one line per measurement and, last, one JSON ob
 
 import argparse
 import datetime
+import functools
 import json
 import platform
 import statistics
@@ -26,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax import xla_cpu_flags
 from pix2seq_jax.config import default
 from pix2seq_jax.inference import decoding, detections
 from pix2seq_jax.models import build
@@ -67,18 +70,19 @@ def main() -> None:
   model = build.build_model(config, vocab, nnx.Rngs(0))
   model.decoder.output_bias[...] = model.decoder.output_bias[...].at[vocab_lib.EOS].set(-1e9)
   graphdef, state = nnx.split(model)
+  options = xla_cpu_flags.inference_compiler_options(jax.default_backend())
 
   def infer(objects: int, step: str):
     length = vocab_lib.sequence_length(objects)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=options)
     def run(state, images):
       out = decoding.decode(nnx.merge(graphdef, state), images, vocab, length=length,
                             step=step, prefix_block=args.prefix_block)
       return decoding.detection_outputs(out, vocab) + (out.position,)
     return run
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=options)
   def encode(state, images):
     return nnx.merge(graphdef, state).encode(images, train=False)
 
@@ -94,7 +98,7 @@ def main() -> None:
 
   result = {'variant': args.variant, 'image_size': size, 'dtype': 'float32',
             'objects': args.objects, 'tokens': int(steps), 'batch_size': args.batch_size,
-            'prefix_block': args.prefix_block,
+            'prefix_block': args.prefix_block, 'compiler_options': options,
             'backend': jax.default_backend(), 'device': str(jax.devices()[0].device_kind),
             'host': platform.node(), 'date': datetime.date.today().isoformat()}
   result['seconds_per_image_b1'] = _median_seconds(lambda: run_short(state, one), args.repeats)

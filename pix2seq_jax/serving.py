@@ -19,7 +19,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from pix2seq_jax import compilation_cache
+from pix2seq_jax import compilation_cache, xla_cpu_flags
 from pix2seq_jax.data import canvas
 from pix2seq_jax.inference import detections, images as images_lib
 
@@ -79,7 +79,9 @@ class ExportedDetector:
         except Exception as e:  # noqa: BLE001  (flatbuffer and MLIR errors vary)
           raise ExportError(f'{path} cannot be read by jax {jax.__version__} ({e}): export '
                             'the workdir again with this version.') from None
-      self._programs[tuple(entry['shape'])] = jax.jit(exported.call)
+      self._programs[tuple(entry['shape'])] = jax.jit(
+          exported.call, compiler_options=xla_cpu_flags.inference_compiler_options(
+              jax.default_backend()))
     self.size = int(self.manifest['canvas_size'])
     self.canvas_shapes = [tuple(entry['shape']) for entry in self.manifest['canvases']]
     self.category_names = {c['id']: c['name'] for c in self.manifest['categories']}

@@ -9,14 +9,23 @@ XLA reads XLA_FLAGS once, when JAX starts its CPU backend, so the flag is added 
 environment at import, before any backend starts; a process that started one earlier
 keeps its settings. A value the user set in XLA_FLAGS is kept as it is. GPU and TPU
 backends ignore these flags; child processes inherit them (TensorFlow's XLA knows them).
+
+Inference programs (decoding, teacher-forced logits, exported detectors run by
+`serving.load`) are compiled on CPU with INFERENCE_OPTIONS as well:
+`xla_cpu_experimental_ynn_fusion_type` empty leaves their dots to XLA's own emitters
+instead of YNNPACK fusions, which run the decoder's small per-token matrix products
+(a handful of rows) and the encoder slower on this project's CPU, while they speed up the
+train step's large ones, which keeps XLA's default (BENCHMARKS.md, "XLA:CPU inference
+options"). An option set in XLA_FLAGS is left to XLA_FLAGS.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 
 DEFAULTS = {'--xla_cpu_multi_thread_eigen': 'false'}
+INFERENCE_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
 
 
 def apply_defaults(environ: MutableMapping[str, str] = os.environ) -> list[str]:
@@ -26,3 +35,13 @@ def apply_defaults(environ: MutableMapping[str, str] = os.environ) -> list[str]:
   if added:
     environ['XLA_FLAGS'] = ' '.join([flags, *added]).strip()
   return added
+
+
+def inference_compiler_options(platform: str,
+                               environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+  """`compiler_options` for an inference program on `platform` (a device's platform)."""
+  if platform != 'cpu':
+    return {}
+  flags = environ.get('XLA_FLAGS', '')
+  return {name: value for name, value in INFERENCE_OPTIONS.items()
+          if f'--{name}' not in flags}

@@ -83,6 +83,9 @@ def test_new_image_sizes_reuse_the_compiled_canvases(tiny_workdir):
   more = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(31, 77), (77, 31)]]
   predictor(more)
   assert predictor.compilations == 3
+  # Compiled with the CPU inference options (xla_cpu_flags.py): no YNNPACK fusions.
+  programs = [e.as_text() for e in predictor._decode._executables.values()]
+  assert len(programs) >= 3 and not any('ynn_fusion' in text for text in programs)
   for per_image, (h, w) in zip(found, sizes):
     for det in per_image:
       x, y, bw, bh = det['bbox']

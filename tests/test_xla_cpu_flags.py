@@ -32,3 +32,23 @@ def test_a_process_importing_the_package_starts_xla_with_its_flags_and_the_users
   assert flags == ('--xla_force_host_platform_device_count=3 '
                    '--xla_cpu_multi_thread_eigen=false')
   assert devices == '3'  # the user's flag still applies
+
+
+def test_inference_options_apply_on_cpu_unless_xla_flags_sets_them():
+  assert xla_cpu_flags.inference_compiler_options('cpu', {}) == xla_cpu_flags.INFERENCE_OPTIONS
+  assert xla_cpu_flags.inference_compiler_options('gpu', {}) == {}
+  user = {'XLA_FLAGS': '--xla_cpu_experimental_ynn_fusion_type=individual_dot'}
+  assert xla_cpu_flags.inference_compiler_options('cpu', user) == {}
+
+
+def test_the_inference_options_turn_off_the_ynnpack_dot_fusion_of_xlas_default():
+  """A dot that XLA:CPU hands to YNNPACK by default (as the train step's are) is left to
+  XLA's own emitter under the inference options (the Predictor's use: test_predict)."""
+  import jax
+  import jax.numpy as jnp
+
+  x, w = jnp.ones((8, 256)), jnp.ones((256, 256))
+  lowered = jax.jit(jnp.matmul).lower(x, w)
+  assert 'ynn_fusion' in lowered.compile().as_text()  # XLA's default on this jax
+  options = xla_cpu_flags.inference_compiler_options('cpu', {})
+  assert 'ynn_fusion' not in lowered.compile(compiler_options=options).as_text()

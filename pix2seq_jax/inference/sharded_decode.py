@@ -11,7 +11,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from pix2seq_jax import jit_cache
+from pix2seq_jax import jit_cache, xla_cpu_flags
 from pix2seq_jax import vocab as vocab_lib
 from pix2seq_jax.config import resolve
 from pix2seq_jax.inference import decoding
@@ -24,7 +24,8 @@ class DecodeFn:
   The outputs are `decoding.detection_outputs`, ready for `detections.parse`,
   sharded over the batch like the images. Parameters may come replicated or sharded
   (train.shard_params): they are gathered inside. Each new image shape is compiled once,
-  ahead of time, for the parameters' placement at that first call; `compilations`
+  ahead of time, for the parameters' placement at that first call (with the inference
+  compiler options of xla_cpu_flags.py on CPU); `compilations`
   counts them. DecodeFns of one model and decode settings in a process share their
   executables (jit_cache.py).
   """
@@ -40,6 +41,7 @@ class DecodeFn:
         ('decode', graphdef, vocab, mesh, settings),
         lambda: (_jitted_decode(graphdef, vocab, mesh, *settings), {}))
     self._shapes: set = set()
+    self._options = xla_cpu_flags.inference_compiler_options(mesh.devices.flat[0].platform)
 
   @property
   def compilations(self) -> int:
@@ -53,7 +55,8 @@ class DecodeFn:
     key = (images.shape, images.dtype)
     self._shapes.add(key)
     if key not in self._executables:
-      self._executables[key] = self._jitted.lower(params, batch_stats, images, rng).compile()
+      self._executables[key] = self._jitted.lower(params, batch_stats, images, rng).compile(
+          compiler_options=self._options)
     return self._executables[key](params, batch_stats, images, rng)
 
 
