@@ -1,4 +1,4 @@
-"""The CPU default: the tiny model on synthetic shapes at 96 px, about 15 minutes on 2 cores."""
+"""The CPU default: the tiny model on synthetic shapes at 96 px, 13-25 minutes on 2 cores."""
 
 from pix2seq_jax.config import default
 
