@@ -237,6 +237,7 @@ def test_a_split_with_no_readable_image_is_refused(tmp_path):
 def test_training_on_bad_data_skips_names_and_counts(bad_dataset, tmp_path, caplog):
   images_dir, path, ids = bad_dataset
   config = tiny_config('unused')
+  config.model.variant = 'vit_nano'  # the smallest model: the test is about the data
   config.data.source = 'coco_files'
   config.data.train_images = config.data.val_images = images_dir
   config.data.train_annotations = config.data.val_annotations = path

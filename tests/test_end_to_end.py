@@ -69,6 +69,7 @@ def test_train_resume_eval_predict_on_shapes(tiny_workdir, shapes_dir, tmp_path)
 def test_coco_tiny_detections_use_the_files_category_ids(tmp_path):
   root = shared_path('coco_tiny')
   config = tiny_config('unused')
+  config.model.variant = 'vit_nano'  # the smallest model: the test is about the file's ids
   config.data.source = 'coco_files'
   config.data.coco_dir = root
   config.data.max_instances = 20

@@ -17,10 +17,17 @@ import subprocess
 import tempfile
 import threading
 import time
+from typing import Callable
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
+from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax.models import build
+from pix2seq_jax.parallel import mesh as mesh_lib
+from tests import tiny
 from tests.tiny import REFERENCE_STEPS as STEPS
 from tests.tiny import ROOT, main_command
 
@@ -42,9 +49,20 @@ def _losses(log):
   return [e['loss'] for e in log if 'loss' in e]
 
 
-def _two_processes(command, signal_process_1_after: str | None = None):
+def _trained(workdir: str, steps: int) -> bool:
+  """Whether process 0 has logged the loss of step `steps` (a line still being written
+  is not read)."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    lines = [line for line in f if line.endswith('\n')]
+  return any('"loss"' in line and json.loads(line)['step'] >= steps for line in lines)
+
+
+def _two_processes(command, signal_process_1_when: Callable[[], bool] | None = None):
   """Runs `command` as processes 0 and 1 of 2 (2 CPU devices each); with
-  `signal_process_1_after`, sends SIGTERM to process 1 once that path exists.
+  `signal_process_1_when`, sends SIGTERM to process 1 once it returns True.
   Returns [(exit code, stderr)] per process."""
   address = f'localhost:{_free_port()}'
   env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=2')
@@ -57,13 +75,13 @@ def _two_processes(command, signal_process_1_after: str | None = None):
 
   def signal_later():
     deadline = time.time() + 600
-    while not os.path.exists(signal_process_1_after) and time.time() < deadline:
+    while not signal_process_1_when() and time.time() < deadline:
       if processes[1].poll() is not None:
         return
       time.sleep(0.02)
     processes[1].send_signal(signal.SIGTERM)
 
-  sender = threading.Thread(target=signal_later) if signal_process_1_after else None
+  sender = threading.Thread(target=signal_later) if signal_process_1_when else None
   if sender:
     sender.start()
   codes = [p.wait(timeout=900) for p in processes]
@@ -79,13 +97,19 @@ def _two_processes(command, signal_process_1_after: str | None = None):
 
 def test_two_processes_of_two_devices_equal_one_process(reference_run, shapes_dir, tmp_path):
   reference = reference_run  # tiny.reference_config: evaluated on 6 images, as below
+  config = tiny.frozen(tiny.reference_config(shapes_dir))
+  vocab = vocab_lib.for_categories('compact', range(1, 10), config.data.num_bins)  # shapes'
+  sizes = [x.size for x in jax.tree.leaves(nnx.state(build.abstract_model(config, vocab)))]
+  assert max(sizes) >= mesh_lib.MIN_SHARDED_SIZE  # shard_params below splits an array
   multi = str(tmp_path / 'multi')
-  command = main_command(multi, shapes_dir, steps=STEPS, checkpoint_every=2) + [
+  # Saved only on the signal and at the end: each collective save costs both processes.
+  command = main_command(multi, shapes_dir, steps=STEPS, checkpoint_every=STEPS) + [
       '--config.eval.max_images=6', '--config.train.shard_params=True']
-  stopped = _two_processes(command, os.path.join(multi, 'checkpoints', '2'))
+  stopped = _two_processes(command, lambda: _trained(multi, 2))
   for code, err in stopped:
     assert code == 128 + signal.SIGTERM, err[-3000:]
   saved = sorted(int(d) for d in os.listdir(os.path.join(multi, 'checkpoints')) if d.isdigit())
+  assert len(saved) == 1, saved  # the signal's save
   stopped_at = saved[-1]
   assert 2 <= stopped_at < STEPS, saved
   for _, err in stopped:  # process 0 stopped too, at the step process 1 did

@@ -29,8 +29,9 @@ def tiny_config(data_dir: str) -> ml_collections.ConfigDict:
   """The tiny model on 64-px shapes: a train step compiles and runs in seconds.
 
   Its model, vocabulary (9 shapes classes, 64 bins) and batches are those of
-  `main_config` and of tests/multi_device_run.py, so that tests share compiled programs
-  (the optimizer's values and the seed, which differ, are inputs of the step).
+  tests/multi_device_run.py, so that tests share compiled programs (the optimizer's values
+  and the seed, which differ, are inputs of the step). `main_config` has the same data and
+  batches with the smaller `vit_nano` model.
   """
   config = default.get_config()
   config.data.source = 'shapes'
@@ -59,10 +60,20 @@ def frozen(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict
 
 
 def main_overrides(shapes_dir: str, steps: int, checkpoint_every: int) -> list[str]:
-  """configs/shapes.py overridden to tiny_config's model and sizes."""
+  """configs/shapes.py overridden to tiny_config's sizes, 512 bins and the `vit_nano` model.
+
+  The tests that start main.py processes (kill and resume, two processes) run these: each
+  process traces its programs anew and, but for process 0, compiles them anew (JAX writes
+  the persistent cache from process 0 only, under a key naming the process's devices), so
+  they take the smallest model, whose programs trace, compile and run several times
+  faster than tiny_config's. Batch statistics in checkpoints are checked on the tiny
+  ResNet by tests/test_train.py. 512 bins make the token embedding (525 x 32) the one
+  array large enough to be split when the state is sharded (mesh.MIN_SHARDED_SIZE).
+  """
   return [f'--config.data.shapes_dir={shapes_dir}', '--config.data.shapes_num_train=24',
           '--config.data.shapes_num_val=6', '--config.data.image_size=64',
-          '--config.data.max_instances=8', '--config.data.num_bins=64',
+          '--config.data.max_instances=8', '--config.data.num_bins=512',
+          '--config.model.variant=vit_nano',
           '--config.model.dropout=0.1', '--config.model.drop_path=0.1',
           '--config.train.batch_size=8', f'--config.train.steps={steps}',
           '--config.train.warmup_steps=2', '--config.train.log_every=1',
