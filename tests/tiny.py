@@ -68,7 +68,7 @@ def main_overrides(shapes_dir: str, steps: int, checkpoint_every: int) -> list[s
   they take the smallest model, whose programs trace, compile and run several times
   faster than tiny_config's. Batch statistics in checkpoints are checked on the tiny
   ResNet by tests/test_train.py. 512 bins make the token embedding (525 x 32) the one
-  array large enough to be split when the state is sharded (mesh.MIN_SHARDED_SIZE).
+  array large enough to be split when the state is sharded (mesh.leaf_sharding).
   """
   return [f'--config.data.shapes_dir={shapes_dir}', '--config.data.shapes_num_train=24',
           '--config.data.shapes_num_val=6', '--config.data.image_size=64',
