@@ -135,7 +135,9 @@ def test_shuffle_is_a_joint_permutation():
 
 
 def _fold(seed, op):
-  return tf.random.experimental.stateless_fold_in(tf.constant([seed, 5], tf.int64), op)
+  """A [2] seed from an int or an int64 scalar tensor (a tf.data element)."""
+  seed = tf.stack([tf.cast(seed, tf.int64), tf.constant(5, tf.int64)])
+  return tf.random.experimental.stateless_fold_in(seed, op)
 
 
 @pytest.mark.parametrize('shape', [(48, 61), (53, 17), (40, 25), (9, 70), (90, 43), (1, 30)])
@@ -150,15 +152,17 @@ def test_jitter_and_crop_on_pixels_equals_jitter_then_crop_in_float(shape):
   labels = tf.range(6)
   fn = lambda p, b, l, seed: transforms.random_scale_jitter_and_crop(
       p, b, l, size, _fold(seed, 1), _fold(seed, 2), 0.3, 2.0)
-  for seed in range(8):
+  seeds = 8
+  # One dataset over the seeds (traced once), element `seed` for seed `seed`.
+  in_dataset = list(tf.data.Dataset.range(seeds).map(
+      lambda seed: fn(pixels, boxes, labels, seed)))
+  for seed in range(seeds):
     reference, scale = transforms.random_scale_jitter(transforms.to_float(pixels), size,
                                                       _fold(seed, 1), 0.3, 2.0)
     reference, ref_boxes, ref_labels = transforms.random_crop(reference, boxes, labels, size,
                                                               _fold(seed, 2))
     eager = fn(pixels, boxes, labels, seed)
-    in_dataset = next(iter(tf.data.Dataset.from_tensors((pixels, boxes, labels)).map(
-        lambda p, b, l: fn(p, b, l, seed))))
-    for got, got_boxes, got_labels, got_scale in (eager, in_dataset):
+    for got, got_boxes, got_labels, got_scale in (eager, in_dataset[seed]):
       assert got.dtype == tf.uint8 and got.shape == reference.shape
       np.testing.assert_array_equal(got_boxes.numpy(), ref_boxes.numpy())
       np.testing.assert_array_equal(got_labels.numpy(), ref_labels.numpy())
