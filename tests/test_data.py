@@ -122,6 +122,30 @@ def test_train_batches_are_deterministic_and_resume_by_step(shapes_dir):
   assert sorted(epoch) == list(range(1, 25))  # each image once per epoch
 
 
+def test_pipelines_of_the_same_settings_share_one_traced_preprocess(shapes_dir):
+  """Equal settings reuse the traced `preprocess`, other settings get their own graph (a
+  smaller image size gives smaller batches), and the traced function's example is the
+  eager `preprocess`'s."""
+  import tensorflow as tf
+  config = tiny_config(shapes_dir)
+  split = sources.load_splits(config.data).train
+  vocab = vocab_lib.Vocabulary(split.categories.num_classes, config.data.num_bins)
+  traced = pipeline.preprocess_fn(config.data, vocab, training=True)
+  assert pipeline.preprocess_fn(tiny_config(shapes_dir).data, vocab, training=True) is traced
+  assert pipeline.preprocess_fn(config.data, vocab, training=False) is not traced
+  record = pipeline.record_at(pipeline._record_tables(split.records), 3)
+  seed = tf.constant([5, 3], tf.int64)
+  eager = pipeline.preprocess(record, config.data, vocab, seed)
+  example = traced(record, seed)
+  assert sorted(example) == sorted(eager)
+  for key in eager:
+    np.testing.assert_array_equal(example[key].numpy(), eager[key].numpy())
+  config.data.image_size = 32
+  assert pipeline.preprocess_fn(config.data, vocab, training=True) is not traced
+  smaller = pipeline.train_batches(split, config.data, vocab, seed=5, local_batch_size=4)
+  assert next(smaller)['image'].shape == (4, 32, 32, 3)
+
+
 def test_processes_read_their_rows_of_the_same_global_batches(shapes_dir):
   """Two processes' local batches side by side are the one-process global batch, pixel
   for pixel (augmentation included), also after resuming."""
@@ -181,7 +205,7 @@ def test_training_pixels_are_the_float_augmentation_rounded_to_uint8():
   for index in range(6):
     seed = tf.constant([3, index], tf.int64)
     fold = lambda op: tf.random.experimental.stateless_fold_in(seed, op)
-    example = pipeline.preprocess(tables, index, config.data, vocab, seed)
+    example = pipeline.preprocess(pipeline.record_at(tables, index), config.data, vocab, seed)
     assert example['image'].dtype == tf.uint8
     got = to_model({'image': example['image'].numpy()[None],
                     'extent': example['extent'].numpy()[None]})[0]
@@ -193,5 +217,5 @@ def test_training_pixels_are_the_float_augmentation_rounded_to_uint8():
     image, _ = transforms.random_horizontal_flip(image, boxes, fold(pipeline._FLIP_OP))
     want, _ = transforms.pad_to_canvas(image, boxes, 160)
     np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=0.5 / 255 + 1e-6)
-  evaluation = pipeline.preprocess(tables, 0, config.data, vocab, None)
+  evaluation = pipeline.preprocess(pipeline.record_at(tables, 0), config.data, vocab, None)
   assert evaluation['image'].dtype == tf.float32 and 'extent' not in evaluation

@@ -18,13 +18,13 @@ Every batch holds:
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax import jit_cache, vocab as vocab_lib
 from pix2seq_jax.data import coco_json, sequences, transforms
 
 _FLIP_OP, _ORDER_OP, _SCALE_OP, _CROP_OP, _SEQUENCE_OP = 1, 2, 3, 4, 5
@@ -45,23 +45,37 @@ def _record_tables(records: list[coco_json.ImageRecord]) -> dict[str, tf.Tensor]
   }
 
 
-def preprocess(tables: dict[str, tf.Tensor], index: tf.Tensor, data: ml_collections.ConfigDict,
+def record_at(tables: dict[str, tf.Tensor], index: tf.Tensor) -> dict[str, tf.Tensor]:
+  """Record `index` of `_record_tables`: path, size [2], orientation, boxes [N, 4],
+  labels [N], image_id."""
+  return {name: tables[name][index]
+          for name in ('path', 'size', 'orientation', 'boxes', 'labels', 'image_id')}
+
+
+_RECORD_SPEC = {
+    'path': tf.TensorSpec([], tf.string), 'size': tf.TensorSpec([2], tf.int32),
+    'orientation': tf.TensorSpec([], tf.int32), 'boxes': tf.TensorSpec([None, 4], tf.float32),
+    'labels': tf.TensorSpec([None], tf.int32), 'image_id': tf.TensorSpec([], tf.int64),
+}
+
+
+def preprocess(record: dict[str, tf.Tensor], data: ml_collections.ConfigDict,
                vocab: vocab_lib.Vocabulary, seed: tf.Tensor | None) -> dict[str, tf.Tensor]:
-  """Reads record `index` and builds one example; `seed` [2] enables training randomness.
+  """Reads a record (`record_at`) and builds one example; `seed` [2] enables training
+  randomness.
 
   Training: scale jitter and random crop (`data.scale_jitter`), flip (`data.random_flip`),
   object shuffling, padding, and sequence augmentation (`data.noise_objects`,
   `data.corrupt_classes`), on uint8 pixels (the image is uint8 and zero-padded, with its
   `extent`). Evaluation (`seed` None): resize the longest side, pad, in float32.
   """
-  boxes = tables['boxes'][index]
-  labels = tables['labels'][index]
-  pixels = transforms.decode_pixels(tf.io.read_file(tables['path'][index]))
-  pixels = transforms.apply_exif_orientation(pixels, tables['orientation'][index])
+  boxes, labels = record['boxes'], record['labels']
+  pixels = transforms.decode_pixels(tf.io.read_file(record['path']))
+  pixels = transforms.apply_exif_orientation(pixels, record['orientation'])
   # float32 [0, 1] for evaluation, uint8 for training; resize_to is a no-op unless
   # image_check found the file at another size.
   image = transforms.resize_to(pixels if seed is not None else transforms.to_float(pixels),
-                               tables['size'][index])
+                               record['size'])
   original_size = tf.shape(image)[:2]
   if seed is None:
     image, scale = transforms.resize_longest_side(image, data.image_size)
@@ -86,11 +100,34 @@ def preprocess(tables: dict[str, tf.Tensor], index: tf.Tensor, data: ml_collecti
       corrupt_classes=augment and data.corrupt_classes,
       noise_coord_weight=data.noise_coord_weight, noise_class_weight=data.noise_class_weight,
       extent=tf.cast(extent, tf.float32) / data.image_size)
-  example.update(image=image, image_id=tables['image_id'][index],
-                 original_size=original_size, scale=scale)
+  example.update(image=image, image_id=record['image_id'], original_size=original_size,
+                 scale=scale)
   if augment:
     example['extent'] = extent
   return example
+
+
+def preprocess_fn(data: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,
+                  training: bool) -> Callable[..., dict[str, tf.Tensor]]:
+  """`preprocess` as a tf.function of (record, seed [2] int64) for training or (record,)
+  for evaluation, traced once per process for each data config and vocabulary.
+
+  Tracing `preprocess` takes about as long as building the rest of a pipeline; every
+  pipeline made from the same settings (a resumed run, a periodic evaluation, the tests)
+  calls this one traced graph. The records are inputs, not captured, so any split and
+  any record table share it.
+  """
+  settings = ml_collections.FrozenConfigDict(data)
+
+  def build():
+    if training:
+      return tf.function(lambda record, seed: preprocess(record, settings, vocab, seed),
+                         input_signature=[_RECORD_SPEC, tf.TensorSpec([2], tf.int64)],
+                         autograph=False)
+    return tf.function(lambda record: preprocess(record, settings, vocab, None),
+                       input_signature=[_RECORD_SPEC], autograph=False)
+
+  return jit_cache.cached(('preprocess', settings, vocab, training), build)
 
 
 def train_batches(split: coco_json.CocoSplit, data: ml_collections.ConfigDict,
@@ -108,10 +145,12 @@ def train_batches(split: coco_json.CocoSplit, data: ml_collections.ConfigDict,
     ds = ds.filter(lambda position, _: (position // local_batch_size) % process_count
                    == process_index)
 
+  example_fn = preprocess_fn(data, vocab, training=True)
+
   @tf.autograph.experimental.do_not_convert  # plain TF ops; converting costs seconds a run
   def _example(position, index):
     example_seed = tf.stack([tf.constant(seed, tf.int64), position])
-    return preprocess(tables, index, data, vocab, seed=example_seed)
+    return example_fn(record_at(tables, index), example_seed)
 
   ds = ds.map(_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(2)
@@ -140,10 +179,12 @@ def eval_batches(split: coco_json.CocoSplit, data: ml_collections.ConfigDict,
   positions = np.arange(total).reshape(-1, process_count, local)[:, process_index].reshape(-1)
   ds = tf.data.Dataset.from_tensor_slices(positions)
 
+  example_fn = preprocess_fn(data, vocab, training=False)
+
   @tf.autograph.experimental.do_not_convert
   def _example(position):
     valid = position < num_images
-    example = preprocess(tables, tf.where(valid, position, 0), data, vocab, seed=None)
+    example = example_fn(record_at(tables, tf.where(valid, position, 0)))
     example['mask'] = valid
     return example
 
