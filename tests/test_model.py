@@ -8,6 +8,7 @@ from flax import nnx
 
 from pix2seq_jax import vocab as vocab_lib
 from pix2seq_jax.models import backbones, build, resnet, transformer, variants, vit
+from pix2seq_jax.models.counted_rngs import CountedRngs
 from tests.tiny import tiny_config
 
 VOCAB = vocab_lib.Vocabulary(num_classes=5, num_bins=64)
@@ -37,11 +38,33 @@ def test_tiny_model_output_shapes(shapes_dir):
   assert np.isfinite(np.asarray(logits)).all()
 
 
+def test_counted_rngs_give_the_parameters_and_dropout_of_nnx_rngs(shapes_dir):
+  """Inside jax.jit, a model built with CountedRngs(key) has nnx.Rngs(key)'s parameters
+  and runs with nnx.Rngs(dropout=key)'s dropout and DropPath masks."""
+  config = tiny_config(shapes_dir)
+  assert config.model.dropout == config.model.drop_path == 0.1
+  key = jax.random.key(3)
+  built = jax.jit(lambda k, make: nnx.state(build.build_model(config, VOCAB, make(k))),
+                  static_argnums=1)
+  reference, counted = built(key, nnx.Rngs), built(key, CountedRngs)
+  assert len(jax.tree.leaves(reference)) == len(jax.tree.leaves(counted)) > 100
+  jax.tree.map(np.testing.assert_array_equal, counted, reference)
+  model = nnx.merge(nnx.graphdef(build.abstract_model(config, VOCAB)), reference)
+  images = jax.random.uniform(jax.random.key(1), (2, 64, 64, 3))
+  tokens = jax.random.randint(jax.random.key(2), (2, vocab_lib.sequence_length(8)), 0,
+                              VOCAB.size)
+  run = nnx.jit(lambda model, make: model(images, tokens, train=True, rngs=make(7)),
+                static_argnums=1)
+  dropped = run(model, CountedRngs)
+  np.testing.assert_array_equal(dropped, run(model, lambda seed: nnx.Rngs(dropout=seed)))
+  assert not np.array_equal(dropped, run(model, lambda seed: None))  # the masks drop
+
+
 @pytest.mark.parametrize('name', sorted(backbones.BACKBONES))
 def test_backbone_strides_match_the_table(name):
-  backbone = nnx.eval_shape(lambda: backbones.BACKBONES[name](rngs=nnx.Rngs(0)))
+  backbone = backbones.abstract_backbone(name)
   assert backbone.stride == backbones.STRIDES[name]
-  features = jax.eval_shape(lambda: backbones.BACKBONES[name](rngs=nnx.Rngs(0))(
+  features = jax.eval_shape(lambda: backbones.BACKBONES[name](rngs=CountedRngs(0))(
       jnp.zeros((1, 64, 64, 3)), train=False))
   assert features.shape[1:3] == (64 // backbone.stride, 64 // backbone.stride)
   assert features.shape[3] == backbone.num_features

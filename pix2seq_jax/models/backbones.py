@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flax import nnx
 
-from pix2seq_jax.models import resnet, vit
+from pix2seq_jax.models import counted_rngs, resnet, vit
 
 BACKBONES = {
     'resnet50': resnet.resnet50,
@@ -21,7 +21,7 @@ STRIDES = {'resnet50': 32, 'resnet50_c4': 16, 'resnet_tiny': 16, 'vit_patch16': 
 
 def abstract_backbone(name: str) -> nnx.Module:
   """The backbone `name` as shapes only (nnx.eval_shape): its structure, no parameters."""
-  return nnx.eval_shape(lambda: BACKBONES[name](rngs=nnx.Rngs(0)))
+  return nnx.eval_shape(lambda: BACKBONES[name](rngs=counted_rngs.CountedRngs(0)))
 
 
 def freeze(backbone, stages: int, batch_norm: bool) -> None:

@@ -7,12 +7,13 @@ from flax import nnx
 
 from pix2seq_jax import jit_cache
 from pix2seq_jax import vocab as vocab_lib
-from pix2seq_jax.models import pix2seq, variants
+from pix2seq_jax.models import counted_rngs, pix2seq, variants
 
 
 def build_model(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,
-                rngs: nnx.Rngs) -> pix2seq.Pix2Seq:
-  """The model of `config.model` for `vocab`, with positions for `data.max_instances`."""
+                rngs: nnx.Rngs | counted_rngs.CountedRngs) -> pix2seq.Pix2Seq:
+  """The model of `config.model` for `vocab`, with positions for `data.max_instances`;
+  `rngs` gives the parameters' keys (CountedRngs when building inside a trace)."""
   model = config.model
   return pix2seq.Pix2Seq(
       variants.get_spec(model.variant), vocab.size,
@@ -35,8 +36,8 @@ def abstract_model(config: ml_collections.ConfigDict,
   seconds); read it, do not modify it.
   """
   return jit_cache.cached(('abstract_model', *_key(config, vocab)),
-                          lambda: nnx.eval_shape(lambda: build_model(config, vocab,
-                                                                     nnx.Rngs(0))))
+                          lambda: nnx.eval_shape(lambda: build_model(
+                              config, vocab, counted_rngs.CountedRngs(0))))
 
 
 def model_graphdef(config: ml_collections.ConfigDict,

@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 
 from pix2seq_jax import jit_cache
 from pix2seq_jax import vocab as vocab_lib
-from pix2seq_jax.models import backbones, build, pretrained, variants
+from pix2seq_jax.models import backbones, build, counted_rngs, pretrained, variants
 from pix2seq_jax.parallel import mesh as mesh_lib
 
 
@@ -35,7 +35,7 @@ def _init_fn(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,
              tx: optax.GradientTransformation) -> Callable[[jax.Array], TrainState]:
   """seed key -> the initial train state (the seed an input, so one program serves all)."""
   def init(seed_key: jax.Array) -> TrainState:
-    model = build.build_model(config, vocab, nnx.Rngs(seed_key))
+    model = build.build_model(config, vocab, counted_rngs.CountedRngs(seed_key))
     _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=batch_stats, opt_state=tx.init(params))

@@ -31,6 +31,7 @@ from jax.sharding import Mesh
 from pix2seq_jax import jit_cache
 from pix2seq_jax.config import resolve
 from pix2seq_jax.data import canvas
+from pix2seq_jax.models import counted_rngs
 from pix2seq_jax.parallel import mesh as mesh_lib
 from pix2seq_jax.train import optimizer
 from pix2seq_jax.train.state import TrainState
@@ -76,7 +77,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], hyperparams: dict
     model = nnx.merge(graphdef, cast_floats(params, compute_dtype), batch_stats,
                       copy=True)  # fresh Variables in this trace
     logits = model(canvas.model_images(micro), micro['input_tokens'], train=True,
-                   rngs=nnx.Rngs(dropout=micro_rng))  # [b, L, V]
+                   rngs=counted_rngs.CountedRngs(micro_rng))  # [b, L, V]
     total, weight = weighted_cross_entropy(logits, micro['target_tokens'],
                                            micro['loss_weights'])
     return total, (weight, nnx.state(model, nnx.BatchStat))
