@@ -2,10 +2,11 @@
 
 Building a train step, an initialiser or a decoder twice in one process (a resumed run,
 an evaluation after training, a notebook making a second Predictor, the tests) would
-otherwise trace it again, and tracing a model costs seconds. The tf.data pipelines keep
-their traced per-example function here too (`pipeline.preprocess_fn`). Keys hold only what shapes
+otherwise trace it again, and tracing a model costs seconds. Keys hold only what shapes
 the program (graphdef, mesh, dtypes, decode settings); values such as the learning rate
-or the seed are inputs of the programs, not part of the key.
+or the seed are inputs of the programs, not part of the key. The tf.data pipelines keep
+their traced per-example function here too (`pipeline.preprocess_fn`, keyed by the whole
+data config and the vocabulary).
 """
 
 from __future__ import annotations
