@@ -3,11 +3,15 @@
   python benchmarks/train_step.py --variant=r50 --image_size=512 --batch_size=2 --objects=20 \
       [--compute_dtype=bfloat16] [--grad_accum_steps=K] \
       [--frozen_backbone_stages=2 --frozen_batch_norm]   # the seed's (DETR's) fine-tuning
+      [--parts]   # also the forward + backward time of the backbone and of the encoder
 
 Prints one line per setting and, last, one JSON object with seconds_per_step,
 images_per_second, XLA's FLOP count per step, the matmul peak measured in this run
 (square matmuls in the compute dtype, accumulating in float32; the best of several sizes)
-and flop_utilization = achieved FLOP/s / that peak.
+and flop_utilization = achieved FLOP/s / that peak. With --parts, where the step's time
+goes: the gradient of a sum over the backbone's features, over the encoder's memory
+(backbone included) and over the whole model's log-probabilities, each jitted alone
+(train-mode batch norm, float32, no optimizer update).
 """
 
 import argparse
@@ -17,6 +21,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from pix2seq_jax import vocab as vocab_lib
 from pix2seq_jax.config import default, resolve
@@ -41,6 +46,35 @@ def matmul_peak(dtype: str, sizes=(1024, 2048, 4096), repeats: int = 5) -> float
   return best
 
 
+def _best_seconds(fn, *args, repeats: int = 3, calls: int = 10) -> float:
+  """The best mean seconds per call of `fn(*args)` over `repeats` rounds of `calls`."""
+  jax.block_until_ready(fn(*args))
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(calls):
+      out = fn(*args)
+    jax.block_until_ready(out)
+    best = min(best, (time.perf_counter() - start) / calls)
+  return best
+
+
+def part_seconds(graphdef: nnx.GraphDef, params, batch_stats, images: jax.Array,
+                 tokens: jax.Array) -> dict[str, float]:
+  """Seconds of the jitted gradient of each part: backbone, encode (backbone + encoder
+  + memory), full model. images [B, S, S, 3] float32, tokens [B, L]."""
+  def model(params):
+    return nnx.merge(graphdef, params, batch_stats, copy=True)
+
+  parts = {
+      'backbone': lambda p: jnp.sum(model(p).backbone(images, train=True) ** 2),
+      'encode': lambda p: jnp.sum(model(p).encode(images, train=True) ** 2),
+      'full': lambda p: jnp.sum(jax.nn.log_softmax(model(p)(images, tokens, train=True))),
+  }
+  return {name: _best_seconds(jax.jit(jax.grad(loss)), params)
+          for name, loss in parts.items()}
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--variant', default='r50')
@@ -56,6 +90,8 @@ def main() -> None:
                       help='2: stem and stage 1 frozen, as the seed (DETR) trains')
   parser.add_argument('--frozen_batch_norm', action='store_true',
                       help="batch norms use running statistics, as the seed's FrozenBatchNorm2d")
+  parser.add_argument('--parts', action='store_true',
+                      help='also time the gradients of the backbone and the encoder alone')
   args = parser.parse_args()
 
   config = default.get_config()
@@ -107,6 +143,12 @@ def main() -> None:
         f"{batch_size / seconds:.1f} images/s, {flops / 1e9:.1f} GFLOP/step, "
         f"{flops / seconds / 1e9:.0f} of a {peak / 1e9:.0f} GFLOP/s matmul peak "
         f"({flops / seconds / peak:.1%})")
+  if args.parts:
+    parts = part_seconds(build.model_graphdef(config, vocab), state.params, state.batch_stats,
+                         batch['image'], batch['input_tokens'])
+    print('forward + backward: ' + ', '.join(f'{name} {seconds * 1e3:.0f} ms'
+                                            for name, seconds in parts.items()))
+    result['part_seconds'] = parts
   stats = jax.devices()[0].memory_stats() or {}  # None on CPU
   if 'peak_bytes_in_use' in stats:
     result['peak_device_memory_gib'] = stats['peak_bytes_in_use'] / 2**30
