@@ -124,4 +124,6 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 if __name__ == '__main__':
+  from pix2seq_jax import malloc_hugepages
+  malloc_hugepages.enable()  # restarts this command once with huge pages behind malloc
   app.run(main)

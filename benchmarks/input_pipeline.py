@@ -18,7 +18,7 @@ import time
 
 import tensorflow as tf
 
-from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax import malloc_hugepages, vocab as vocab_lib
 from pix2seq_jax.config import config_file
 from pix2seq_jax.data import pipeline, sources
 
@@ -73,4 +73,5 @@ def main() -> None:
 
 
 if __name__ == '__main__':
+  malloc_hugepages.enable()  # as main.py runs: huge pages behind malloc
   main()

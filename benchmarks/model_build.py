@@ -17,7 +17,7 @@ import time
 
 from flax import nnx
 
-from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax import malloc_hugepages, vocab as vocab_lib
 from pix2seq_jax.config import default
 from pix2seq_jax.models import build, counted_rngs
 
@@ -58,4 +58,5 @@ def main() -> None:
 
 
 if __name__ == '__main__':
+  malloc_hugepages.enable()  # as main.py runs: huge pages behind malloc
   main()
