@@ -99,6 +99,7 @@ def main() -> None:
             'objects': args.objects, 'tokens': int(steps), 'batch_size': args.batch_size,
             'prefix_block': args.prefix_block, 'compiler_options': options,
             'backend': jax.default_backend(), 'device': str(jax.devices()[0].device_kind),
+            'hugepage_malloc': malloc_hugepages.active(),
             'host': platform.node(), 'date': datetime.date.today().isoformat()}
   result['seconds_per_image_b1'] = _median_seconds(lambda: run_short(state, one), args.repeats)
   result['encode_seconds_b1'] = _median_seconds(lambda: encode(state, one), args.repeats)

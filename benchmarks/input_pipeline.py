@@ -67,7 +67,8 @@ def main() -> None:
   print(json.dumps({
       'coco_dir': args.coco_dir, 'train_images': len(split.records),
       'image_size': args.image_size, 'batch_size': args.batch_size,
-      'cpu_count': os.cpu_count(), 'images_per_second': pipeline_rate,
+      'cpu_count': os.cpu_count(), 'hugepage_malloc': malloc_hugepages.active(),
+      'images_per_second': pipeline_rate,
       'decode_only_images_per_second': decode_rate,
       'pipeline_over_decode': pipeline_rate / decode_rate}))
 

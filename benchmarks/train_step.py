@@ -135,7 +135,8 @@ def main() -> None:
             'grad_accum_steps': args.grad_accum_steps,
             'frozen_backbone_stages': args.frozen_backbone_stages,
             'frozen_batch_norm': args.frozen_batch_norm, 'devices': jax.device_count(),
-            'backend': jax.default_backend(), 'seconds_per_step': seconds,
+            'backend': jax.default_backend(), 'hugepage_malloc': malloc_hugepages.active(),
+            'seconds_per_step': seconds,
             'images_per_second': batch_size / seconds, 'flops_per_step': flops,
             'achieved_flops_per_second': flops / seconds,
             'matmul_peak_flops_per_second': peak, 'flop_utilization': flops / seconds / peak}

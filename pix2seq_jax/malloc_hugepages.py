@@ -69,6 +69,13 @@ def tunables_with_hugepages(environ: Mapping[str, str], glibc: tuple[int, int] |
   return ':'.join(filter(None, [current, f'{TUNABLE}=1'])), f'{TUNABLE}=1 added'
 
 
+def active(environ: Mapping[str, str] = os.environ) -> bool:
+  """Whether this process's malloc was started with huge pages (for benchmark records)."""
+  settings = dict(item.partition('=')[::2]
+                  for item in environ.get('GLIBC_TUNABLES', '').split(':') if item)
+  return settings.get(TUNABLE, '0') not in ('', '0')
+
+
 def enable() -> str:
   """Re-executes this process with `glibc.malloc.hugetlb=1` where that helps (module
   docstring); otherwise returns the reason it did not. Call it before starting work:

@@ -33,6 +33,13 @@ def test_leaves_the_process_alone(environ, glibc, thp, reason):
   assert tunables is None and reason in why
 
 
+def test_active_reads_the_tunable():
+  assert mh.active({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1'})
+  assert mh.active({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=2'})  # hugetlbfs pages
+  assert not mh.active({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'})
+  assert not mh.active({})
+
+
 def test_reads_the_kernel_mode(tmp_path):
   path = tmp_path / 'enabled'
   path.write_text('always [madvise] never\n')
