@@ -3,7 +3,7 @@
   python benchmarks/peers.py \
       --official_src=OFFICIAL --official_python=ORACLE_VENV/bin/python \
       --seed_src=SEED --seed_python=TORCH_VENV/bin/python \
-      [--coco_dir=../shared/data/coco_tiny] [--repeats=3]
+      [--coco_dir=../shared/data/coco_tiny] [--repeats=3] [--rounds=3]
 
 OFFICIAL is a checkout of google-research/pix2seq (its *.py files), run by
 ../shared/tools/official_speed.py in a scratch environment with tensorflow-cpu and
@@ -20,12 +20,17 @@ this project, row by row), all with random weights:
   train seed-work  the same with the stem, stage 1 and batch norms frozen (the seed's
                    DETR fine-tuning), against an equivalent PyTorch step
   input 640        the training input pipeline over bare JPEG decoding (this project only)
-Prints one line per measurement, the markdown table, and last one JSON object.
+With --rounds=N the whole sequence runs N times over, so that each ratio is measured N
+times with the peer and this project alternating; this machine's speed drifts within
+minutes, and a drift that lands between a peer's process and ours moves one round's ratio
+but not the others'. Prints one line per measurement, each round's markdown table, the
+median and range of every ratio over the rounds, and last one JSON object.
 """
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -56,12 +61,16 @@ def main() -> None:
                            'coco_tiny, skipped with a note when absent)')
   parser.add_argument('--tools', default=TOOLS, help='folder of official_speed.py, seed_infer.py')
   parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--rounds', type=int, default=1,
+                      help='run every row this many times over, alternating with the peers')
   args = parser.parse_args()
   for peer_name in ('official', 'seed'):
     src, python = getattr(args, f'{peer_name}_src'), getattr(args, f'{peer_name}_python')
     if bool(src) != bool(python):
       parser.error(f'--{peer_name}_src and --{peer_name}_python go together: give both to '
                    f'time that peer, neither to print its commands.')
+  if args.rounds < 1:
+    parser.error(f'--rounds={args.rounds}: give 1 or more.')
   coco_dir = args.coco_dir or os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'coco_tiny')
   if args.coco_dir and not os.path.isdir(coco_dir):
     parser.error(f'--coco_dir={coco_dir} is not a folder.')
@@ -72,7 +81,8 @@ def main() -> None:
   seed_infer = [args.seed_python, os.path.join(args.tools, 'seed_infer.py'), args.seed_src,
                 '512', repeats]
   seed_step = [args.seed_python, 'benchmarks/seed_step_torch.py']
-  rows = []  # (work, official s, seed s, this project's s)
+  have_official = bool(args.official_python and args.official_src)
+  have_seed = bool(args.seed_python and args.seed_src)
 
   def peer(enabled: bool, command: list[str], key: str):
     if not enabled:
@@ -80,43 +90,66 @@ def main() -> None:
       return None
     return _last_json(command)[key]
 
-  have_official = bool(args.official_python and args.official_src)
-  have_seed = bool(args.seed_python and args.seed_src)
-  o1 = peer(have_official, official('640', '100', '1', repeats), 'official_infer_s_per_image')
-  o8 = peer(have_official, official('640', '100', '8', repeats), 'official_infer_s_per_image')
-  ours640 = _last_json([me, 'benchmarks/decode.py', '--image_size=640', '--objects=100',
-                        '--batch_size=8', '--skip_recompute', f'--repeats={repeats}'])
-  rows.append(('inference, R50 640 px, 501 tokens, batch 1, s per image', o1, None,
-               ours640['seconds_per_image_b1']))
-  rows.append(('the same at batch 8, s per image', o8, None, ours640['seconds_per_image_bN']))
-  s1 = peer(have_seed, seed_infer, 'seed_infer_s_per_image')
-  ours512 = _last_json([me, 'benchmarks/decode.py', '--skip_recompute', f'--repeats={repeats}'])
-  rows.append(('inference, R50 512 px, 101 tokens, batch 1, s per image', None, s1,
-               ours512['seconds_per_image_b1']))
-  ot = peer(have_official, official('512', '20', '2', repeats, 'train'), 'official_train_step_s')
-  ours_train = _last_json([me, 'benchmarks/train_step.py'])
-  rows.append(('train step, R50 512 px, batch 2, 101 tokens, f32, s', ot, None,
-               ours_train['seconds_per_step']))
-  st = peer(have_seed, seed_step, 'step_seconds')
-  ours_frozen = _last_json([me, 'benchmarks/train_step.py', '--frozen_backbone_stages=2',
-                            '--frozen_batch_norm'])
-  rows.append(("train step, the seed's work (stem + stage 1 and BN frozen), s", None, st,
-               ours_frozen['seconds_per_step']))
-  pipeline = None
-  if os.path.isdir(coco_dir):
-    pipeline = _last_json([me, 'benchmarks/input_pipeline.py', f'--coco_dir={coco_dir}'])
-  else:
-    print(f'  (not run) input pipeline: {coco_dir} is absent; give --coco_dir.')
+  def one_round() -> dict:
+    """Every row once, each peer's process just before this project's."""
+    rows = []  # (work, official s, seed s, this project's s)
+    o1 = peer(have_official, official('640', '100', '1', repeats), 'official_infer_s_per_image')
+    o8 = peer(have_official, official('640', '100', '8', repeats), 'official_infer_s_per_image')
+    ours640 = _last_json([me, 'benchmarks/decode.py', '--image_size=640', '--objects=100',
+                          '--batch_size=8', '--skip_recompute', f'--repeats={repeats}'])
+    rows.append(('inference, R50 640 px, 501 tokens, batch 1, s per image', o1, None,
+                 ours640['seconds_per_image_b1']))
+    rows.append(('the same at batch 8, s per image', o8, None, ours640['seconds_per_image_bN']))
+    s1 = peer(have_seed, seed_infer, 'seed_infer_s_per_image')
+    ours512 = _last_json([me, 'benchmarks/decode.py', '--skip_recompute',
+                          f'--repeats={repeats}'])
+    rows.append(('inference, R50 512 px, 101 tokens, batch 1, s per image', None, s1,
+                 ours512['seconds_per_image_b1']))
+    ot = peer(have_official, official('512', '20', '2', repeats, 'train'),
+              'official_train_step_s')
+    ours_train = _last_json([me, 'benchmarks/train_step.py'])
+    rows.append(('train step, R50 512 px, batch 2, 101 tokens, f32, s', ot, None,
+                 ours_train['seconds_per_step']))
+    st = peer(have_seed, seed_step, 'step_seconds')
+    ours_frozen = _last_json([me, 'benchmarks/train_step.py', '--frozen_backbone_stages=2',
+                              '--frozen_batch_norm'])
+    rows.append(("train step, the seed's work (stem + stage 1 and BN frozen), s", None, st,
+                 ours_frozen['seconds_per_step']))
+    pipeline = None
+    if os.path.isdir(coco_dir):
+      pipeline = _last_json([me, 'benchmarks/input_pipeline.py', f'--coco_dir={coco_dir}'])
+    else:
+      print(f'  (not run) input pipeline: {coco_dir} is absent; give --coco_dir.')
+    table = []
+    for work, off, seed, ours in rows:
+      peer_time = off if off is not None else seed
+      ratio = None if peer_time is None else peer_time / ours
+      table.append({'work': work, 'official': off, 'seed': seed, 'ours': ours, 'ratio': ratio})
+    return {'rows': table, 'decode_640': ours640, 'decode_512': ours512, 'train': ours_train,
+            'train_frozen': ours_frozen, 'pipeline': pipeline}
 
+  rounds = []
+  for index in range(args.rounds):
+    if args.rounds > 1:
+      print(f'\n# round {index + 1} of {args.rounds}', flush=True)
+    rounds.append(one_round())
+    _print_round(rounds[-1])
+  if args.rounds > 1:
+    print(f'\nOver {args.rounds} rounds: median (min-max)')
+    for line in summary_lines(rounds):
+      print(line)
+  print(json.dumps({**rounds[-1], 'rounds': rounds} if args.rounds > 1 else rounds[0]))
+
+
+def _print_round(result: dict) -> None:
   fmt = lambda v: '-' if v is None else f'{v:.3g}'
   print('\n| work | official TF | seed (PyTorch) | this project | ratio |\n|---|---|---|---|---|')
-  table = []
-  for work, off, seed, ours in rows:
-    peer_time = off if off is not None else seed
-    ratio = None if peer_time is None else peer_time / ours
-    table.append({'work': work, 'official': off, 'seed': seed, 'ours': ours, 'ratio': ratio})
+  for row in result['rows']:
+    ratio = row['ratio']
     ratio_text = '-' if ratio is None else f'{ratio:.2f}x {"faster" if ratio >= 1 else "(slower)"}'
-    print(f'| {work} | {fmt(off)} | {fmt(seed)} | {fmt(ours)} | {ratio_text} |')
+    print(f"| {row['work']} | {fmt(row['official'])} | {fmt(row['seed'])} | {fmt(row['ours'])} "
+          f"| {ratio_text} |")
+  pipeline, ours640, ours_train = result['pipeline'], result['decode_640'], result['train']
   if pipeline:
     print(f"| input pipeline at 640, full augmentation / bare JPEG decode, images/s | - | - | "
           f"{pipeline['images_per_second']:.0f} / {pipeline['decode_only_images_per_second']:.0f}"
@@ -126,8 +159,29 @@ def main() -> None:
         f"{ours640['decode_loop_bN_over_b1']:.2f}; train step "
         f"{ours_train['flop_utilization']:.1%} of the "
         f"{ours_train['matmul_peak_flops_per_second'] / 1e9:.0f} GFLOP/s matmul peak")
-  print(json.dumps({'rows': table, 'decode_640': ours640, 'decode_512': ours512,
-                    'train': ours_train, 'train_frozen': ours_frozen, 'pipeline': pipeline}))
+
+
+def _spread(values: list[float], unit: str = '') -> str:
+  """'median (min-max)' of `values`, 3 significant digits, each followed by `unit`."""
+  return (f'{statistics.median(values):.3g}{unit} '
+          f'({min(values):.3g}{unit}-{max(values):.3g}{unit})')
+
+
+def summary_lines(rounds: list[dict]) -> list[str]:
+  """One line per ratio measured in every round: its median and range over the rounds."""
+  lines = []
+  for index, row in enumerate(rounds[0]['rows']):
+    ratios = [r['rows'][index]['ratio'] for r in rounds]
+    if all(ratio is not None for ratio in ratios):
+      lines.append(f"{row['work']}: {_spread(ratios, 'x')}")
+  loop = [r['decode_640']['decode_loop_bN_over_b1'] for r in rounds]
+  lines.append(f'decode loop at batch 8 over batch 1, per image: {_spread(loop)}')
+  utilization = [r['train']['flop_utilization'] for r in rounds]
+  lines.append(f'train step, share of the matmul peak: {_spread(utilization)}')
+  pipelines = [r['pipeline']['pipeline_over_decode'] for r in rounds if r['pipeline']]
+  if len(pipelines) == len(rounds):
+    lines.append(f'input pipeline over bare JPEG decoding: {_spread(pipelines)}')
+  return lines
 
 
 if __name__ == '__main__':
