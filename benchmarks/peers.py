@@ -24,7 +24,8 @@ With --rounds=N the whole sequence runs N times over, so that each ratio is meas
 times with the peer and this project alternating; this machine's speed drifts within
 minutes, and a drift that lands between a peer's process and ours moves one round's ratio
 but not the others'. Prints one line per measurement, each round's markdown table, the
-median and range of every ratio over the rounds, and last one JSON object.
+median and range of every ratio over the rounds, and last one JSON object (with
+--rounds above 1, {'rounds': [one object per round]}).
 """
 
 import argparse
@@ -138,7 +139,7 @@ def main() -> None:
     print(f'\nOver {args.rounds} rounds: median (min-max)')
     for line in summary_lines(rounds):
       print(line)
-  print(json.dumps({**rounds[-1], 'rounds': rounds} if args.rounds > 1 else rounds[0]))
+  print(json.dumps(rounds[0] if args.rounds == 1 else {'rounds': rounds}))
 
 
 def _print_round(result: dict) -> None:
