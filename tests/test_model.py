@@ -123,6 +123,40 @@ def test_batch_norm_statistics_update_only_in_training(shapes_dir):
   assert any(jax.tree.leaves(changed))
 
 
+def test_frozen_batch_norm_is_the_running_average_norm_without_parameter_gradients():
+  """DETR's FrozenBatchNorm2d: the running-statistics batch norm as one affine map, whose
+  scale, bias and statistics get no gradient while the input's is unchanged."""
+  norm = nnx.BatchNorm(6, rngs=nnx.Rngs(0))
+  keys = jax.random.split(jax.random.key(3), 5)
+  norm.scale[...] = jax.random.uniform(keys[0], (6,), minval=0.5, maxval=2.0)
+  norm.bias[...] = jax.random.normal(keys[1], (6,))
+  norm.mean[...] = jax.random.normal(keys[2], (6,))
+  norm.var[...] = jax.random.uniform(keys[3], (6,), minval=0.1, maxval=3.0)
+  x = 3.0 * jax.random.normal(keys[4], (2, 5, 5, 6))
+  want = norm(x, use_running_average=True)
+  np.testing.assert_allclose(resnet._normed(norm, x, 'frozen'), want, rtol=1e-5, atol=1e-5)
+  loss = lambda module, x, mode: jnp.sum(jnp.sin(resnet._normed(module, x, mode)))
+  params = nnx.grad(loss, argnums=nnx.DiffState(0, nnx.Param))(norm, x, 'frozen')
+  for leaf in jax.tree.leaves(params):
+    np.testing.assert_array_equal(leaf, 0.0)
+  np.testing.assert_allclose(jax.grad(loss, argnums=1)(norm, x, 'frozen'),
+                             jax.grad(loss, argnums=1)(norm, x, 'running'), rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_frozen_batch_norms_are_frozen_paths_of_the_resnet():
+  model = backbones.abstract_backbone('resnet50')
+  backbones.freeze(model, 0, True)
+  paths = model.frozen_paths()
+  assert ('stem_norm',) in paths and ('blocks', '0', 'shortcut', 'norm') in paths
+  assert len(paths) == 1 + 16 * 3 + 4  # the stem's, 3 per block and 4 shortcut projections'
+  assert all(path[-1].startswith('norm') or path[-1].endswith('_norm') for path in paths)
+  backbones.freeze(model, 2, True)  # the stem and block 0-2 whole, the other blocks' norms
+  paths = model.frozen_paths()
+  assert ('blocks', '2') in paths and ('blocks', '2', 'norm1') not in paths
+  assert ('blocks', '3', 'norm1') in paths and ('blocks', '3', 'conv1') not in paths
+
+
 def test_pointwise_conv_equals_a_1x1_conv():
   for stride, size in ((1, 8), (2, 8), (2, 7)):
     pointwise = resnet.PointwiseConv(6, 5, stride, rngs=nnx.Rngs(0))

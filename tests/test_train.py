@@ -176,7 +176,7 @@ def test_val_loss_and_perplexities_match_a_direct_computation(no_dropout):
 
 def test_frozen_stages_and_batch_norm_stay_as_they_were(shapes_dir):
   """DETR-style fine-tuning: the stem and stage 1 neither learn nor decay; no batch
-  norm statistic moves; everything else trains."""
+  norm statistic, scale or bias moves (FrozenBatchNorm2d); everything else trains."""
   config = tiny_config(shapes_dir)
   config.model.frozen_backbone_stages = 2
   config.model.frozen_batch_norm = True
@@ -194,7 +194,12 @@ def test_frozen_stages_and_batch_norm_stay_as_they_were(shapes_dir):
            for path, is_frozen in flat(frozen_params)}
   assert names['backbone/stem/kernel/value'] and names['backbone/blocks/0/conv1/kernel/value']
   assert not names['backbone/blocks/1/conv1/kernel/value']
-  assert sum(names.values()) == 12  # stem_pre, stem (+ norms) and block 0 (2 convs, 2 norms)
+  assert names['backbone/blocks/1/norm1/scale/value']
+  # stem_pre, stem (+ norms) and block 0 (2 convs, 2 norms): 12; the scale and bias of
+  # the 9 norms of blocks 1-3 (two each and a shortcut's): 18.
+  assert sum(names.values()) == 12 + 18
+  assert all(frozen for name, frozen in names.items()
+             if name.startswith('backbone/') and ('_norm/' in name or '/norm' in name))
   for (path, old), (_, new), (_, is_frozen) in zip(flat(initial[0]), flat(params),
                                                    flat(frozen_params)):
     changed = not np.array_equal(old, new)

@@ -89,8 +89,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Fine-tuning a ResNet as DETR and the seed do: 0 trains everything; 1 freezes the
   # stem, 2 the stem and stage 1 (DETR), ... (no gradients, no updates, no decay).
   model.frozen_backbone_stages = 0
-  # Batch norms of the backbone use their running statistics and are not updated (DETR's
-  # FrozenBatchNorm2d; for pretrained backbones at small per-device batches).
+  # Batch norms of the backbone are fixed affine maps of their running statistics, scale
+  # and bias, none of which is trained (DETR's FrozenBatchNorm2d; for pretrained
+  # backbones at small per-device batches).
   model.frozen_batch_norm = False
 
   config.train = train = ml_collections.ConfigDict()

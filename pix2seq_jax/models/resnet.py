@@ -6,13 +6,14 @@ official one, TensorFlow's SAME (nothing before, one row/column after on even si
 where torchvision pads one on each side.
 
 Batch norm is trained (statistics of the global batch when run under `jax.jit` over a
-mesh); `train=False` uses the running averages.
+mesh); `train=False` uses the running averages; frozen (`ResNet.frozen_norm`), it is a
+fixed per-channel affine map in training and evaluation alike.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Literal, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -177,9 +178,26 @@ def _norm(channels: int, rngs: nnx.Rngs, zero_init: bool = False) -> nnx.BatchNo
                        rngs=rngs)
 
 
-def _normed(norm: nnx.BatchNorm, x: jax.Array, train: bool) -> jax.Array:
-  """Batch norm that keeps the input's dtype (its statistics are float32 either way)."""
-  return norm(x, use_running_average=not train).astype(x.dtype)
+# How a block's batch norms act: 'batch' normalises with the batch's statistics and
+# updates the running ones (training), 'running' uses the running statistics (evaluation),
+# 'frozen' is DETR's FrozenBatchNorm2d: a fixed per-channel affine map (`frozen_affine`).
+NormMode = Literal['batch', 'running', 'frozen']
+
+
+def frozen_affine(norm: nnx.BatchNorm) -> tuple[jax.Array, jax.Array]:
+  """(multiplier [C], offset [C]) of a frozen batch norm: scale / sqrt(var + eps) and
+  bias - mean * multiplier, with no gradient to any of the four."""
+  multiplier = norm.scale[...] * jax.lax.rsqrt(norm.var[...] + norm.epsilon)
+  offset = norm.bias[...] - norm.mean[...] * multiplier
+  return jax.lax.stop_gradient(multiplier), jax.lax.stop_gradient(offset)
+
+
+def _normed(norm: nnx.BatchNorm, x: jax.Array, mode: NormMode) -> jax.Array:
+  """Batch norm in `mode` that keeps the input's dtype (statistics are float32 either way)."""
+  if mode == 'frozen':
+    multiplier, offset = frozen_affine(norm)
+    return x * multiplier.astype(x.dtype) + offset.astype(x.dtype)
+  return norm(x, use_running_average=mode == 'running').astype(x.dtype)
 
 
 class Projection(nnx.Module):
@@ -188,8 +206,8 @@ class Projection(nnx.Module):
   def __init__(self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs):
     self.conv, self.norm = _conv(cin, cout, 1, stride, rngs), _norm(cout, rngs)
 
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    return _normed(self.norm, self.conv(x), train)
+  def __call__(self, x: jax.Array, mode: NormMode) -> jax.Array:
+    return _normed(self.norm, self.conv(x), mode)
 
 
 def _shortcut(cin: int, cout: int, stride: int, rngs: nnx.Rngs) -> Projection | None:
@@ -206,11 +224,11 @@ class BasicBlock(nnx.Module):
     self.conv2, self.norm2 = _conv(width, width, 3, 1, rngs), _norm(width, rngs, zero_init=True)
     self.shortcut = nnx.data(_shortcut(cin, width, stride, rngs))
 
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = jax.nn.relu(_normed(self.norm1, self.conv1(x), train))
-    y = _normed(self.norm2, self.conv2(y), train)
+  def __call__(self, x: jax.Array, mode: NormMode) -> jax.Array:
+    y = jax.nn.relu(_normed(self.norm1, self.conv1(x), mode))
+    y = _normed(self.norm2, self.conv2(y), mode)
     if self.shortcut is not None:
-      x = self.shortcut(x, train)
+      x = self.shortcut(x, mode)
     return jax.nn.relu(x + y)
 
 
@@ -226,12 +244,12 @@ class BottleneckBlock(nnx.Module):
     self.conv3, self.norm3 = _conv(width, cout, 1, 1, rngs), _norm(cout, rngs, zero_init=True)
     self.shortcut = nnx.data(_shortcut(cin, cout, stride, rngs))
 
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = jax.nn.relu(_normed(self.norm1, self.conv1(x), train))
-    y = jax.nn.relu(_normed(self.norm2, self.conv2(y), train))
-    y = _normed(self.norm3, self.conv3(y), train)
+  def __call__(self, x: jax.Array, mode: NormMode) -> jax.Array:
+    y = jax.nn.relu(_normed(self.norm1, self.conv1(x), mode))
+    y = jax.nn.relu(_normed(self.norm2, self.conv2(y), mode))
+    y = _normed(self.norm3, self.conv3(y), mode)
     if self.shortcut is not None:
-      x = self.shortcut(x, train)
+      x = self.shortcut(x, mode)
     return jax.nn.relu(x + y)
 
 
@@ -243,7 +261,8 @@ class ResNet(nnx.Module):
 
   Fine-tuning as DETR (and the seed) does: `frozen_stages` = 1 stops gradients after the
   stem, 2 after stage 1, ... (the optimizer leaves their parameters alone, see
-  `frozen_paths`); `frozen_norm` makes every batch norm use its running statistics.
+  `frozen_paths`); `frozen_norm` makes every batch norm a fixed affine map of its running
+  statistics and parameters, as DETR's FrozenBatchNorm2d: no gradient, no update, no decay.
   """
 
   frozen_stages: int = 0
@@ -280,28 +299,39 @@ class ResNet(nnx.Module):
     """How many blocks the frozen stages hold; -1 when not even the stem is frozen."""
     return sum(self.stage_sizes[:self.frozen_stages - 1]) if self.frozen_stages > 0 else -1
 
+  def norm_paths(self) -> tuple[tuple[str, ...], ...]:
+    """Path prefixes (within the ResNet) of every batch norm."""
+    return tuple(tuple(str(name) for name in path)
+                 for path, module in nnx.iter_graph(self)
+                 if isinstance(module, nnx.BatchNorm))
+
   def frozen_paths(self) -> tuple[tuple[str, ...], ...]:
-    """Parameter path prefixes (within the ResNet) of the frozen stem and stages."""
-    if self.frozen_stages <= 0:
-      return ()
-    stem = ('stem', 'stem_norm') + (('stem_pre', 'stem_pre_norm') if self.stem_kind == 'small'
-                                    else ())
-    return tuple((name,) for name in stem) + tuple(('blocks', str(i))
-                                                   for i in range(self._frozen_blocks()))
+    """Parameter path prefixes (within the ResNet) of the frozen stem and stages, and of
+    every batch norm when they are frozen."""
+    paths = ()
+    if self.frozen_stages > 0:
+      stem = ('stem', 'stem_norm') + (('stem_pre', 'stem_pre_norm')
+                                      if self.stem_kind == 'small' else ())
+      paths = tuple((name,) for name in stem) + tuple(('blocks', str(i))
+                                                      for i in range(self._frozen_blocks()))
+    if self.frozen_norm:
+      paths += tuple(path for path in self.norm_paths()
+                     if not any(path[:len(p)] == p for p in paths))
+    return paths
 
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
-    train = train and not self.frozen_norm
+    mode: NormMode = 'frozen' if self.frozen_norm else 'batch' if train else 'running'
     x = images
     if self.stem_kind == 'small':
-      x = jax.nn.relu(_normed(self.stem_pre_norm, self.stem_pre(x), train))
-    x = jax.nn.relu(_normed(self.stem_norm, self.stem(x), train))
+      x = jax.nn.relu(_normed(self.stem_pre_norm, self.stem_pre(x), mode))
+    x = jax.nn.relu(_normed(self.stem_norm, self.stem(x), mode))
     if self.stem_kind == 'imagenet':
       x = max_pool_same(x)
     frozen_blocks = self._frozen_blocks()  # gradients stop after the last frozen block
     for index, block in enumerate(self.blocks):
       if index == frozen_blocks:
         x = jax.lax.stop_gradient(x)
-      x = block(x, train)
+      x = block(x, mode)
     if frozen_blocks == len(self.blocks):
       x = jax.lax.stop_gradient(x)
     return x

@@ -10,8 +10,9 @@ step)` (this step's learning rate, the moments, weight decay and clipping norm),
 the step writes into the optimizer state before the update. So a changed learning
 rate, schedule or run length reuses the compiled step (and its persistent-cache entry),
 and a run resumed with another config uses that config's values, never stale ones from
-the checkpoint (the state stores the values of the last step, for inspection). Parameters of frozen backbone stages (`model.frozen_backbone_stages`)
-get no update.
+the checkpoint (the state stores the values of the last step, for inspection).
+Parameters of frozen backbone stages (`model.frozen_backbone_stages`) and of frozen batch
+norms (`model.frozen_batch_norm`) get no update.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ def _decay_everything(params):
 
 def frozen_prefixes(model: ml_collections.ConfigDict) -> tuple[tuple[str, ...], ...]:
   """Parameter path prefixes, from the model's root, that `model.frozen_backbone_stages`
-  freezes (e.g. ('backbone', 'blocks', '0'))."""
-  if not model.frozen_backbone_stages:
+  and `model.frozen_batch_norm` freeze (e.g. ('backbone', 'blocks', '0'))."""
+  if not model.frozen_backbone_stages and not model.frozen_batch_norm:
     return ()
   backbone = backbones.abstract_backbone(variants.get_spec(model.variant).backbone)
   backbones.freeze(backbone, model.frozen_backbone_stages, model.frozen_batch_norm)
