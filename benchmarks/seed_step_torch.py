@@ -6,7 +6,8 @@ virtual environment:
   python3 -m venv /tmp/torch && /tmp/torch/bin/pip install torch torchvision
   /tmp/torch/bin/python benchmarks/seed_step_torch.py
 
-Times (best of 5 after 2 warm-up calls, torch's default threads):
+Times (median of 5 calls after 2 warm-up calls, as the official and seed inference
+timers and benchmarks/train_step.py; torch's default threads; the matmul peak is the best):
   backbone    torchvision ResNet-50 on 2 x 512 x 512, stem and layer1 frozen, batch norms
               frozen (FrozenBatchNorm2d), as DETR and the seed train it: forward + backward
   step        that backbone, a 1x1 projection to 256, nn.Transformer 6+6 layers d 256 FFN
@@ -17,6 +18,7 @@ it calibrates the machine, not the seed's exact code. Prints one JSON object las
 """
 
 import json
+import statistics
 import time
 
 import torch
@@ -26,7 +28,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 VOCAB, LENGTH, WIDTH = 2094, 101, 256
 
 
-def best_seconds(fn, repeats: int = 5) -> float:
+def call_seconds(fn, repeats: int = 5) -> list[float]:
+  """Seconds of each of `repeats` calls of fn after 2 warm-up calls."""
   for _ in range(2):
     fn()
   times = []
@@ -34,7 +37,7 @@ def best_seconds(fn, repeats: int = 5) -> float:
     start = time.perf_counter()
     fn()
     times.append(time.perf_counter() - start)
-  return min(times)
+  return times
 
 
 def main() -> None:
@@ -70,9 +73,11 @@ def main() -> None:
     optimizer.step()
 
   a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-  matmul = best_seconds(lambda: a @ b)
+  matmul = min(call_seconds(lambda: a @ b))
+  backbone_times, step_times = call_seconds(backbone), call_seconds(step)
   result = {'torch': torch.__version__, 'threads': torch.get_num_threads(),
-            'backbone_seconds': best_seconds(backbone), 'step_seconds': best_seconds(step),
+            'backbone_seconds': statistics.median(backbone_times),
+            'step_seconds': statistics.median(step_times), 'step_seconds_all': step_times,
             'matmul_f32_flops_per_second': 2 * 2048 ** 3 / matmul}
   print(f"backbone fwd+bwd {result['backbone_seconds']:.3f} s, step {result['step_seconds']:.3f}"
         f" s, f32 matmul {result['matmul_f32_flops_per_second'] / 1e9:.0f} GFLOP/s")

@@ -5,7 +5,9 @@
       [--frozen_backbone_stages=2 --frozen_batch_norm]   # the seed's (DETR's) fine-tuning
       [--parts]   # also the forward + backward time of the backbone and of the encoder
 
-Prints one line per setting and, last, one JSON object with seconds_per_step,
+Each step is timed alone; seconds_per_step is their median (the statistic of the peers'
+benchmarks, ../shared/tools/official_speed.py and benchmarks/seed_step_torch.py).
+Prints one line per setting and, last, one JSON object with seconds_per_step, step_seconds,
 images_per_second, XLA's FLOP count per step, the matmul peak measured in this run
 (square matmuls in the compute dtype, accumulating in float32; the best of several sizes)
 and flop_utilization = achieved FLOP/s / that peak. With --parts, where the step's time
@@ -124,11 +126,13 @@ def main() -> None:
 
   state, metrics = step(state, batch, 0)  # warm up
   jax.block_until_ready(metrics)
-  start = time.perf_counter()
+  step_seconds = []
   for index in range(args.steps):
+    start = time.perf_counter()
     state, metrics = step(state, batch, index + 1)
-  jax.block_until_ready(metrics)
-  seconds = (time.perf_counter() - start) / args.steps
+    jax.block_until_ready(metrics)
+    step_seconds.append(time.perf_counter() - start)
+  seconds = float(np.median(step_seconds))
   peak = matmul_peak(args.compute_dtype)
   result = {'variant': args.variant, 'image_size': size, 'batch_size': batch_size,
             'objects': args.objects, 'compute_dtype': args.compute_dtype,
@@ -136,7 +140,7 @@ def main() -> None:
             'frozen_backbone_stages': args.frozen_backbone_stages,
             'frozen_batch_norm': args.frozen_batch_norm, 'devices': jax.device_count(),
             'backend': jax.default_backend(), 'hugepage_malloc': malloc_hugepages.active(),
-            'seconds_per_step': seconds,
+            'seconds_per_step': seconds, 'step_seconds': step_seconds,
             'images_per_second': batch_size / seconds, 'flops_per_step': flops,
             'achieved_flops_per_second': flops / seconds,
             'matmul_peak_flops_per_second': peak, 'flop_utilization': flops / seconds / peak}
