@@ -8,9 +8,9 @@
 Each step is timed alone; seconds_per_step is their median (the statistic of the peers'
 benchmarks, ../shared/tools/official_speed.py and benchmarks/seed_step_torch.py).
 Prints one line per setting and, last, one JSON object with seconds_per_step, step_seconds,
-images_per_second, XLA's FLOP count per step, the matmul peak measured in this run
-(square matmuls in the compute dtype, accumulating in float32; the best of several sizes)
-and flop_utilization = achieved FLOP/s / that peak. With --parts, where the step's time
+images_per_second, XLA's FLOP count per step (over all devices), the matmul peak measured
+in this run (square matmuls in the compute dtype, accumulating in float32; the best of
+several sizes, on one device, times the devices on accelerators) and flop_utilization = achieved FLOP/s / that peak. With --parts, where the step's time
 goes: the gradient of a sum over the backbone's features, over the encoder's memory
 (backbone included) and over the whole model's log-probabilities, each jitted alone
 (train-mode batch norm, float32, no optimizer update).
@@ -122,7 +122,9 @@ def main() -> None:
   compiled = step.jitted.lower(state, batch, *step.inputs(0)).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get('flops', 0.0)) if cost else 0.0
+  # cost_analysis counts one device's partition of the SPMD program; the step's FLOPs,
+  # over all devices, are that times the devices.
+  flops = float(cost.get('flops', 0.0)) * mesh.size if cost else 0.0
 
   state, metrics = step(state, batch, 0)  # warm up
   jax.block_until_ready(metrics)
@@ -133,7 +135,10 @@ def main() -> None:
     jax.block_until_ready(metrics)
     step_seconds.append(time.perf_counter() - start)
   seconds = float(np.median(step_seconds))
-  peak = matmul_peak(args.compute_dtype)
+  # The peak is measured on one device. Accelerators add theirs; forced host devices
+  # (XLA_FLAGS=--xla_force_host_platform_device_count) share the one CPU's cores.
+  peak_devices = 1 if jax.default_backend() == 'cpu' else mesh.size
+  peak = matmul_peak(args.compute_dtype) * peak_devices
   result = {'variant': args.variant, 'image_size': size, 'batch_size': batch_size,
             'objects': args.objects, 'compute_dtype': args.compute_dtype,
             'grad_accum_steps': args.grad_accum_steps,
@@ -143,7 +148,8 @@ def main() -> None:
             'seconds_per_step': seconds, 'step_seconds': step_seconds,
             'images_per_second': batch_size / seconds, 'flops_per_step': flops,
             'achieved_flops_per_second': flops / seconds,
-            'matmul_peak_flops_per_second': peak, 'flop_utilization': flops / seconds / peak}
+            'matmul_peak_flops_per_second': peak, 'matmul_peak_devices': peak_devices,
+            'flop_utilization': flops / seconds / peak}
   print(f"{args.variant} {size}px batch {batch_size}: {seconds:.3f} s/step, "
         f"{batch_size / seconds:.1f} images/s, {flops / 1e9:.1f} GFLOP/step, "
         f"{flops / seconds / 1e9:.0f} of a {peak / 1e9:.0f} GFLOP/s matmul peak "
