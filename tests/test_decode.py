@@ -74,6 +74,26 @@ def test_cached_equals_recompute_tokens_logits_and_probabilities(shapes_dir):
   np.testing.assert_allclose(cached.class_probs, full.class_probs, atol=1e-5)
 
 
+def test_step_weights_equal_the_projections_and_the_embedding_they_replace(shapes_dir):
+  """The step's fused q/k/v product and transposed output embedding (StepWeights) give
+  what the separate projections and the [V, D] embedding give."""
+  decoder = _model(shapes_dir).decoder
+  dim = decoder.embed.features
+  x = jax.random.normal(jax.random.key(1), (3, 1, dim))
+  memory = jax.random.normal(jax.random.key(2), (3, 5, dim))
+  weights = decoder.step_weights(memory)
+  for layer, (kernel, bias) in zip(decoder.layers, weights.self_qkv):
+    attn = layer.self_attn
+    fused = x @ kernel + bias  # [3, 1, 3D]
+    for part, got in zip((attn.query, attn.key, attn.value), jnp.split(fused, 3, axis=-1)):
+      np.testing.assert_allclose(got, part(x), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(decoder._logits(x, weights.output_kernel), decoder._logits(x),
+                             rtol=1e-5, atol=1e-5)
+  for (k, v), layer in zip(weights.memory_kv, decoder.layers):
+    np.testing.assert_array_equal(k, layer.cross_attn.project_kv(memory)[0])
+    np.testing.assert_array_equal(v, layer.cross_attn.project_kv(memory)[1])
+
+
 def test_the_cache_grows_by_blocks_and_equals_one_block_and_recompute(shapes_dir):
   """Attention over the filled prefix in blocks of 8 (6 loops for 41 positions) gives the
   tokens and logits of one loop over the whole cache and of full recomputation."""

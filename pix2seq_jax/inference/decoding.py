@@ -1,8 +1,10 @@
 """Autoregressive decoding of token sequences: `lax.while_loop`s in one jitted program.
 
-The image is encoded once and every decoder layer's cross-attention keys/values are
-projected once; self-attention keys/values live in an explicit cache pytree that the
-loop carries in a small `DecodeState`. The core loop, `sample`, only sees a
+The image is encoded once, and what every step reads besides the parameters is computed
+once before the loop (`Decoder.step_weights`: each layer's cross-attention keys/values,
+its self-attention projections side by side, the output embedding transposed);
+self-attention keys/values live in an explicit cache pytree that the loop carries in a
+small `DecodeState`. The core loop, `sample`, only sees a
 `logits_fn(last_token, position, cache) -> (logits, cache)`, so tests can drive it with
 a fake model whose output is known.
 
@@ -214,14 +216,14 @@ def decode(model: Pix2Seq, images: jax.Array, vocab: vocab_lib.Vocabulary, *,
 
   block_ends, grow_cache = (), None
   if step == 'cached':
-    memory_kv = model.decoder.memory_kv(memory)
+    weights = model.decoder.step_weights(memory)
     if prefix_block > 0:
       block_ends = tuple(range(prefix_block, length, prefix_block))
       grow_cache = model.decoder.grow_cache
     cache = model.decoder.init_cache(batch, (*block_ends, length)[0], memory.dtype)
 
     def logits_fn(last, position, cache):
-      return model.decoder.step(last, position, cache, memory_kv)
+      return model.decoder.step(last, position, cache, weights)
   else:
     cache = jnp.full((batch, length), vocab.start, jnp.int32)  # the input prefix
 

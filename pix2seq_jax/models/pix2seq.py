@@ -20,12 +20,21 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, struct
 
 from pix2seq_jax.models import backbones, transformer
 from pix2seq_jax.models.variants import ModelSpec
 
 Cache = list[dict[str, jax.Array]]  # per decoder layer {'k', 'v'}: [B*H, L, K]
+
+
+@struct.dataclass
+class StepWeights:
+  """What every cached decoding step reads, computed once per image batch
+  (`Decoder.step_weights`), outside the decoding loop."""
+  memory_kv: list[transformer.KeyValue]  # per layer: cross-attention ([B*H, S, K],) * 2
+  self_qkv: list[tuple[jax.Array, jax.Array]]  # per layer: ([D, 3D], [3D]), `fused_qkv`
+  output_kernel: jax.Array  # [D, V]: the shared token embedding, transposed
 
 
 def _sincos(coords: np.ndarray, dim: int, temperature: float) -> np.ndarray:
@@ -82,11 +91,19 @@ class Decoder(nnx.Module):
     """Token embeddings in the parameters' dtype (nnx.Embed returns float32)."""
     return self.embed(tokens).astype(self.positions[...].dtype)
 
-  def _logits(self, x: jax.Array) -> jax.Array:
-    """Hidden states [..., D] -> float32 logits [..., V] (matmul in the states' dtype)."""
+  def _logits(self, x: jax.Array, output_kernel: jax.Array | None = None) -> jax.Array:
+    """Hidden states [..., D] -> float32 logits [..., V] (matmul in the states' dtype).
+
+    `output_kernel`: the embedding transposed, [D, V] (`StepWeights`); a few rows of
+    states multiply it faster than the [V, D] embedding itself.
+    """
     h = self.norm(x)
-    logits = jnp.einsum('...d,vd->...v', h, self.embed.embedding[...].astype(h.dtype),
-                        preferred_element_type=jnp.float32)
+    if output_kernel is None:
+      logits = jnp.einsum('...d,vd->...v', h, self.embed.embedding[...].astype(h.dtype),
+                          preferred_element_type=jnp.float32)
+    else:
+      logits = jnp.einsum('...d,dv->...v', h, output_kernel.astype(h.dtype),
+                          preferred_element_type=jnp.float32)
     return logits + self.output_bias[...].astype(jnp.float32)
 
   def memory_kv(self, memory: jax.Array) -> list[transformer.KeyValue]:
@@ -101,6 +118,12 @@ class Decoder(nnx.Module):
       x = layer(x, kv, rngs)
     return self._logits(x)
 
+  def step_weights(self, memory: jax.Array) -> StepWeights:
+    """The `StepWeights` of memory [B, S, D]: what `step` reads at every position."""
+    return StepWeights(memory_kv=self.memory_kv(memory),
+                       self_qkv=[layer.self_attn.fused_qkv() for layer in self.layers],
+                       output_kernel=self.embed.embedding[...].T)
+
   def init_cache(self, batch_size: int, length: int, dtype=jnp.float32) -> Cache:
     head_dim = self.embed.features // self.heads
     shape = (batch_size * self.heads, length, head_dim)
@@ -112,15 +135,16 @@ class Decoder(nnx.Module):
     return [{name: grow(x) for name, x in layer.items()} for layer in cache]
 
   def step(self, tokens: jax.Array, position: jax.Array, cache: Cache,
-           memory_kv: list[transformer.KeyValue]) -> tuple[jax.Array, Cache]:
+           weights: StepWeights) -> tuple[jax.Array, Cache]:
     """tokens [B] at `position` -> logits [B, V] and the updated cache."""
     x = self._embed(tokens)[:, None] + jax.lax.dynamic_slice_in_dim(
         self.positions[...], position, 1)[None]
     new_cache = []
-    for layer, layer_cache, kv in zip(self.layers, cache, memory_kv):
-      x, layer_cache = layer.step(x, position, layer_cache, kv)
+    for layer, layer_cache, kv, qkv in zip(self.layers, cache, weights.memory_kv,
+                                           weights.self_qkv):
+      x, layer_cache = layer.step(x, position, layer_cache, kv, qkv)
       new_cache.append(layer_cache)
-    return self._logits(x)[:, 0], new_cache
+    return self._logits(x, weights.output_kernel)[:, 0], new_cache
 
 
 # ImageNet channel statistics of [0, 1] RGB images (torchvision's and timm's ResNets).

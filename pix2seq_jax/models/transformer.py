@@ -8,7 +8,9 @@ step, and a reshape between the cache and the matmul made it copy the cache at e
 step instead of updating it in place. The decoding cache is a plain pytree: one
 {'k': [B*H, L, K], 'v': [B*H, L, K]} dict per decoder layer, passed in and returned by
 `DecoderLayer.step`. Cross-attention keys/values of the image memory are computed once
-per image (`project_kv`).
+per image (`project_kv`), and so are the step's concatenated self-attention projections
+(`fused_qkv`): one [D, 3D] product per token reads the weights faster than three [D, D]
+ones (BENCHMARKS.md, "Decoding step weights").
 """
 
 from __future__ import annotations
@@ -77,10 +79,20 @@ class Attention(nnx.Module):
   def project_kv(self, source: jax.Array) -> KeyValue:
     return self._split(self.key(source)), self._split(self.value(source))
 
+  def fused_qkv(self) -> tuple[jax.Array, jax.Array]:
+    """(kernel [D, 3D], bias [3D]): the query, key and value projections side by side."""
+    parts = (self.query, self.key, self.value)
+    return (jnp.concatenate([part.kernel[...] for part in parts], axis=1),
+            jnp.concatenate([part.bias[...] for part in parts]))
+
   def __call__(self, x: jax.Array, kv: KeyValue, mask: jax.Array | None = None) -> jax.Array:
     """x: [B, T, D]; kv from `project_kv`; mask: bool, broadcastable to [B*H, T, S]."""
-    batch, length, dim = x.shape
-    q = self._split(self.query(x)) / math.sqrt(self.head_dim)  # [B*H, T, K]
+    return self.attend(self.query(x), kv, mask)
+
+  def attend(self, query: jax.Array, kv: KeyValue, mask: jax.Array | None = None) -> jax.Array:
+    """`__call__` from the projected queries [B, T, D]."""
+    batch, length, dim = query.shape
+    q = self._split(query) / math.sqrt(self.head_dim)  # [B*H, T, K]
     logits = jnp.einsum('ntk,nsk->nts', q, kv[0])
     if mask is not None:
       logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
@@ -137,12 +149,19 @@ class DecoderLayer(nnx.Module):
     return self._cross_and_mlp(x, memory_kv, rngs)
 
   def step(self, x: jax.Array, position: jax.Array, cache: dict[str, jax.Array],
-           memory_kv: KeyValue) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """One position: x [B, 1, D] at `position`; cache {'k','v'}: [B*H, L, K]."""
+           memory_kv: KeyValue, self_qkv: tuple[jax.Array, jax.Array] | None = None
+           ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """One position: x [B, 1, D] at `position`; cache {'k','v'}: [B*H, L, K].
+
+    `self_qkv`: `self_attn.fused_qkv()`, computed once outside the decoding loop (here
+    when not given).
+    """
     h = self.self_norm(x)
-    k, v = self.self_attn.project_kv(h)  # [B*H, 1, K]
+    kernel, bias = self.self_attn.fused_qkv() if self_qkv is None else self_qkv
+    q, k, v = jnp.split(h @ kernel.astype(h.dtype) + bias.astype(h.dtype), 3, axis=-1)
+    k, v = self.self_attn._split(k), self.self_attn._split(v)  # [B*H, 1, K]
     cache = {'k': jax.lax.dynamic_update_slice_in_dim(cache['k'], k, position, axis=1),
              'v': jax.lax.dynamic_update_slice_in_dim(cache['v'], v, position, axis=1)}
     visible = jnp.arange(cache['k'].shape[1]) <= position  # [L]
-    x = x + self.self_attn(h, (cache['k'], cache['v']), visible)
+    x = x + self.self_attn.attend(q, (cache['k'], cache['v']), visible)
     return self._cross_and_mlp(x, memory_kv, None), cache
