@@ -10,10 +10,11 @@ benchmarks, ../shared/tools/official_speed.py and benchmarks/seed_step_torch.py)
 Prints one line per setting and, last, one JSON object with seconds_per_step, step_seconds,
 images_per_second, XLA's FLOP count per step (over all devices), the matmul peak measured
 in this run (square matmuls in the compute dtype, accumulating in float32; the best of
-several sizes, on one device, times the devices on accelerators) and flop_utilization = achieved FLOP/s / that peak. With --parts, where the step's time
-goes: the gradient of a sum over the backbone's features, over the encoder's memory
-(backbone included) and over the whole model's log-probabilities, each jitted alone
-(train-mode batch norm, float32, no optimizer update).
+several sizes, on one device, times the devices on accelerators) and flop_utilization =
+achieved FLOP/s / that peak. With --parts, where the step's time goes: the gradient of a
+sum over the backbone's features, over the encoder's memory (backbone included) and over
+the whole model's log-probabilities, each jitted alone (train-mode batch norm, float32,
+no optimizer update).
 """
 
 import argparse

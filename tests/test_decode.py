@@ -90,8 +90,9 @@ def test_step_weights_equal_the_projections_and_the_embedding_they_replace(shape
   np.testing.assert_allclose(decoder._logits(x, weights.output_kernel), decoder._logits(x),
                              rtol=1e-5, atol=1e-5)
   for (k, v), layer in zip(weights.memory_kv, decoder.layers):
-    np.testing.assert_array_equal(k, layer.cross_attn.project_kv(memory)[0])
-    np.testing.assert_array_equal(v, layer.cross_attn.project_kv(memory)[1])
+    want_k, want_v = layer.cross_attn.project_kv(memory)
+    np.testing.assert_array_equal(k, want_k)
+    np.testing.assert_array_equal(v, want_v)
 
 
 def test_the_cache_grows_by_blocks_and_equals_one_block_and_recompute(shapes_dir):

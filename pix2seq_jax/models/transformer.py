@@ -149,15 +149,12 @@ class DecoderLayer(nnx.Module):
     return self._cross_and_mlp(x, memory_kv, rngs)
 
   def step(self, x: jax.Array, position: jax.Array, cache: dict[str, jax.Array],
-           memory_kv: KeyValue, self_qkv: tuple[jax.Array, jax.Array] | None = None
+           memory_kv: KeyValue, self_qkv: tuple[jax.Array, jax.Array]
            ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """One position: x [B, 1, D] at `position`; cache {'k','v'}: [B*H, L, K].
-
-    `self_qkv`: `self_attn.fused_qkv()`, computed once outside the decoding loop (here
-    when not given).
-    """
+    """One position: x [B, 1, D] at `position`; cache {'k','v'}: [B*H, L, K];
+    `self_qkv`: `self_attn.fused_qkv()`, made once outside the decoding loop."""
     h = self.self_norm(x)
-    kernel, bias = self.self_attn.fused_qkv() if self_qkv is None else self_qkv
+    kernel, bias = self_qkv
     q, k, v = jnp.split(h @ kernel.astype(h.dtype) + bias.astype(h.dtype), 3, axis=-1)
     k, v = self.self_attn._split(k), self.self_attn._split(v)  # [B*H, 1, K]
     cache = {'k': jax.lax.dynamic_update_slice_in_dim(cache['k'], k, position, axis=1),
