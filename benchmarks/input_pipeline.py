@@ -3,12 +3,16 @@
   python benchmarks/input_pipeline.py --coco_dir=../shared/data/coco_tiny [--image_size=640]
 
 Both run in this process on the same files with tf.data's parallelism (AUTOTUNE):
-  pipeline     the full training path of `configs/coco.py`: read, decode, scale jitter,
-               crop, flip, pad, object shuffle, sequences with noise objects and class
-               corruption, batching (pix2seq_jax/data/pipeline.py)
+  pipeline     the full training path of `configs/coco.py`: read, decode, draws of scale
+               jitter, crop and flip, the source region each window reads, object
+               shuffle, sequences with noise objects and class corruption, batching with
+               padding (pix2seq_jax/data/pipeline.py)
   decode only  read and decode each JPEG to uint8 pixels, nothing else
+  resampling   the part of the augmentation the train step does on the device: the
+               pipeline's batches resampled into float32 canvases (`canvas.model_images`,
+               jitted), timed on JAX's default device after the batches are on it
 Prints one line per measurement and, last, one JSON object with images_per_second,
-decode_only_images_per_second and their ratio.
+decode_only_images_per_second, their ratio, and the device's resampling time per image.
 """
 
 import argparse
@@ -16,11 +20,12 @@ import json
 import os
 import time
 
+import jax
 import tensorflow as tf
 
 from pix2seq_jax import malloc_hugepages, vocab as vocab_lib
 from pix2seq_jax.config import config_file
-from pix2seq_jax.data import pipeline, sources
+from pix2seq_jax.data import canvas, pipeline, sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,13 +69,26 @@ def main() -> None:
   decode_rate = _images_per_second(decoded, 1, warmup * args.batch_size, args.images)
   print(f'decode only: {decode_rate:.1f} images/s')
 
+  to_canvas = jax.jit(canvas.model_images)
+  keys = ('image', 'source_extent', 'resample', 'extent')
+  on_device = [jax.device_put({k: batch[k] for k in keys}) for batch in
+               (next(full) for _ in range(max(2, 40 // args.batch_size)))]
+  to_canvas(on_device[0]).block_until_ready()  # compile
+  start = time.perf_counter()
+  for batch in on_device:
+    to_canvas(batch).block_until_ready()
+  resample_ms = (time.perf_counter() - start) * 1e3 / (len(on_device) * args.batch_size)
+  device = jax.devices()[0].device_kind
+  print(f'resampling on the device ({device}): {resample_ms:.2f} ms per image')
+
   print(json.dumps({
       'coco_dir': args.coco_dir, 'train_images': len(split.records),
       'image_size': args.image_size, 'batch_size': args.batch_size,
       'cpu_count': os.cpu_count(), 'hugepage_malloc': malloc_hugepages.active(),
       'images_per_second': pipeline_rate,
       'decode_only_images_per_second': decode_rate,
-      'pipeline_over_decode': pipeline_rate / decode_rate}))
+      'pipeline_over_decode': pipeline_rate / decode_rate,
+      'device': device, 'device_resample_ms_per_image': resample_ms}))
 
 
 if __name__ == '__main__':

@@ -116,7 +116,9 @@ def test_train_batches_are_deterministic_and_resume_by_step(shapes_dir):
   batch = first[0]
   length = vocab_lib.sequence_length(config.data.max_instances)
   assert batch['image'].shape == (4, 64, 64, 3) and batch['image'].dtype == np.uint8
-  assert batch['extent'].shape == (4, 2) and (batch['extent'] <= 64).all()
+  assert batch['extent'].shape == batch['source_extent'].shape == (4, 2)
+  assert (batch['extent'] <= 64).all() and (batch['source_extent'] <= 64).all()
+  assert batch['resample'].shape == (4, 2, 2) and batch['resample'].dtype == np.float32
   assert batch['input_tokens'].shape == batch['target_tokens'].shape == (4, length)
   epoch = np.concatenate([b['image_id'] for b in first])[:24]
   assert sorted(epoch) == list(range(1, 25))  # each image once per epoch
@@ -184,10 +186,13 @@ def test_eval_batches_pad_with_a_mask_and_split_over_processes(shapes_dir):
   assert batch['scale'][0] == pytest.approx(64 / max(record.height, record.width))
 
 
-def test_training_pixels_are_the_float_augmentation_rounded_to_uint8():
-  """A training example of real COCO images (scale jitter, crop, flip), made on the device
-  from its uint8 canvas and extent, is the float32 chain of the same transforms with the
-  same draws to within half a level; evaluation examples stay float32."""
+@pytest.mark.parametrize('size', [160, 640])
+def test_training_pixels_are_the_float_augmentation(size):
+  """Training examples of real COCO images (scale jitter, crop, flip), made on the device
+  from their uint8 sources, are the float32 chain of the same transforms with the same
+  draws: to float rounding where resampled on the device (all at 640, which holds any
+  COCO image), to within half a level where the window was resized in tf.data (all at
+  160, where the regions read are larger than the canvas); evaluation stays float32."""
   import jax
   import tensorflow as tf
   from pix2seq_jax.config import config_file
@@ -196,26 +201,35 @@ def test_training_pixels_are_the_float_augmentation_rounded_to_uint8():
   root = shared_path('coco_tiny')
   config = config_file.load(os.path.join(os.path.dirname(__file__), '..', 'configs', 'coco.py'))
   config.data.coco_dir = root
-  config.data.image_size = 160
+  config.data.image_size = size
   split = sources.load_splits(config.data).train
-  split.records = split.records[:6]
+  split.records = split.records[:4]
   vocab = vocab_lib.Vocabulary(split.categories.num_classes, config.data.num_bins)
   tables = pipeline._record_tables(split.records)
   to_model = jax.jit(canvas.model_images)
-  for index in range(6):
+  on_device = 0
+  for index in range(4):
     seed = tf.constant([3, index], tf.int64)
     fold = lambda op: tf.random.experimental.stateless_fold_in(seed, op)
     example = pipeline.preprocess(pipeline.record_at(tables, index), config.data, vocab, seed)
-    assert example['image'].dtype == tf.uint8
-    got = to_model({'image': example['image'].numpy()[None],
+    source = example['image'].numpy()
+    assert source.dtype == np.uint8 and max(source.shape) <= size
+    padded = np.zeros((1, size, size, 3), np.uint8)
+    padded[0, :source.shape[0], :source.shape[1]] = source
+    got = to_model({'image': padded, 'source_extent': example['source_extent'].numpy()[None],
+                    'resample': example['resample'].numpy()[None],
                     'extent': example['extent'].numpy()[None]})[0]
     image = transforms.decode_image(tf.io.read_file(split.records[index].path))
     boxes, labels = tables['boxes'][index], tables['labels'][index]
-    image, _ = transforms.random_scale_jitter(image, 160, fold(pipeline._SCALE_OP),
+    image, _ = transforms.random_scale_jitter(image, size, fold(pipeline._SCALE_OP),
                                               config.data.scale_min, config.data.scale_max)
-    image, boxes, _ = transforms.random_crop(image, boxes, labels, 160, fold(pipeline._CROP_OP))
+    image, boxes, _ = transforms.random_crop(image, boxes, labels, size, fold(pipeline._CROP_OP))
     image, _ = transforms.random_horizontal_flip(image, boxes, fold(pipeline._FLIP_OP))
-    want, _ = transforms.pad_to_canvas(image, boxes, 160)
-    np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=0.5 / 255 + 1e-6)
+    want, _ = transforms.pad_to_canvas(image, boxes, size)
+    resized_in_tf_data = np.array_equal(np.abs(example['resample'].numpy()[:, 1]), [1, 1])
+    on_device += not resized_in_tf_data
+    tolerance = 0.5 / 255 + 1e-6 if resized_in_tf_data else 1e-4
+    np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=tolerance)
+  assert on_device == (4 if size == 640 else 0)
   evaluation = pipeline.preprocess(pipeline.record_at(tables, 0), config.data, vocab, None)
   assert evaluation['image'].dtype == tf.float32 and 'extent' not in evaluation

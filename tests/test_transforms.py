@@ -39,12 +39,19 @@ CASES = {
     'decode_png': (transforms.decode_image, (_encoded('PNG'),)),
     'decode_grey_png': (transforms.decode_image, (_encoded('PNG', 'L'),)),
     'decode_pixels': (transforms.decode_pixels, (_encoded('JPEG'),)),
-    'resize_pixels': (lambda p: transforms.resize_pixels_longest_side(p, 64), (_pixels(),)),
-    'resize_pixels_shrink': (lambda p: transforms.resize_pixels_longest_side(p, 20),
-                             (_pixels(),)),
-    'scale_jitter_and_crop': (lambda p, b, l: transforms.random_scale_jitter_and_crop(
-        p, b, l, 40, SEED, SEED + 1, 0.3, 2.0), (_pixels(), BOXES, LABELS)),
-    'pad_pixels': (lambda p, b: transforms.pad_to_canvas(p, b, 64), (_pixels(), BOXES)),
+    'resized_window': (lambda p: transforms.resized_window(p, [24, 40], [2, 5], [20, 30]),
+                       (_pixels(),)),
+    'scale_jitter_and_crop_draws': (lambda: transforms.scale_jitter_and_crop_draws(
+        tf.constant([30, 50]), 40, SEED, SEED + 1, 0.3, 2.0), ()),
+    'crop_boxes': (lambda b, l: transforms.crop_boxes(b, l, [45, 75], [5, 20], [40, 40]),
+                   (BOXES, LABELS)),
+    'window_source': (lambda p: transforms.window_source(p, [45, 75], [5, 20], [40, 40], 40),
+                      (_pixels(),)),
+    'window_source_too_large': (lambda p: transforms.window_source(
+        p, [24, 40], [2, 5], [20, 30], 20), (_pixels(),)),
+    'mirror': (lambda b: transforms.random_mirror(
+        b, tf.constant(transforms.IDENTITY_RESAMPLE), 30, SEED), (BOXES,)),
+    'canvas_boxes': (lambda b: transforms.canvas_boxes(b, [30, 50], 64), (BOXES,)),
     'resize': (lambda im: transforms.resize_longest_side(im, 64), (_image(),)),
     'flip': (lambda im, b: transforms.random_horizontal_flip(im, b, SEED), (_image(), BOXES)),
     'pad': (lambda im, b: transforms.pad_to_canvas(im, b, 64), (_image(), BOXES)),
@@ -140,64 +147,132 @@ def _fold(seed, op):
   return tf.random.experimental.stateless_fold_in(seed, op)
 
 
-@pytest.mark.parametrize('shape', [(48, 61), (53, 17), (40, 25), (9, 70), (90, 43), (1, 30)])
-def test_jitter_and_crop_on_pixels_equals_jitter_then_crop_in_float(shape):
-  """The same boxes, labels and scale as the float transforms with the same seeds, and
-  their pixels to within the rounding to uint8 (half a level), eagerly and in tf.data;
-  both shrinking and enlarging occur over the shapes and seeds."""
-  size, rng = 40, np.random.default_rng(shape[0])
+def _augment_on_device(pixels, boxes, labels, size, seed):
+  """The training path (`pipeline.preprocess`) of one image: draws, source and resample in
+  TensorFlow, the canvas made by `canvas.model_images`; returns (canvas, canvas-normalised
+  boxes, labels, scale, (source, resample))."""
+  new_shape, scale, offset, extent = transforms.scale_jitter_and_crop_draws(
+      tf.shape(pixels)[:2], size, _fold(seed, 1), _fold(seed, 2), 0.3, 2.0)
+  boxes, labels = transforms.crop_boxes(boxes, labels, new_shape, offset, extent)
+  source, resample = transforms.window_source(pixels, new_shape, offset, extent, size)
+  boxes, resample = transforms.random_mirror(boxes, resample, extent[1], _fold(seed, 3))
+  return (source, resample, extent, transforms.canvas_boxes(boxes, extent, size), labels,
+          scale)
+
+
+def _reference(pixels, boxes, labels, size, seed):
+  """The same augmentation on float32 pixels: jitter, crop, flip, pad (in TensorFlow)."""
+  image, scale = transforms.random_scale_jitter(transforms.to_float(pixels), size,
+                                                _fold(seed, 1), 0.3, 2.0)
+  image, boxes, labels = transforms.random_crop(image, boxes, labels, size, _fold(seed, 2))
+  image, boxes = transforms.random_horizontal_flip(image, boxes, _fold(seed, 3))
+  image, boxes = transforms.pad_to_canvas(image, boxes, size)
+  return image, boxes, labels, scale
+
+
+def _device_canvases(examples, size):
+  """canvas.model_images (jitted) of a batch made of `_augment_on_device` examples."""
+  sources = np.zeros((len(examples), size, size, 3), np.uint8)
+  for row, (source, *_) in enumerate(examples):
+    sources[row, :source.shape[0], :source.shape[1]] = source.numpy()
+  batch = {'image': sources,
+           'source_extent': np.array([e[0].shape[:2] for e in examples], np.int32),
+           'resample': np.stack([e[1].numpy() for e in examples]),
+           'extent': np.stack([e[2].numpy() for e in examples])}
+  return np.asarray(jax.jit(canvas.model_images)(batch))
+
+
+@pytest.mark.parametrize('shape,size', [((48, 61), 64), ((53, 17), 64), ((40, 25), 40),
+                                        ((9, 70), 70), ((1, 30), 40), ((90, 43), 40),
+                                        ((31, 50), 40)])
+def test_device_resampling_equals_the_float_augmentation(shape, size):
+  """Scale jitter, crop and flip drawn in tf.data and resampled on the device give the
+  float32 chain of `random_scale_jitter`, `random_crop`, `random_horizontal_flip` and
+  `pad_to_canvas` with the same seeds: the same boxes, labels and scale, and the pixels
+  to float rounding; where the source region is larger than the canvas (images larger
+  than it, when not enlarged) the window is resized in tf.data, to within half a level.
+  Shrinking, enlarging and both flips occur; eager and in tf.data agree."""
+  rng = np.random.default_rng(shape[0])
   pixels = tf.constant(rng.integers(0, 256, (*shape, 3)), tf.uint8)
   corners = np.sort(rng.uniform(size=(6, 2, 2)), axis=1)  # [N, (min, max), (y, x)]
   boxes = tf.constant(corners.transpose(0, 2, 1).reshape(6, 4)[:, [0, 2, 1, 3]], tf.float32)
   labels = tf.range(6)
-  fn = lambda p, b, l, seed: transforms.random_scale_jitter_and_crop(
-      p, b, l, size, _fold(seed, 1), _fold(seed, 2), 0.3, 2.0)
   seeds = 8
-  # One dataset over the seeds (traced once), element `seed` for seed `seed`.
-  in_dataset = list(tf.data.Dataset.range(seeds).map(
-      lambda seed: fn(pixels, boxes, labels, seed)))
-  for seed in range(seeds):
-    reference, scale = transforms.random_scale_jitter(transforms.to_float(pixels), size,
-                                                      _fold(seed, 1), 0.3, 2.0)
-    reference, ref_boxes, ref_labels = transforms.random_crop(reference, boxes, labels, size,
-                                                              _fold(seed, 2))
-    eager = fn(pixels, boxes, labels, seed)
-    for got, got_boxes, got_labels, got_scale in (eager, in_dataset[seed]):
-      assert got.dtype == tf.uint8 and got.shape == reference.shape
-      np.testing.assert_array_equal(got_boxes.numpy(), ref_boxes.numpy())
-      np.testing.assert_array_equal(got_labels.numpy(), ref_labels.numpy())
-      assert float(got_scale) == float(scale)
-      error = np.abs(got.numpy().astype(np.float32) - reference.numpy() * 255).max()
-      assert error <= 0.5 + 1e-3, error
+  fn = lambda seed: _augment_on_device(pixels, boxes, labels, size, seed)
+  in_dataset = list(tf.data.Dataset.range(seeds).map(fn))  # traced once
+  eager = [fn(seed) for seed in range(seeds)]
+  for a, b in zip(eager, in_dataset):
+    tf.nest.map_structure(lambda x, y: np.testing.assert_array_equal(x.numpy(), y.numpy()),
+                          a, b)
+  canvases = _device_canvases(eager, size)
+  mirrored = resized = 0
+  for seed, (source, resample, extent, got_boxes, got_labels, got_scale) in enumerate(eager):
+    want, want_boxes, want_labels, want_scale = _reference(pixels, boxes, labels, size, seed)
+    np.testing.assert_allclose(got_boxes.numpy(), want_boxes.numpy(), rtol=0, atol=1e-7)
+    np.testing.assert_array_equal(got_labels.numpy(), want_labels.numpy())
+    assert float(got_scale) == float(want_scale)
+    resized_here = (max(shape) > size and source.shape[:2] == tuple(extent.numpy())
+                    and np.array_equal(np.abs(resample.numpy()[:, 1]), [1, 1]))
+    tolerance = 0.5 / 255 + 1e-6 if resized_here else 2e-5
+    np.testing.assert_allclose(canvases[seed], want.numpy(), rtol=0, atol=tolerance)
+    mirrored += bool(resample[1, 1] < 0)
+    resized += resized_here
+  assert 0 < mirrored < seeds
+  assert (resized > 0) == (max(shape) > size)
+
+
+def test_window_source_sends_only_the_region_the_window_reads():
+  """Enlarged 2x, a 20-pixel window reads about 10 source pixels plus the filter's reach;
+  shrunk, it reads the whole image; too large for the canvas, it is resized in tf.data."""
+  pixels = _pixels(30, 50)
+  source, resample = transforms.window_source(pixels, [60, 100], [10, 30], [20, 20], 64)
+  assert source.shape == (12, 12, 3)
+  np.testing.assert_array_equal(source.numpy(), pixels.numpy()[4:16, 14:26])
+  np.testing.assert_allclose(resample.numpy(), [[0.25 + 1, 0.5], [0.25 + 1, 0.5]])
+  source, resample = transforms.window_source(pixels, [15, 25], [0, 0], [15, 25], 64)
+  np.testing.assert_array_equal(source.numpy(), pixels.numpy())
+  np.testing.assert_allclose(resample.numpy(), [[1.0, 2.0], [1.0, 2.0]])
+  source, resample = transforms.window_source(pixels, [15, 25], [0, 0], [15, 25], 40)
+  assert source.shape == (15, 25, 3)
+  np.testing.assert_array_equal(resample.numpy(), transforms.IDENTITY_RESAMPLE)
+  np.testing.assert_array_equal(
+      source.numpy(), transforms.resized_window(pixels, [15, 25], [0, 0], [15, 25]).numpy())
 
 
 @pytest.mark.parametrize('size', [32, 64, 160])  # shrink, same size, grow
-def test_resize_of_pixels_equals_the_float_resize_rounded(size):
+def test_resized_window_equals_the_float_resize_rounded(size):
   pixels = _pixels(48, 64, seed=size)
-  want, want_scale = transforms.resize_longest_side(transforms.to_float(pixels), size)
-  got, scale = transforms.resize_pixels_longest_side(pixels, size)
-  assert got.dtype == tf.uint8 and got.shape == want.shape and float(scale) == float(want_scale)
+  want, _ = transforms.resize_longest_side(transforms.to_float(pixels), size)
+  shape = tf.shape(want)[:2]
+  got = transforms.resized_window(pixels, shape, [0, 0], shape)
+  assert got.dtype == tf.uint8 and got.shape == want.shape
   error = np.abs(got.numpy().astype(np.float32) - want.numpy() * 255)
   assert error.max() <= 0.5 + 1e-3
   if size == 64:  # unchanged size: the pixels themselves
     np.testing.assert_array_equal(got.numpy(), pixels.numpy())
 
 
-def test_pixels_are_zero_padded_and_model_images_fill_the_pad_value():
-  """The uint8 canvas and its extent give, on the device, the float canvas that
-  `pad_to_canvas` makes of the float image (which rounds x - 0.3 + 0.3 by an ulp)."""
-  pixels = _pixels(30, 50)
-  padded, boxes = transforms.pad_to_canvas(pixels, BOXES, 64)
-  want, want_boxes = transforms.pad_to_canvas(transforms.to_float(pixels), BOXES, 64)
-  assert padded.dtype == tf.uint8 and int(tf.reduce_max(padded[30:])) == 0
-  np.testing.assert_array_equal(boxes.numpy(), want_boxes.numpy())
-  other = np.asarray(transforms.pad_to_canvas(_pixels(64, 20, seed=1), BOXES, 64)[0])
-  batch = {'image': np.stack([padded.numpy(), other]), 'extent': np.array([[30, 50], [64, 20]])}
+def test_model_images_copy_and_mirror_an_identity_resample_exactly():
+  """An identity resample (a source resized in tf.data, or not resized at all) gives the
+  source's float32 pixels exactly, mirrored exactly when flipped, and PAD_VALUE outside
+  the extent; float32 batches pass through."""
+  pixels, other = _pixels(30, 50), _pixels(64, 20, seed=1)
+  sources = np.zeros((2, 64, 64, 3), np.uint8)
+  sources[0, :30, :50], sources[1, :, :20] = pixels.numpy(), other.numpy()
+  identity = tf.constant(transforms.IDENTITY_RESAMPLE)
+  _, mirrored = transforms.random_mirror(BOXES, identity, 20, tf.constant([1, 0], tf.int64),
+                                         probability=1.0)
+  batch = {'image': sources, 'source_extent': np.array([[30, 50], [64, 20]], np.int32),
+           'resample': np.stack([identity.numpy(), mirrored.numpy()]),
+           'extent': np.array([[30, 50], [64, 20]], np.int32)}
   images = np.asarray(jax.jit(canvas.model_images)(batch))
-  assert images.dtype == np.float32
-  np.testing.assert_allclose(images[0], want.numpy(), rtol=0, atol=1e-7)
-  np.testing.assert_array_equal(images[0, 30:], np.float32(canvas.PAD_VALUE))
+  assert images.dtype == np.float32 and images.shape == (2, 64, 64, 3)
   np.testing.assert_array_equal(images[0, :30, :50], transforms.to_float(pixels).numpy())
+  np.testing.assert_array_equal(images[1, :, :20], transforms.to_float(other).numpy()[:, ::-1])
+  np.testing.assert_array_equal(images[0, 30:], np.float32(canvas.PAD_VALUE))
+  np.testing.assert_array_equal(images[0, :, 50:], np.float32(canvas.PAD_VALUE))
   np.testing.assert_array_equal(images[1, :, 20:], np.float32(canvas.PAD_VALUE))
+  want, _ = transforms.pad_to_canvas(transforms.to_float(pixels), BOXES, 64)
+  np.testing.assert_allclose(images[0], want.numpy(), rtol=0, atol=1e-7)
   float_batch = {'image': want.numpy()[None]}
   np.testing.assert_array_equal(canvas.model_images(float_batch), float_batch['image'])

@@ -14,8 +14,9 @@ orientations (sides rounded up to the backbone stride), so a wide image costs ab
 its own area and every image size maps to one of 2k - 1 shapes, each compiled once.
 The kept pixels, and their 2D positions, are exactly those of the S x S canvas.
 
-Training batches carry the canvas as uint8 pixels, zero-padded, with each image's
-extent; `model_images` turns them into this float32 canvas on the device.
+Training batches carry uint8 source pixels with the linear map from canvas pixels to
+source positions (`transforms.window_source`); `model_images` resamples them into this
+float32 canvas on the device, with the same triangle filter.
 """
 
 from __future__ import annotations
@@ -30,21 +31,49 @@ import numpy as np
 PAD_VALUE = 0.3
 
 
+def resample_weights(sample: jax.Array, step: jax.Array, source_size: jax.Array,
+                     out_size: int, in_size: int) -> jax.Array:
+  """float32 [B, out_size, in_size]: row j resamples a source of `source_size` [B] pixels
+  at position sample + j * step ([B] each; source pixel k spans [k, k + 1)).
+
+  The triangle filter of `tf.image.resize` (half-width max(|step|, 1), so antialiased
+  when shrinking), over the source pixels only, normalised to sum to 1 (`_filter_taps`).
+  """
+  out = jnp.arange(out_size, dtype=jnp.float32)
+  pixel = jnp.arange(in_size, dtype=jnp.float32) + 0.5
+  position = sample[:, None] + out[None] * step[:, None]  # [B, out]
+  reach = jnp.maximum(jnp.abs(step), 1.0)[:, None, None]
+  weight = jnp.maximum(0.0, 1.0 - jnp.abs(pixel - position[..., None]) / reach)
+  weight = jnp.where(pixel < source_size[:, None, None], weight, 0.0)  # [B, out, in]
+  total = weight.sum(axis=-1, keepdims=True)
+  return weight / jnp.where(total > 0, total, 1.0)
+
+
 def model_images(batch: Mapping[str, Any]) -> jax.Array:
   """The model's float32 images [B, H, W, 3] of a batch (inside jit, on the device).
 
-  A training batch's uint8 `image` [B, H, W, 3] becomes x * float32(1/255) (TensorFlow's
-  uint8 to float32 conversion) inside each row's `extent` [B, 2] (height, width) and
-  PAD_VALUE outside it; float32 images (evaluation, the Predictor) are returned as they are.
+  A training batch's uint8 sources `image` [B, H, W, 3] become x * float32(1/255)
+  (TensorFlow's uint8 to float32 conversion), resampled as `resample` [B, 2, 2] says
+  (`resample_weights`, over each row's `source_extent` [B, 2]), clipped to [0, 1], and
+  PAD_VALUE outside each row's `extent` [B, 2] (height, width). float32 images
+  (evaluation, the Predictor) are returned as they are.
   """
   images = batch['image']
   if images.dtype != jnp.uint8:
     return images
-  extent = batch['extent']  # [B, 2]
-  rows = jnp.arange(images.shape[1])[None, :, None] < extent[:, None, 0, None]  # [B, H, 1]
-  cols = jnp.arange(images.shape[2])[None, None, :] < extent[:, None, None, 1]  # [B, 1, W]
+  _, height, width, _ = images.shape
+  resample, source = batch['resample'], batch['source_extent']  # [B, 2, 2], [B, 2]
+  rows = resample_weights(resample[:, 0, 0], resample[:, 0, 1], source[:, 0], height, height)
+  cols = resample_weights(resample[:, 1, 0], resample[:, 1, 1], source[:, 1], width, width)
   pixels = images.astype(jnp.float32) * np.float32(1 / 255)
-  return jnp.where((rows & cols)[..., None], pixels, np.float32(PAD_VALUE))
+  exact = jax.lax.Precision.HIGHEST  # no reduced-precision passes on accelerators
+  pixels = jnp.einsum('bih,bhwc->biwc', rows, pixels, precision=exact)
+  pixels = jnp.einsum('bjw,biwc->bijc', cols, pixels, precision=exact)  # [B, H, W, 3]
+  extent = batch['extent']  # [B, 2]
+  inside_rows = jnp.arange(height)[None, :, None] < extent[:, None, 0, None]  # [B, H, 1]
+  inside_cols = jnp.arange(width)[None, None, :] < extent[:, None, None, 1]  # [B, 1, W]
+  return jnp.where((inside_rows & inside_cols)[..., None], jnp.clip(pixels, 0.0, 1.0),
+                   np.float32(PAD_VALUE))
 
 
 def canvas_shapes(size: int, stride: int, buckets: int = 1) -> list[tuple[int, int]]:

@@ -7,10 +7,13 @@ s * global indices before any image is read. Random transforms are seeded by the
 example's position in the stream, so any number of processes sees the same global batch.
 
 Every batch holds:
-  image          training: uint8 [B, S, S, 3], zero-padded bottom/right, with
-                 extent int32 [B, 2] (the image's height and width on the canvas);
-                 `canvas.model_images` makes the model's float32 input on the device
-                 evaluation: float32 [B, S, S, 3] in [0, 1], padded with PAD_VALUE
+  image          evaluation: float32 [B, S, S, 3] in [0, 1], padded with PAD_VALUE
+                 training: uint8 [B, S, S, 3], each row the source pixels of its example
+                 (`transforms.window_source`) zero-padded bottom/right, with
+                 source_extent int32 [B, 2] (their height and width), resample float32
+                 [B, 2, 2] (per axis, output pixel 0's source position and the step) and
+                 extent int32 [B, 2] (the output image's height and width on the canvas);
+                 `canvas.model_images` resamples them into the float32 canvas on the device
   input_tokens   int32 [B, L]   target_tokens int32 [B, L]   loss_weights float32 [B, L]
   image_id       int64 [B]      original_size int32 [B, 2] (h, w)   scale float32 [B]
   mask           bool [B]       (eval only: False on padding examples)
@@ -64,10 +67,11 @@ def preprocess(record: dict[str, tf.Tensor], data: ml_collections.ConfigDict,
   """Reads a record (`record_at`) and builds one example; `seed` [2] enables training
   randomness.
 
-  Training: scale jitter and random crop (`data.scale_jitter`), flip (`data.random_flip`),
-  object shuffling, padding, and sequence augmentation (`data.noise_objects`,
-  `data.corrupt_classes`), on uint8 pixels (the image is uint8 and zero-padded, with its
-  `extent`). Evaluation (`seed` None): resize the longest side, pad, in float32.
+  Training: scale jitter and random crop (`data.scale_jitter`), flip (`data.random_flip`)
+  and object shuffling drawn here, the resampling left to the device
+  (`transforms.window_source`), then sequence augmentation (`data.noise_objects`,
+  `data.corrupt_classes`). Evaluation (`seed` None): resize the longest side and pad, in
+  float32.
   """
   boxes, labels = record['boxes'], record['labels']
   pixels = transforms.decode_pixels(tf.io.read_file(record['path']))
@@ -77,33 +81,38 @@ def preprocess(record: dict[str, tf.Tensor], data: ml_collections.ConfigDict,
   image = transforms.resize_to(pixels if seed is not None else transforms.to_float(pixels),
                                record['size'])
   original_size = tf.shape(image)[:2]
-  if seed is None:
-    image, scale = transforms.resize_longest_side(image, data.image_size)
-  else:
+  size = data.image_size
+  augment = seed is not None
+  if augment:
     fold = lambda op: tf.random.experimental.stateless_fold_in(seed, op)
     if data.scale_jitter:
-      image, boxes, labels, scale = transforms.random_scale_jitter_and_crop(
-          image, boxes, labels, data.image_size, fold(_SCALE_OP), fold(_CROP_OP),
-          data.scale_min, data.scale_max)
+      new_shape, scale, offset, extent = transforms.scale_jitter_and_crop_draws(
+          original_size, size, fold(_SCALE_OP), fold(_CROP_OP), data.scale_min,
+          data.scale_max)
+      boxes, labels = transforms.crop_boxes(boxes, labels, new_shape, offset, extent)
     else:
-      image, scale = transforms.resize_pixels_longest_side(image, data.image_size)
+      new_shape, scale = transforms.longest_side_shape(original_size, size)
+      offset, extent = tf.zeros([2], tf.int32), new_shape
+    image, resample = transforms.window_source(image, new_shape, offset, extent, size)
     if data.random_flip:
-      image, boxes = transforms.random_horizontal_flip(image, boxes, fold(_FLIP_OP))
+      boxes, resample = transforms.random_mirror(boxes, resample, extent[1], fold(_FLIP_OP))
     boxes, labels = transforms.shuffle_objects(boxes, labels, fold(_ORDER_OP))
-  extent = tf.shape(image)[:2]  # before padding
-  image, boxes = transforms.pad_to_canvas(image, boxes, data.image_size)
-  augment = seed is not None
+    boxes = transforms.canvas_boxes(boxes, extent, size)
+  else:
+    image, scale = transforms.resize_longest_side(image, size)
+    extent = tf.shape(image)[:2]
+    image, boxes = transforms.pad_to_canvas(image, boxes, size)
   example = sequences.build_sequences(
       boxes, labels, vocab, data.max_instances, data.eos_weight,
       seed=fold(_SEQUENCE_OP) if augment else None,
       noise_objects=augment and data.noise_objects,
       corrupt_classes=augment and data.corrupt_classes,
       noise_coord_weight=data.noise_coord_weight, noise_class_weight=data.noise_class_weight,
-      extent=tf.cast(extent, tf.float32) / data.image_size)
+      extent=tf.cast(extent, tf.float32) / size)
   example.update(image=image, image_id=record['image_id'], original_size=original_size,
                  scale=scale)
   if augment:
-    example['extent'] = extent
+    example.update(extent=extent, source_extent=tf.shape(image)[:2], resample=resample)
   return example
 
 
@@ -153,7 +162,11 @@ def train_batches(split: coco_json.CocoSplit, data: ml_collections.ConfigDict,
     return example_fn(record_at(tables, index), example_seed)
 
   ds = ds.map(_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(2)
+  # The sources are zero-padded to the canvas as they are copied into the batch.
+  size = data.image_size
+  padded_shapes = {name: spec.shape for name, spec in ds.element_spec.items()}
+  padded_shapes['image'] = tf.TensorShape([size, size, 3])
+  ds = ds.padded_batch(local_batch_size, padded_shapes, drop_remainder=True).prefetch(2)
   return ds.as_numpy_iterator()
 
 

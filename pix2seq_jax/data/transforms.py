@@ -5,12 +5,13 @@ image (before `pad_to_canvas`) or to the padded canvas (after it). Randomness is
 stateless: each random transform takes a `seed` of shape [2], so the pipeline is a
 pure function of the config seed and the example's position in the stream.
 
-Evaluation works on float32 pixels in [0, 1]. Training keeps uint8 pixels from the
-decoder to the batch (a quarter of the bytes to pad, batch and copy to the device):
-resampled pixels are rounded to the nearest of the 256 levels, and the padding is left
-for the device to fill (`canvas.model_images`). `random_scale_jitter_and_crop` gives the
-pixels of `random_scale_jitter` then `random_crop` (the float reference) to within that
-rounding, with the same draws and boxes.
+Evaluation works on float32 pixels in [0, 1]. Training leaves the resampling to the
+device: tf.data draws the scale jitter, crop and flip, moves the boxes, and sends the
+uint8 pixels of the source region the output window reads (`window_source`) with the
+linear map from output pixels to source positions (`resample`); `canvas.model_images`
+resamples them into the float32 canvas. That equals `random_scale_jitter`, `random_crop`
+and `random_horizontal_flip` on float32 pixels (the reference) to float rounding. A
+source region larger than the canvas is resized here instead and rounded to uint8.
 """
 
 from __future__ import annotations
@@ -122,8 +123,8 @@ def _crop_window(shape: tf.Tensor, size: int, seed: tf.Tensor) -> tuple[tf.Tenso
   return tf.minimum(offset, shape - window), window  # offset uniform in [0, shape - window]
 
 
-def _crop_boxes(boxes: tf.Tensor, labels: tf.Tensor, shape: tf.Tensor, offset: tf.Tensor,
-                window: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def crop_boxes(boxes: tf.Tensor, labels: tf.Tensor, shape: tf.Tensor, offset: tf.Tensor,
+               window: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
   """Boxes normalised to `shape` -> to the window, clipped; boxes left without area dropped."""
   shape_f, offset_f, window_f = (tf.tile(tf.cast(t, tf.float32), [2])
                                  for t in (shape, offset, window))  # (h, w, h, w)
@@ -142,7 +143,7 @@ def random_crop(image: tf.Tensor, boxes: tf.Tensor, labels: tf.Tensor, size: int
   shape = tf.shape(image)[:2]
   offset, window = _crop_window(shape, size, seed)
   cropped = tf.image.crop_to_bounding_box(image, offset[0], offset[1], window[0], window[1])
-  return (cropped, *_crop_boxes(boxes, labels, shape, offset, window))
+  return (cropped, *crop_boxes(boxes, labels, shape, offset, window))
 
 
 def resized_window(pixels: tf.Tensor, new_shape: tf.Tensor, offset: tf.Tensor,
@@ -152,8 +153,7 @@ def resized_window(pixels: tf.Tensor, new_shape: tf.Tensor, offset: tf.Tensor,
   shrinking, plain bilinear otherwise), rounded to uint8.
 
   TensorFlow's resize kernels read the uint8 pixels directly; only the window is rounded.
-  (Resampling just the window, with `tf.image.crop_and_resize` or ScaleAndTranslate,
-  is slower than resizing the whole image with the bilinear kernel: BENCHMARKS.md.)
+  `window_source` uses it for sources too large to send to the device.
   """
   def resized(antialias: bool):
     levels = tf.image.resize(pixels, new_shape, method='bilinear', antialias=antialias)
@@ -167,54 +167,110 @@ def resized_window(pixels: tf.Tensor, new_shape: tf.Tensor, offset: tf.Tensor,
                  lambda: tf.cond(shrinking, lambda: resized(True), lambda: resized(False)))
 
 
-def random_scale_jitter_and_crop(
-    pixels: tf.Tensor, boxes: tf.Tensor, labels: tf.Tensor, size: int, scale_seed: tf.Tensor,
-    crop_seed: tf.Tensor, min_scale: float,
-    max_scale: float) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-  """`random_scale_jitter` then `random_crop` on uint8 pixels.
+def scale_jitter_and_crop_draws(
+    shape: tf.Tensor, size: int, scale_seed: tf.Tensor, crop_seed: tf.Tensor,
+    min_scale: float, max_scale: float) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+  """The draws of `random_scale_jitter` then `random_crop` for an image of `shape` [2].
 
-  Returns (uint8 [h, w, 3] with h, w <= size, window-normalised boxes, their labels,
-  scale): the same draws, boxes and labels as the two transforms with the same seeds,
-  and their pixels rounded to uint8.
+  Returns (resized shape, scale, window offset, window size): int32 [2], float32 [],
+  int32 [2], int32 [2]; `crop_boxes` moves the boxes into the window.
   """
-  new_shape, scale = longest_side_shape(
-      tf.shape(pixels)[:2], _jitter_size(size, scale_seed, min_scale, max_scale))
+  new_shape, scale = longest_side_shape(shape, _jitter_size(size, scale_seed, min_scale,
+                                                            max_scale))
   offset, window = _crop_window(new_shape, size, crop_seed)
-  boxes, labels = _crop_boxes(boxes, labels, new_shape, offset, window)
-  return resized_window(pixels, new_shape, offset, window), boxes, labels, scale
+  return new_shape, scale, offset, window
 
 
-def resize_pixels_longest_side(pixels: tf.Tensor,
-                               size: int) -> tuple[tf.Tensor, tf.Tensor]:
-  """`resize_longest_side` on uint8 pixels, rounded back to uint8: (pixels, scale)."""
-  new_shape, scale = longest_side_shape(tf.shape(pixels)[:2], size)
-  return resized_window(pixels, new_shape, tf.zeros([2], tf.int32), new_shape), scale
+IDENTITY_RESAMPLE = ((0.5, 1.0), (0.5, 1.0))  # output pixel j reads source pixel j
+
+
+def _source_span(shape: tf.Tensor, new_shape: tf.Tensor, offset: tf.Tensor,
+                 window: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+  """Per axis [2]: (first, end) source rows/columns that the window reads, the window's
+  first sample position relative to `first`, and the step between samples.
+
+  As `tf.image.resize` (half-pixel centres; antialiased when shrinking): output pixel i of
+  the resized image samples source position (i + 0.5) * shape / new_shape, where source
+  pixel k spans [k, k + 1), with a triangle filter of half-width max(shape / new_shape, 1).
+  """
+  step = tf.cast(shape, tf.float32) / tf.cast(new_shape, tf.float32)
+  reach = tf.maximum(step, 1.0)
+  first_sample = (tf.cast(offset, tf.float32) + 0.5) * step
+  last_sample = (tf.cast(offset + window, tf.float32) - 0.5) * step
+  first = tf.clip_by_value(tf.cast(tf.math.ceil(first_sample - reach - 0.5), tf.int32), 0,
+                           shape - 1)
+  end = tf.clip_by_value(tf.cast(tf.floor(last_sample + reach - 0.5), tf.int32), 0,
+                         shape - 1) + 1
+  return first, end, first_sample - tf.cast(first, tf.float32), step
+
+
+def window_source(pixels: tf.Tensor, new_shape: tf.Tensor, offset: tf.Tensor,
+                  window: tf.Tensor, max_side: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """What the device needs to make rows and columns offset .. offset + window - 1 of
+  uint8 `pixels` [H, W, 3] resized to `new_shape` (as `resize_longest_side` resizes).
+
+  Returns (uint8 source [h, w, 3], resample float32 [2, 2]): per axis (rows, columns),
+  the position in the source of output pixel 0's sample and the step to the next one
+  (`canvas.model_images`). The source is the region of `pixels` the window reads. Where
+  that region is larger than `max_side`, the window is resized here (`resized_window`,
+  rounded to uint8) and the resample is the identity.
+  """
+  new_shape, offset, window = (tf.convert_to_tensor(t, tf.int32)
+                               for t in (new_shape, offset, window))
+  first, end, sample, step = _source_span(tf.shape(pixels)[:2], new_shape, offset, window)
+
+  def region():
+    return pixels[first[0]:end[0], first[1]:end[1]], tf.stack([sample, step], axis=1)
+
+  def resized():
+    return (resized_window(pixels, new_shape, offset, window),
+            tf.constant(IDENTITY_RESAMPLE, tf.float32))
+
+  return tf.cond(tf.reduce_all(end - first <= max_side), region, resized)
+
+
+def _flip_draw(seed: tf.Tensor, probability: float) -> tf.Tensor:
+  return tf.random.stateless_uniform([], seed=seed) < probability
+
+
+def _mirrored_boxes(boxes: tf.Tensor) -> tf.Tensor:
+  return tf.stack([boxes[:, 0], 1.0 - boxes[:, 3], boxes[:, 2], 1.0 - boxes[:, 1]], axis=1)
 
 
 def random_horizontal_flip(image: tf.Tensor, boxes: tf.Tensor, seed: tf.Tensor,
                            probability: float = 0.5) -> tuple[tf.Tensor, tf.Tensor]:
   """Flips image and image-normalised boxes left-right with `probability`."""
-  flip = tf.random.stateless_uniform([], seed=seed) < probability
-  flipped_boxes = tf.stack(
-      [boxes[:, 0], 1.0 - boxes[:, 3], boxes[:, 2], 1.0 - boxes[:, 1]], axis=1)
+  flip = _flip_draw(seed, probability)
   return (tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image),
-          tf.cond(flip, lambda: flipped_boxes, lambda: boxes))
+          tf.cond(flip, lambda: _mirrored_boxes(boxes), lambda: boxes))
+
+
+def random_mirror(boxes: tf.Tensor, resample: tf.Tensor, width: tf.Tensor, seed: tf.Tensor,
+                  probability: float = 0.5) -> tuple[tf.Tensor, tf.Tensor]:
+  """`random_horizontal_flip` (the same draw) of a `window_source` window `width` wide:
+  the boxes are flipped here and the columns' resample runs backwards."""
+  flip = _flip_draw(seed, probability)
+  sample, step = resample[1, 0], resample[1, 1]
+  last = sample + tf.cast(width - 1, tf.float32) * step
+  mirrored = tf.stack([resample[0], tf.stack([last, -step])])
+  return (tf.cond(flip, lambda: _mirrored_boxes(boxes), lambda: boxes),
+          tf.where(flip, mirrored, resample))
+
+
+def canvas_boxes(boxes: tf.Tensor, extent: tf.Tensor, size: int) -> tf.Tensor:
+  """Boxes normalised to an image of `extent` (h, w) -> to the size x size canvas it is
+  placed on, top-left."""
+  ratio = tf.tile(tf.cast(extent, tf.float32) / size, [2])  # (h, w, h, w) / size
+  return boxes * ratio[tf.newaxis]
 
 
 def pad_to_canvas(image: tf.Tensor, boxes: tf.Tensor, size: int,
                   value: float = PAD_VALUE) -> tuple[tf.Tensor, tf.Tensor]:
-  """Pads bottom/right to a [size, size, 3] canvas; boxes become canvas-normalised.
-
-  float32 images are padded with `value`; uint8 pixels with zeros, which
-  `canvas.model_images` replaces by PAD_VALUE on the device.
-  """
-  shape = tf.cast(tf.shape(image)[:2], tf.float32)
-  if image.dtype == tf.uint8:
-    padded = tf.image.pad_to_bounding_box(image, 0, 0, size, size)
-  else:
-    padded = tf.image.pad_to_bounding_box(image - value, 0, 0, size, size) + value
-  ratio = tf.tile(shape / size, [2])  # (h, w, h, w) / size
-  return padded, boxes * ratio[tf.newaxis]
+  """Pads a float32 image bottom/right with `value` to a [size, size, 3] canvas; boxes
+  become canvas-normalised. (Training batches are padded with zeros when batched, and
+  `canvas.model_images` puts PAD_VALUE there on the device.)"""
+  padded = tf.image.pad_to_bounding_box(image - value, 0, 0, size, size) + value
+  return padded, canvas_boxes(boxes, tf.shape(image)[:2], size)
 
 
 def shuffle_objects(boxes: tf.Tensor, labels: tf.Tensor,
