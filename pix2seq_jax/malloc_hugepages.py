@@ -1,21 +1,27 @@
-"""Transparent huge pages behind glibc's malloc, which XLA:CPU allocates its buffers with.
+"""Transparent huge pages behind glibc's malloc, which XLA:CPU allocates its buffers with,
+and freed memory kept for the next step.
 
 XLA:CPU allocates the temporary buffers of a program with malloc each time it runs it.
 glibc serves an allocation above its mmap threshold (32 MiB at most) with a fresh mmap
 that it unmaps on free, so every train step faults its working memory back in, one 4 KiB
 page at a time, and the kernel's time in those faults is a large share of a CPU step
-(BENCHMARKS.md, "Huge pages for malloc": the train step measured both ways). From glibc
-2.35 the tunable `glibc.malloc.hugetlb=1` makes malloc ask for transparent huge pages
-(madvise) on the memory it maps, and the same working memory then faults in 2 MiB at a
-time.
+(BENCHMARKS.md, "Huge pages behind malloc": the train step measured both ways). Three
+glibc tunables (from glibc 2.35) change that:
+  glibc.malloc.hugetlb=1          malloc asks for transparent huge pages (madvise) on the
+                                  memory it maps, which then faults in 2 MiB at a time;
+  glibc.malloc.mmap_max=0         no allocation gets a mapping of its own: large blocks
+  glibc.malloc.trim_threshold=2^36  come from the heap, and freed memory stays there for
+                                  the next step instead of being unmapped and faulted in
+                                  again (BENCHMARKS.md, "Freed memory kept").
 
 glibc reads GLIBC_TUNABLES once, when the process starts, so `enable()` re-executes the
-running command (same interpreter, same arguments, same process id) with the tunable
+running command (same interpreter, same arguments, same process id) with the tunables
 added; main.py and the benchmarks call it first thing. It does nothing, and says why,
 where it cannot help: not Linux with glibc 2.35+, transparent huge pages set to `never`,
-GLIBC_TUNABLES already naming `glibc.malloc.hugetlb` (the user's value is kept), or
-PIX2SEQ_HUGEPAGE_MALLOC=0 (the opt-out). A library user (a notebook) sets it before
-Python starts: `GLIBC_TUNABLES=glibc.malloc.hugetlb=1 jupyter lab`.
+GLIBC_TUNABLES already naming `glibc.malloc.hugetlb` (the user's settings are kept), or
+PIX2SEQ_HUGEPAGE_MALLOC=0 (the opt-out). A tunable the user set is never replaced. A
+library user (a notebook) sets them before Python starts:
+`GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736 jupyter lab`.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import sys
 from collections.abc import Mapping
 
 TUNABLE = 'glibc.malloc.hugetlb'
+KEEP_FREED = {'glibc.malloc.mmap_max': '0', 'glibc.malloc.trim_threshold': str(1 << 36)}
 OPT_OUT = 'PIX2SEQ_HUGEPAGE_MALLOC'
 THP_MODE_FILE = '/sys/kernel/mm/transparent_hugepage/enabled'
 MIN_GLIBC = (2, 35)
@@ -66,7 +73,10 @@ def tunables_with_hugepages(environ: Mapping[str, str], glibc: tuple[int, int] |
     return None, f'needs glibc {MIN_GLIBC[0]}.{MIN_GLIBC[1]}+ (this C library: {glibc})'
   if thp in (None, 'never'):
     return None, f'transparent huge pages are off ({THP_MODE_FILE}: {thp})'
-  return ':'.join(filter(None, [current, f'{TUNABLE}=1'])), f'{TUNABLE}=1 added'
+  named = {item.partition('=')[0] for item in current.split(':') if item}
+  added = [f'{TUNABLE}=1'] + [f'{name}={value}' for name, value in KEEP_FREED.items()
+                              if name not in named]
+  return ':'.join(filter(None, [current, *added])), f"{', '.join(added)} added"
 
 
 def active(environ: Mapping[str, str] = os.environ) -> bool:
@@ -77,8 +87,8 @@ def active(environ: Mapping[str, str] = os.environ) -> bool:
 
 
 def enable() -> str:
-  """Re-executes this process with `glibc.malloc.hugetlb=1` where that helps (module
-  docstring); otherwise returns the reason it did not. Call it before starting work:
+  """Re-executes this process with the tunables where they help (module docstring);
+  otherwise returns the reason it did not. Call it before starting work:
   nothing that ran before it survives the restart."""
   tunables, reason = tunables_with_hugepages(os.environ, glibc_version(), thp_mode())
   if tunables is None:

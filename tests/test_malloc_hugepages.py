@@ -1,5 +1,6 @@
-"""malloc_hugepages: when it restarts a process with glibc.malloc.hugetlb=1, and that the
-restarted process's large mallocs do land on transparent huge pages."""
+"""malloc_hugepages: when it restarts a process with glibc.malloc.hugetlb=1 (and freed
+memory kept), and that the restarted process's large mallocs do land on transparent huge
+pages."""
 
 import os
 import subprocess
@@ -13,11 +14,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NEW = (2, 36)
 
 
-def test_adds_the_tunable_to_whatever_glibc_tunables_holds():
-  assert mh.tunables_with_hugepages({}, NEW, 'madvise')[0] == 'glibc.malloc.hugetlb=1'
+KEEP = 'glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736'
+
+
+def test_adds_the_tunables_to_whatever_glibc_tunables_holds():
+  assert (mh.tunables_with_hugepages({}, NEW, 'madvise')[0] ==
+          f'glibc.malloc.hugetlb=1:{KEEP}')
   other = {'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}
   assert (mh.tunables_with_hugepages(other, NEW, 'always')[0] ==
-          'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1')
+          f'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1:{KEEP}')
+  mine = {'GLIBC_TUNABLES': 'glibc.malloc.mmap_max=4'}  # the user's value is kept
+  assert (mh.tunables_with_hugepages(mine, NEW, 'madvise')[0] ==
+          'glibc.malloc.mmap_max=4:glibc.malloc.hugetlb=1:'
+          'glibc.malloc.trim_threshold=68719476736')
 
 
 @pytest.mark.parametrize('environ, glibc, thp, reason', [
@@ -48,7 +57,8 @@ def test_reads_the_kernel_mode(tmp_path):
 
 
 # Prints its pid, restarts itself through enable(), then mallocs and touches 64 MiB and
-# prints how much more of the process sits on transparent huge pages (kB).
+# prints how much more of the process sits on transparent huge pages (kB); then frees the
+# block, mallocs and touches it again, and prints the page faults that took.
 _CHILD = '''
 import ctypes, os, sys
 print('pid', os.getpid(), flush=True)
@@ -66,6 +76,13 @@ before = anon_huge_kb()
 block = libc.malloc(size)
 ctypes.memset(block, 1, size)
 print('huge_kb', anon_huge_kb() - before, os.environ.get('GLIBC_TUNABLES', ''), flush=True)
+
+import resource
+libc.free(ctypes.c_void_p(block))  # as a step ends; the next step mallocs it again
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+block = libc.malloc(size)
+ctypes.memset(block, 2, size)
+print('refaults', resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults, flush=True)
 '''
 
 
@@ -76,7 +93,7 @@ def _run_child(**env) -> list[list[str]]:
   return [line.split(' ', 1) for line in out.splitlines()]
 
 
-def test_restarts_once_and_mallocs_land_on_huge_pages():
+def test_restarts_once_and_mallocs_land_on_huge_pages_and_are_kept():
   glibc, thp = mh.glibc_version(), mh.thp_mode()
   if mh.tunables_with_hugepages({}, glibc, thp)[0] is None:
     pytest.skip(f'enable() does nothing here: glibc {glibc}, transparent huge pages {thp}')
@@ -84,10 +101,13 @@ def test_restarts_once_and_mallocs_land_on_huge_pages():
   pids = [value for key, value in lines if key == 'pid']
   assert len(pids) == 2 and pids[0] == pids[1]  # one restart, the same process
   assert [value for key, value in lines if key == 'reason'] == [
-      'GLIBC_TUNABLES already sets glibc.malloc.hugetlb (glibc.malloc.hugetlb=1)']
+      f'GLIBC_TUNABLES already sets glibc.malloc.hugetlb (glibc.malloc.hugetlb=1:{KEEP})']
   huge_kb, tunables = dict(lines)['huge_kb'].split(' ')
-  assert tunables == 'glibc.malloc.hugetlb=1'
+  assert tunables == f'glibc.malloc.hugetlb=1:{KEEP}'
   assert int(huge_kb) >= 32 << 10  # most of the 64 MiB block
+  assert int(dict(lines)['refaults']) < 8  # the freed block was kept, and reused
+  lines = _run_child(GLIBC_TUNABLES='glibc.malloc.hugetlb=1')  # huge pages, nothing kept
+  assert int(dict(lines)['refaults']) >= 16  # unmapped on free, faulted in again
   if thp == 'madvise':  # without the tunable nothing asks for huge pages
     lines = _run_child(**{mh.OPT_OUT: '0'})
     assert len([key for key, _ in lines if key == 'pid']) == 1
