@@ -17,6 +17,10 @@ this project, row by row), all with random weights:
   infer 640 b1/b8  R50 at 640 px decoding 501 tokens, per image, batch 1 and 8
   infer 512 b1     R50 at 512 px decoding 101 tokens, batch 1 (the seed's sizes)
   train 512 b2     one R50 train step, 512 px, batch 2, 101 tokens, float32
+  train parts      where that step's time goes, the same sizes: the gradients of the
+                   backbone alone, of the encoding (backbone, encoder, memory) and of the
+                   whole model, without the optimizer (benchmarks/official_train_parts.py
+                   for the official model, train_step.py --parts for this project's)
   train seed-work  the same with the stem, stage 1 and batch norms frozen (the seed's
                    DETR fine-tuning), against an equivalent PyTorch step
   input 640        the training input pipeline over bare JPEG decoding (this project only)
@@ -37,6 +41,12 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(os.path.dirname(ROOT), 'shared', 'tools')
+
+
+# The parts of the train step timed alone (key in the parts' JSON, row of the table).
+PARTS = (('backbone', '  its backbone forward + backward (train-mode batch norm), s'),
+         ('encode', '  backbone, encoder and memory forward + backward, s'),
+         ('full', '  the whole model forward + backward, no optimizer, s'))
 
 
 def _last_json(command: list[str]) -> dict:
@@ -82,6 +92,8 @@ def main() -> None:
   seed_infer = [args.seed_python, os.path.join(args.tools, 'seed_infer.py'), args.seed_src,
                 '512', repeats]
   seed_step = [args.seed_python, 'benchmarks/seed_step_torch.py']
+  official_parts_command = [args.official_python, 'benchmarks/official_train_parts.py',
+                            args.official_src, '512', '20', '2', '5']
   have_official = bool(args.official_python and args.official_src)
   have_seed = bool(args.seed_python and args.seed_src)
 
@@ -108,9 +120,13 @@ def main() -> None:
                  ours512['seconds_per_image_b1']))
     ot = peer(have_official, official('512', '20', '2', repeats, 'train'),
               'official_train_step_s')
-    ours_train = _last_json([me, 'benchmarks/train_step.py'])
+    official_parts = peer(have_official, official_parts_command, 'official_part_seconds')
+    ours_train = _last_json([me, 'benchmarks/train_step.py', '--parts'])
     rows.append(('train step, R50 512 px, batch 2, 101 tokens, f32, s', ot, None,
                  ours_train['seconds_per_step']))
+    for part, work in PARTS:
+      rows.append((work, official_parts and official_parts[part], None,
+                   ours_train['part_seconds'][part]))
     st = peer(have_seed, seed_step, 'step_seconds')
     ours_frozen = _last_json([me, 'benchmarks/train_step.py', '--frozen_backbone_stages=2',
                               '--frozen_batch_norm'])

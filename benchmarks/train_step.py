@@ -14,7 +14,8 @@ several sizes, on one device, times the devices on accelerators) and flop_utiliz
 achieved FLOP/s / that peak. With --parts, where the step's time goes: the gradient of a
 sum over the backbone's features, over the encoder's memory (backbone included) and over
 the whole model's log-probabilities, each jitted alone (train-mode batch norm, float32,
-no optimizer update).
+no optimizer update), the median of --steps calls; benchmarks/official_train_parts.py
+times the same three gradients of the official model.
 """
 
 import argparse
@@ -49,23 +50,22 @@ def matmul_peak(dtype: str, sizes=(1024, 2048, 4096), repeats: int = 5) -> float
   return best
 
 
-def _best_seconds(fn, *args, repeats: int = 3, calls: int = 10) -> float:
-  """The best mean seconds per call of `fn(*args)` over `repeats` rounds of `calls`."""
+def _median_seconds(fn, *args, calls: int = 5) -> float:
+  """The median seconds of `calls` calls of `fn(*args)`, each waited for, after a warm-up
+  call (the statistic of the step's time and of the peers' timers)."""
   jax.block_until_ready(fn(*args))
-  best = float('inf')
-  for _ in range(repeats):
+  seconds = []
+  for _ in range(calls):
     start = time.perf_counter()
-    for _ in range(calls):
-      out = fn(*args)
-    jax.block_until_ready(out)
-    best = min(best, (time.perf_counter() - start) / calls)
-  return best
+    jax.block_until_ready(fn(*args))
+    seconds.append(time.perf_counter() - start)
+  return float(np.median(seconds))
 
 
 def part_seconds(graphdef: nnx.GraphDef, params, batch_stats, images: jax.Array,
-                 tokens: jax.Array) -> dict[str, float]:
-  """Seconds of the jitted gradient of each part: backbone, encode (backbone + encoder
-  + memory), full model. images [B, S, S, 3] float32, tokens [B, L]."""
+                 tokens: jax.Array, calls: int = 5) -> dict[str, float]:
+  """Median seconds of the jitted gradient of each part: backbone, encode (backbone +
+  encoder + memory), full model. images [B, S, S, 3] float32, tokens [B, L]."""
   def model(params):
     return nnx.merge(graphdef, params, batch_stats, copy=True)
 
@@ -74,7 +74,7 @@ def part_seconds(graphdef: nnx.GraphDef, params, batch_stats, images: jax.Array,
       'encode': lambda p: jnp.sum(model(p).encode(images, train=True) ** 2),
       'full': lambda p: jnp.sum(jax.nn.log_softmax(model(p)(images, tokens, train=True))),
   }
-  return {name: _best_seconds(jax.jit(jax.grad(loss)), params)
+  return {name: _median_seconds(jax.jit(jax.grad(loss)), params, calls=calls)
           for name, loss in parts.items()}
 
 
@@ -157,7 +157,7 @@ def main() -> None:
         f"({flops / seconds / peak:.1%})")
   if args.parts:
     parts = part_seconds(build.model_graphdef(config, vocab), state.params, state.batch_stats,
-                         batch['image'], batch['input_tokens'])
+                         batch['image'], batch['input_tokens'], calls=args.steps)
     print('forward + backward: ' + ', '.join(f'{name} {seconds * 1e3:.0f} ms'
                                             for name, seconds in parts.items()))
     result['part_seconds'] = parts
