@@ -117,10 +117,11 @@ def _user_errors() -> tuple[type[Exception], ...]:
   from pix2seq_jax.config import checks
   from pix2seq_jax.data import coco_json, image_check, tfds_source
   from pix2seq_jax.models import pretrained
-  from pix2seq_jax.train import checkpoints
+  from pix2seq_jax.train import checkpoints, init_from
   return (checks.ConfigError, coco_json.AnnotationFileError, image_check.ImageFilesError,
           tfds_source.TfdsNotPreparedError, checkpoints.CheckpointMismatchError,
-          pretrained.PretrainedWeightsError, FloatingPointError, FileNotFoundError)
+          pretrained.PretrainedWeightsError, init_from.InitFromError, FloatingPointError,
+          FileNotFoundError)
 
 
 if __name__ == '__main__':

@@ -9,7 +9,7 @@ import pytest
 
 from pix2seq_jax.config import checks as config_checks
 from pix2seq_jax.config import config_file, resolve
-from tests.tiny import ROOT, tiny_config
+from tests.tiny import ROOT, run_main, tiny_config
 
 CONFIGS = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, 'configs'))
                  if f.endswith('.py') and f != '__init__.py')
@@ -237,3 +237,73 @@ def test_factories_that_bind_config_fields_refuse_a_mutable_config(shapes_dir):
   with pytest.raises(TypeError, match='pass the frozen config'):
     sharded_decode.DecodeFn(config, graphdef, vocab, mesh_lib.make_mesh())
   sharded_decode.DecodeFn(resolve.resolve(config), graphdef, vocab, mesh_lib.make_mesh())
+
+
+def _init_from_and_backbone(shapes_dir: str, tmp_path) -> ml_collections.ConfigDict:
+  """A config valid but for setting both model.init_from and model.pretrained_backbone."""
+  source = tmp_path / 'source'
+  source.mkdir()
+  for name in ('config.json', 'categories.json'):  # all the check reads of a workdir
+    (source / name).write_text('{}')
+  weights = tmp_path / 'r50.npz'
+  weights.write_bytes(b'')
+  config = tiny_config(shapes_dir)
+  config.model.variant = 'r50'
+  config.model.image_normalization = 'imagenet'
+  config.model.pretrained_backbone = str(weights)
+  config.model.init_from = str(source)
+  return config
+
+
+def test_init_from_with_a_pretrained_backbone_is_refused(shapes_dir, tmp_path):
+  config = _init_from_and_backbone(shapes_dir, tmp_path)
+  with pytest.raises(config_checks.ConfigError,
+                     match='config.model.init_from and config.model.pretrained_backbone both '
+                           'set: .* keep one'):
+    config_checks.validate(config, mode='train')
+  for field in ('init_from', 'pretrained_backbone'):  # either alone is fine
+    alone = ml_collections.ConfigDict(config.to_dict())
+    alone.model[field] = ''
+    config_checks.validate(alone, mode='train')
+
+
+def test_official_decoding_with_class_x_coords_scores_is_refused(shapes_dir):
+  config = tiny_config(shapes_dir)
+  config.decode.mode = 'official'
+  config.decode.score = 'class_x_coords'
+  with pytest.raises(config_checks.ConfigError,
+                     match=re.escape("config.decode.score='class_x_coords' with "
+                                     "decode.mode='official'")):
+    config_checks.validate(config, mode='predict')
+  config.decode.score = 'class'
+  config_checks.validate(config, mode='predict')
+  config.decode.mode, config.decode.score = 'grammar', 'class_x_coords'
+  config_checks.validate(config, mode='predict')
+
+
+@pytest.mark.parametrize('mode, settings, message', [
+    ('train', ['--config.model.variant=r50', '--config.model.image_normalization=imagenet',
+               '--config.model.pretrained_backbone={weights}',
+               '--config.model.init_from={source}'],
+     'error: config.model.init_from and config.model.pretrained_backbone both set'),
+    ('predict', ['--config.decode.mode=official', '--config.decode.score=class_x_coords'],
+     "error: config.decode.score='class_x_coords' with decode.mode='official'"),
+], ids=['init_from_with_pretrained_backbone', 'official_decoding_with_class_x_coords'])
+def test_main_refuses_contradicting_fields_before_any_work(shapes_dir, tmp_path, capsys, mode,
+                                                           settings, message):
+  """main.py exits 1 with one `error:` line naming both fields; nothing is written."""
+  config = _init_from_and_backbone(shapes_dir, tmp_path)
+  workdir = tmp_path / 'run'
+  argv = [f'--mode={mode}', f'--config={ROOT}/configs/shapes.py', f'--workdir={workdir}']
+  if mode == 'predict':
+    argv += ['--images=x.jpg', f'--output={tmp_path / "p.json"}']
+  else:  # the session's 24-image dataset: a run the check missed stops at its size
+    argv += [f'--config.data.shapes_dir={shapes_dir}']
+  argv += [s.format(weights=config.model.pretrained_backbone, source=config.model.init_from)
+           for s in settings]
+  code = run_main(*argv)
+  stderr = capsys.readouterr().err
+  assert code == 1, stderr[-3000:]
+  assert message in stderr, stderr[-3000:]
+  assert 'Traceback' not in stderr
+  assert not workdir.exists() and not (tmp_path / 'p.json').exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import jax
@@ -135,3 +136,45 @@ def test_another_architecture_is_refused_naming_the_arrays(shapes_dir, tmp_path)
   config.model.init_from = str(tmp_path)
   with pytest.raises(checks.ConfigError, match='has no config.json'):
     checks.validate(config)
+
+
+def _train_argv(workdir: str, shapes_dir: str, source: str, variant: str) -> list[str]:
+  """main.py training tiny_config's data and vocabulary (what tiny_workdir was trained
+  on) for one step with `variant`, starting from `source`."""
+  return ['--mode=train', f'--config={tiny.ROOT}/configs/shapes.py', f'--workdir={workdir}',
+          f'--config.model.init_from={source}', f'--config.model.variant={variant}',
+          f'--config.data.shapes_dir={shapes_dir}', '--config.data.shapes_num_train=24',
+          '--config.data.shapes_num_val=6', '--config.data.image_size=64',
+          '--config.data.max_instances=8', '--config.data.num_bins=64',
+          '--config.train.batch_size=8', '--config.train.steps=1',
+          '--config.train.warmup_steps=0', '--config.train.log_every=1',
+          '--config.train.checkpoint_every=1', '--config.train.eval_every=0',
+          '--config.eval.max_images=2', '--config.eval.batch_size=8']
+
+
+def test_main_refuses_another_architecture_in_one_line_and_a_corrected_rerun_works(
+    tiny_workdir, shapes_dir, tmp_path, capsys, caplog):
+  """README: "`model.init_from` of another architecture: exit 1 before the first step
+  listing the differing arrays". main.py prints the refusal as an `error:` line, not a
+  traceback, and leaves nothing (no checkpoint, no log) that would make the corrected
+  command resume instead of starting from the source."""
+  workdir = str(tmp_path / 'run')
+  code = tiny.run_main(*_train_argv(workdir, shapes_dir, tiny_workdir, 'vit_nano'))
+  stderr = capsys.readouterr().err
+  assert code == 1, stderr[-3000:]
+  assert 'Traceback' not in stderr
+  assert (f'error: config.model.init_from={tiny_workdir!r} holds another architecture '
+          '(tiny, 64 px) than this run (vit_nano)') in stderr, stderr[-3000:]
+  assert '  backbone/blocks/0/conv1/kernel: only in model.init_from (3, 3, 32, 32)' in stderr
+  assert 'Use the same model.variant' in stderr
+  checkpoint_dir = checkpoints.checkpoint_dir(workdir)
+  assert not os.path.exists(checkpoint_dir) or not os.listdir(checkpoint_dir)
+  assert not os.path.exists(os.path.join(workdir, 'metrics.jsonl'))  # no step ran
+
+  caplog.set_level(logging.INFO)
+  code = tiny.run_main(*_train_argv(workdir, shapes_dir, tiny_workdir, 'tiny'))
+  assert code == 0, capsys.readouterr().err[-3000:]
+  assert f'Started from the parameters of {tiny_workdir}' in caplog.text
+  assert 'Resumed from' not in caplog.text
+  assert workdir_config.load(workdir).model.variant == 'tiny'
+  assert sorted(os.listdir(checkpoint_dir)) == ['1']

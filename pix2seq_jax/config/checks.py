@@ -295,8 +295,9 @@ def _check_decode(config: ml_collections.ConfigDict, overrides: tuple[str, ...])
     raise ConfigError(f'config.decode.mode={dec.mode!r} is unknown; use one of '
                       f'{list(decoding.MODES)}.')
   if dec.mode == 'official' and dec.score != 'class':
-    raise ConfigError(f'config.decode.score={dec.score!r}: official decoding scores an object '
-                      "by its class probability only; use decode.score='class'.")
+    raise ConfigError(f"config.decode.score={dec.score!r} with decode.mode='official': "
+                      'official decoding scores an object by its class probability only; use '
+                      "decode.score='class' or decode.mode='grammar'.")
   if dec.score not in decoding.SCORE_MODES:
     raise ConfigError(f'config.decode.score={dec.score!r} is unknown; use one of '
                       f'{list(decoding.SCORE_MODES)}.')
