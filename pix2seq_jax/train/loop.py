@@ -137,10 +137,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   setup = make_setup(config, overrides=overrides, mesh=mesh)
   config = setup.config
-  _write_run_files(setup, workdir)
   train = config.train
   manager = checkpoints.make_manager(workdir, train.keep_checkpoints)
-  state = _restore_or_create(setup, manager)
+  state = _restore_or_create(setup, manager)  # refuses another model's checkpoint ...
+  _write_run_files(setup, workdir)  # ... before its run's config.json is replaced
   start_step = int(state.step)
   batches = setup.train_batches(start_step)
   log = metrics_log.MetricsLog(workdir)
@@ -174,6 +174,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         progress.set_postfix(loss=f'{scalars["loss"]:.3f}')
       if saving:
         checkpoints.save(manager, step, state)
+      if last and signum is None:  # a signal during the last step (saved above) stops the
+        signum = preemption.agreed_signal(stop.signum)  # run before the final evaluation
       if signum is not None:
         progress.close()
         log.close()
