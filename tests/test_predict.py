@@ -103,16 +103,48 @@ def test_an_images_detections_do_not_depend_on_its_batch(tiny_workdir, shapes_di
   assert any(together), 'the grammar makes an untrained model emit boxes'
 
 
-def test_predict_coco_split_scores_with_pycocotools(tiny_workdir, shapes_dir):
+def test_predict_coco_split_scores_with_pycocotools(tiny_workdir, shapes_dir, tmp_path):
+  """Each annotated image gets the Predictor's detections of its own file under its own
+  id, in COCO's result format, and the metrics are COCOeval's own: against ground truth
+  made of the detections with an area, those score AP 1.0, and all of them score what
+  pycocotools, run directly, says."""
+  from pycocotools.coco import COCO
+  from pycocotools.cocoeval import COCOeval
+  # Sampled: an untrained model's greedy boxes have no area, and no box without one matches.
   predictor = predictor_lib.Predictor(tiny_workdir, batch_size=4,
-                                decode={'temperature': 1.0, 'top_p': 0.4})
+                                      decode={'temperature': 1.0, 'top_p': 0.4})
   annotations = os.path.join(shapes_dir, 'annotations', 'instances_val.json')
   results, image_ids = predictor_lib.predict_coco_split(
       predictor, annotations, os.path.join(shapes_dir, 'val'), max_images=5)
-  assert len(image_ids) == 5 and {r['image_id'] for r in results} <= set(image_ids)
-  metrics = coco_metrics.coco_metrics(coco_metrics.load_ground_truth(annotations), results,
-                                      image_ids)
-  assert set(metrics) == set(coco_metrics.METRIC_KEYS)
+  with open(annotations) as f:
+    dataset = json.load(f)
+  infos = dataset['images'][:5]
+  assert image_ids == [info['id'] for info in infos]
+  found = predictor([os.path.join(shapes_dir, 'val', info['file_name']) for info in infos])
+  expected = [{'image_id': info['id'], 'category_id': d['category_id'], 'bbox': d['bbox'],
+               'score': d['score']} for info, per_image in zip(infos, found) for d in per_image]
+  assert sorted(results, key=json.dumps) == sorted(expected, key=json.dumps)
+
+  with_area = [r for r in results if r['bbox'][2] > 0 and r['bbox'][3] > 0]
+  assert len({r['image_id'] for r in with_area}) >= 3 and len(with_area) < len(results)
+  truth = tmp_path / 'truth.json'
+  truth.write_text(json.dumps(dict(dataset, images=infos, annotations=[
+      {'id': i + 1, 'image_id': r['image_id'], 'category_id': r['category_id'],
+       'bbox': r['bbox'], 'area': r['bbox'][2] * r['bbox'][3], 'iscrowd': 0}
+      for i, r in enumerate(with_area)])))
+  truth_coco = coco_metrics.load_ground_truth(str(truth))
+  perfect = coco_metrics.coco_metrics(truth_coco, with_area, image_ids)
+  assert perfect['AP'] == perfect['AP50'] == perfect['AR100'] == 1.0
+
+  metrics = coco_metrics.coco_metrics(truth_coco, results, image_ids)
+  direct = COCO(str(truth))
+  evaluation = COCOeval(direct, direct.loadRes(json.loads(json.dumps(results))), 'bbox')
+  evaluation.params.imgIds = image_ids
+  evaluation.evaluate()
+  evaluation.accumulate()
+  evaluation.summarize()
+  assert [metrics[k] for k in coco_metrics.METRIC_KEYS] == list(evaluation.stats)
+  assert 0.0 < metrics['AP'] < 1.0  # the boxes without an area are false positives
 
 
 def test_unknown_decode_override_is_refused(tiny_workdir):
