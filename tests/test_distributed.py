@@ -20,7 +20,7 @@ import tempfile
 
 import pytest
 
-from tests.tiny import ROOT
+from tests.tiny import ROOT, killed_at_exit
 
 # A process of the pair: joins (or not), gathers every process's index over the joined
 # runtime, and prints what it observed as one JSON line.
@@ -85,17 +85,11 @@ def _run_pair(commands: list[list[str]], launcher: str,
   base.update(JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1')
   # Output goes to files: a full pipe would stop one process while the other waits for it.
   outs = [(tempfile.TemporaryFile('w+'), tempfile.TemporaryFile('w+')) for _ in range(2)]
-  processes = []
-  try:
+  with killed_at_exit([]) as processes:
     for rank, command in enumerate(commands):
       processes.append(subprocess.Popen(command, cwd=ROOT, env={**base, **variables(rank, port)},
                                         stdout=outs[rank][0], stderr=outs[rank][1], text=True))
     codes = [p.wait(timeout=_TIMEOUT_S) for p in processes]
-  finally:
-    for p in processes:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
   results = []
   for code, (stdout, stderr) in zip(codes, outs):
     stdout.seek(0)

@@ -29,7 +29,7 @@ from pix2seq_jax.evaluation import evaluator
 from pix2seq_jax.parallel import mesh as mesh_lib
 from pix2seq_jax.train import checkpoints, loop, preemption, step as step_lib
 from tests.tiny import REFERENCE_STEPS as STEPS
-from tests.tiny import ROOT, main_command, main_config, run_main, tiny_config
+from tests.tiny import ROOT, killed_at_exit, main_command, main_config, run_main, tiny_config
 
 
 def _run(command, **kwargs):
@@ -91,11 +91,11 @@ def killed_and_resumed(tmp_path_factory, shapes_dir, uninterrupted):
   likely lands inside a save), then resumed by the same run in this process."""
   workdir = str(tmp_path_factory.mktemp('killed') / 'run')
   command = main_command(workdir, shapes_dir, steps=STEPS, checkpoint_every=1)
-  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-  _wait_for_checkpoints(workdir, 3, alive=lambda: process.poll() is None)
-  process.send_signal(signal.SIGKILL)
-  process.communicate()
+  with killed_at_exit([subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)]) as (process,):
+    _wait_for_checkpoints(workdir, 3, alive=lambda: process.poll() is None)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
   assert process.returncode == -signal.SIGKILL
   killed_at = _steps_saved(workdir)
   assert killed_at and killed_at[-1] < STEPS, killed_at
@@ -130,9 +130,8 @@ def _stop_with(command: list[str], workdir: str, signum: int) -> tuple[int, str]
   """Starts `command`, sends it `signum` once it has saved a checkpoint past the workdir's
   latest; returns its exit code and stderr. The process is killed if anything fails."""
   before = max(_steps_saved(workdir), default=0)
-  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
-  try:
+  with killed_at_exit([subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, text=True)]) as (process,):
     deadline = time.time() + 300
     while max(_steps_saved(workdir), default=0) <= before:
       assert process.poll() is None, 'the run ended before its first checkpoint'
@@ -140,9 +139,6 @@ def _stop_with(command: list[str], workdir: str, signum: int) -> tuple[int, str]
       time.sleep(0.01)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=300)
-  finally:
-    process.kill()  # a no-op once it has exited
-    process.wait()
   return process.returncode, stderr
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import subprocess
 import sys
+from collections.abc import Iterator
 
 import ml_collections
 import pytest
@@ -23,6 +26,19 @@ def shared_path(*parts: str) -> str:
     pytest.skip(f'{path} is absent: set PIX2SEQ_SHARED_DATA to the folder holding '
                 'coco_tiny/ and cocoapi_eval/.')
   return path
+
+
+@contextlib.contextmanager
+def killed_at_exit(processes: list[subprocess.Popen]) -> Iterator[list[subprocess.Popen]]:
+  """Kills whichever of `processes` (a list the block may still append to) still runs
+  when the block ends, so that a failing or timed-out test leaves no process behind."""
+  try:
+    yield processes
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+      process.wait()
 
 
 def tiny_config(data_dir: str) -> ml_collections.ConfigDict:
