@@ -1,5 +1,6 @@
-"""Shared fixtures (a small shapes dataset, a trained tiny workdir) and the session's
-compilation settings, which main.py processes started by the tests inherit."""
+"""Shared fixtures (a small shapes dataset, a trained tiny workdir), the session's
+compilation settings, which main.py processes started by the tests inherit, and the
+order in which pytest-xdist's workers take the test groups."""
 
 import os
 
@@ -7,15 +8,20 @@ import pytest
 
 from pix2seq_jax import compilation_cache
 
-# Tiny models compile faster with XLA's optimisations off; the persistent cache lets
-# every process and test reuse what another compiled (config of tests only).
-os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', 'true')
+# Tiny models compile several times faster with most of XLA's optimisations off, and the
+# persistent cache lets every process and test reuse what another compiled (config of
+# tests only). Tests marked `xla_default` (parity with the official model, numeric
+# shortcuts against their references, checks of compiled programs) run with XLA's
+# default optimisation, as users' runs compile: see `_compile_as_the_test_asks`.
+_FAST_COMPILE = 'JAX_DISABLE_MOST_OPTIMIZATIONS'
+os.environ.setdefault(_FAST_COMPILE, 'true')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault(compilation_cache.ENV, compilation_cache.default_dir() + '-tests')
 
 import jax  # noqa: E402
 
-jax.config.update('jax_disable_most_optimizations', True)
+_SUITE_FAST_COMPILE = os.environ[_FAST_COMPILE].lower() in ('1', 'true')
+jax.config.update('jax_disable_most_optimizations', _SUITE_FAST_COMPILE)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 compilation_cache.enable()
 
@@ -96,18 +102,18 @@ def multi_device_run(tmp_path_factory):
     return json.load(f)
 
 
-# Every group, longest first (measured with the whole suite on 2 cores), in the order the
-# two workers should start them: xdist gives each worker two groups at first (the 1st and
-# 3rd to one, the 2nd and 4th to the other), then one at a time, so the longest going first
-# leaves short ones to even out the end. The 2-process run compiles the tiny model first;
-# the 8-device run and a TensorFlow-only group fill the other worker until that
-# compilation is in the cache. Groups not named here go last.
-_FIRST_GROUPS = ('tests.test_multihost', 'multi_device', 'tests.test_augment',
-                 'tests.test_reliability', 'tests.test_deploy', 'tests.test_train',
-                 'tests.test_end_to_end', 'tests.test_model', 'tests.test_notebook',
-                 'tests.test_pretrained', 'tests.test_decode', 'tests.test_bad_data',
-                 'tests.test_data', 'tests.test_transforms', 'train', 'official',
-                 'tests.test_predict', 'tests.test_evaluate', 'tests.test_no_tensorflow')
+# Test groups, longest first (measured with the whole suite on 2 cores: BENCHMARKS.md,
+# "The test suite"). With `--dist loadgroup --no-loadscope-reorder` (pyproject.toml)
+# pytest-xdist hands whole groups to idle workers in collection order, which its option
+# documents as kept; starting with the longest is the classic longest-first heuristic,
+# leaving short groups to even out the end. Groups not named here go last, in file order.
+_FIRST_GROUPS = ('tests.test_multihost', 'multi_device', 'tests.test_reliability',
+                 'tests.test_augment', 'tests.test_deploy', 'official', 'train',
+                 'tests.test_train', 'tests.test_end_to_end', 'tests.test_model',
+                 'tests.test_notebook', 'tests.test_decode', 'tests.test_distributed',
+                 'tests.test_pretrained', 'tests.test_bad_data', 'tests.test_data',
+                 'tests.test_transforms', 'tests.test_predict', 'tests.test_evaluate',
+                 'tests.test_no_tensorflow')
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -122,3 +128,33 @@ def pytest_collection_modifyitems(config, items):
   rank = lambda item: (_FIRST_GROUPS.index(group(item)) if group(item) in _FIRST_GROUPS
                        else len(_FIRST_GROUPS))
   items.sort(key=rank)  # stable: the rest keep their order
+
+
+_compiling_fast = [_SUITE_FAST_COMPILE]  # this process's current mode
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+  """Before a test and its fixtures: XLA's default optimisation for tests marked
+  `xla_default`, the suite's fast compilation for the others. Programs compiled in the
+  other mode are dropped when it changes (JAX keeps them in memory under keys that do
+  not name it); the persistent cache keeps both apart. main.py processes the test starts
+  compile as it does."""
+  fast = _SUITE_FAST_COMPILE and not item.get_closest_marker('xla_default')
+  if fast != _compiling_fast[0]:
+    jax.clear_caches()
+    jax.config.update('jax_disable_most_optimizations', fast)
+    os.environ[_FAST_COMPILE] = 'true' if fast else 'false'
+    _compiling_fast[0] = fast
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+  """With PIX2SEQ_NO_SKIPS=1 (.ci/run) a skipped test fails: CI has the shared data and
+  everything else every test needs, so a skip there is a test that did not run."""
+  outcome = yield
+  report = outcome.get_result()
+  if report.skipped and os.environ.get('PIX2SEQ_NO_SKIPS') == '1':
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+    report.outcome = 'failed'
+    report.longrepr = f'skipped, and PIX2SEQ_NO_SKIPS=1 forbids skips: {reason}'

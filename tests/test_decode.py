@@ -115,6 +115,7 @@ def test_the_cache_grows_by_blocks_and_equals_one_block_and_recompute(shapes_dir
                     block_ends=(16, 8))
 
 
+@pytest.mark.xla_default
 @pytest.mark.parametrize('batch,prefix_block', [(1, 0), (2, 0), (2, 8)])
 def test_decode_loop_updates_the_cache_in_place(shapes_dir, batch, prefix_block):
   """The compiled loops never copy a self-attention cache (nor the memory's keys/values).

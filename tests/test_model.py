@@ -157,6 +157,7 @@ def test_frozen_batch_norms_are_frozen_paths_of_the_resnet():
   assert ('blocks', '3', 'norm1') in paths and ('blocks', '3', 'conv1') not in paths
 
 
+@pytest.mark.xla_default
 def test_pointwise_conv_equals_a_1x1_conv():
   for stride, size in ((1, 8), (2, 8), (2, 7)):
     pointwise = resnet.PointwiseConv(6, 5, stride, rngs=nnx.Rngs(0))
@@ -177,6 +178,7 @@ def test_pointwise_conv_equals_a_1x1_conv():
                                    atol=1e-5)
 
 
+@pytest.mark.xla_default
 @pytest.mark.parametrize('cin,kernel,stride,size,method', [
     (3, 7, 2, 16, 'patches'), (3, 7, 2, 13, 'patches'), (3, 3, 2, 9, 'patches'),
     (30, 3, 1, 7, 'offsets'), (30, 3, 1, 6, 'offsets'), (30, 3, 2, 7, 'patches')])
@@ -207,6 +209,7 @@ def test_resnet_convs_pick_their_kernel_gradient():
   assert methods == {1: 'offsets', 2: 'patches'}
 
 
+@pytest.mark.xla_default
 @pytest.mark.parametrize('shape', [(2, 8, 8, 3), (1, 7, 9, 2), (1, 1, 2, 1)])
 def test_max_pool_equals_flax_max_pool_with_its_gradient(shape):
   x = jax.random.normal(jax.random.key(0), shape)

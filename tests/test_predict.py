@@ -72,6 +72,7 @@ def test_as_rgb_repeats_grey_and_drops_alpha():
     canvas.as_rgb(np.zeros((3, 4, 5), np.uint8))
 
 
+@pytest.mark.xla_default
 def test_new_image_sizes_reuse_the_compiled_canvases(tiny_workdir):
   predictor = predictor_lib.Predictor(tiny_workdir, batch_size=2, decode={'canvas_buckets': 2})
   assert predictor.canvas_shapes == [(32, 64), (64, 32), (64, 64)]

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from pix2seq_jax import xla_cpu_flags
 from tests.tiny import ROOT
 
@@ -41,6 +43,7 @@ def test_inference_options_apply_on_cpu_unless_xla_flags_sets_them():
   assert xla_cpu_flags.inference_compiler_options('cpu', user) == {}
 
 
+@pytest.mark.xla_default
 def test_the_inference_options_turn_off_the_ynnpack_dot_fusion_of_xlas_default():
   """A dot that XLA:CPU hands to YNNPACK by default (as the train step's are) is left to
   XLA's own emitter under the inference options (the Predictor's use: test_predict)."""
