@@ -41,6 +41,11 @@ from pix2seq_jax.models import backbones, build, official_names, variants
 OBJECTS365_CLASSES = 365
 _GLOBAL_STEP = 'global_step' + official_names.SUFFIX
 _LIST_LIMIT = 20
+# (resnet_variant, resnet_depth, resnet_width_multiplier, resnet_sk_ratio) -> our backbone.
+# Width 1/32 is the official-parity test fixtures' (models/resnet.py, NANO_DIVISOR).
+_RESNETS = {('standard', 50, 1, 0.0): 'resnet50', ('c4', 50, 1, 0.0): 'resnet50_c4',
+            ('standard', 50, 1 / 32, 0.0): 'resnet50_nano',
+            ('c4', 50, 1 / 32, 0.0): 'resnet50_c4_nano'}
 
 
 class ConversionError(ValueError):
@@ -86,10 +91,10 @@ def _official_spec(model: dict) -> variants.ModelSpec:
   elif kind in ('standard', 'c4'):
     resnet = (model.get('resnet_depth'), model.get('resnet_width_multiplier'),
               model.get('resnet_sk_ratio'))
-    if resnet != (50, 1, 0.0):
+    if (kind,) + resnet not in _RESNETS:
       raise ConversionError(f'ResNet depth/width/sk_ratio {resnet}: only ResNet-50 '
-                            '(50, 1, 0.0) is implemented.')
-    backbone = 'resnet50' if kind == 'standard' else 'resnet50_c4'
+                            '(50, 1, 0.0) is implemented (and 1/32 wide: the test fixtures).')
+    backbone = _RESNETS[(kind,) + resnet]
   else:
     raise ConversionError(f'model.resnet_variant={kind!r}: only standard (resnet), c4 '
                           '(resnet-c) and c1 (ViT) are implemented.')
@@ -147,6 +152,20 @@ def default_categories(official_config: dict) -> coco_json.CategoryMap:
   return coco_json.CategoryMap(ids, tuple(f'objects365_{i}' for i in ids))
 
 
+def read_categories(path: str, num_bins: int) -> coco_json.CategoryMap:
+  """--categories: an instances file's categories or a [{id, name}, ...] list, refused
+  with a ConversionError naming the file when it is not one or its ids do not fit the
+  official vocabulary."""
+  try:
+    categories = coco_json.CategoryMap.from_file(path)
+    vocab_lib.for_categories('official', categories.category_ids, num_bins)
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    raise ConversionError(f'--categories={path}: expected a COCO instances file or a JSON '
+                          f'list of {{"id", "name"}} with ids the official vocabulary holds '
+                          f'({type(e).__name__}: {e}).') from e
+  return categories
+
+
 def convert_arrays(reader, config, vocab: vocab_lib.Vocabulary) -> tuple[dict, dict]:
   """(params, batch_stats) as pure dicts of numpy arrays, read through `reader`
   (tf.train.load_checkpoint). Raises ConversionError listing every problem."""
@@ -202,7 +221,7 @@ def convert(checkpoint: str, output: str, categories_path: str | None = None) ->
   shapes = reader.get_variable_to_shape_map()
   step = int(reader.get_tensor(_GLOBAL_STEP)) if _GLOBAL_STEP in shapes else 0
   config = project_config(official_config, step)
-  categories = (coco_json.CategoryMap.from_file(categories_path) if categories_path
+  categories = (read_categories(categories_path, config.data.num_bins) if categories_path
                 else default_categories(official_config))
   vocab = vocab_lib.for_categories('official', categories.category_ids, config.data.num_bins)
   params, batch_stats = convert_arrays(reader, config, vocab)

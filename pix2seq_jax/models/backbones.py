@@ -9,14 +9,16 @@ from pix2seq_jax.models import counted_rngs, resnet, vit
 BACKBONES = {
     'resnet50': resnet.resnet50,
     'resnet50_c4': resnet.resnet50_c4,
+    'resnet50_nano': resnet.resnet50_nano,  # the official-parity fixtures' ResNets
+    'resnet50_c4_nano': resnet.resnet50_c4_nano,
     'resnet_tiny': resnet.resnet_tiny,
     'vit_patch16': lambda *, rngs: vit.Patchify(16),
     'vit_patch8': lambda *, rngs: vit.Patchify(8),
 }
 # Output stride of each backbone (checked against the modules in the tests), so configs
 # can be validated without building a model.
-STRIDES = {'resnet50': 32, 'resnet50_c4': 16, 'resnet_tiny': 16, 'vit_patch16': 16,
-           'vit_patch8': 8}
+STRIDES = {'resnet50': 32, 'resnet50_c4': 16, 'resnet50_nano': 32, 'resnet50_c4_nano': 16,
+           'resnet_tiny': 16, 'vit_patch16': 16, 'vit_patch8': 8}
 
 
 def abstract_backbone(name: str) -> nnx.Module:

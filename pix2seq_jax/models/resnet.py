@@ -337,15 +337,34 @@ class ResNet(nnx.Module):
     return x
 
 
+def _resnet50(stages: int, divisor: int, rngs: nnx.Rngs) -> ResNet:
+  """ResNet-50's first `stages` stages with every width divided by `divisor`."""
+  return ResNet(BottleneckBlock, (3, 4, 6, 3)[:stages],
+                tuple(w // divisor for w in (64, 128, 256, 512)[:stages]),
+                (1, 2, 2, 2)[:stages], stem='imagenet', stem_width=64 // divisor, rngs=rngs)
+
+
 def resnet50(*, rngs: nnx.Rngs) -> ResNet:
-  return ResNet(BottleneckBlock, (3, 4, 6, 3), (64, 128, 256, 512), (1, 2, 2, 2),
-                stem='imagenet', stem_width=64, rngs=rngs)
+  return _resnet50(4, 1, rngs)
 
 
 def resnet50_c4(*, rngs: nnx.Rngs) -> ResNet:
   """ResNet-50 stages 1-4 (conv1 .. conv4_x): stride 16, 1024 features."""
-  return ResNet(BottleneckBlock, (3, 4, 6), (64, 128, 256), (1, 2, 2),
-                stem='imagenet', stem_width=64, rngs=rngs)
+  return _resnet50(3, 1, rngs)
+
+
+# The official-parity test fixtures' sizes (tests/fixtures/official_resnet_nano and
+# official_resnet_c_nano): the official ResNet-50 with width multiplier 1/32, i.e. a
+# 2-channel stem and stage widths 2, 4, 8, 16 (64 features at C5, 32 at C4).
+NANO_DIVISOR = 32
+
+
+def resnet50_nano(*, rngs: nnx.Rngs) -> ResNet:
+  return _resnet50(4, NANO_DIVISOR, rngs)
+
+
+def resnet50_c4_nano(*, rngs: nnx.Rngs) -> ResNet:
+  return _resnet50(3, NANO_DIVISOR, rngs)
 
 
 def resnet_tiny(*, rngs: nnx.Rngs) -> ResNet:

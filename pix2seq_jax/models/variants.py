@@ -27,6 +27,11 @@ VARIANTS = {
     # The sizes of the official-parity test fixture (tests/fixtures/official_vit_nano):
     # 8 px patches, one encoder and one decoder layer of width 32.
     'vit_nano': ModelSpec('vit_patch8', 1, 32, 64, 2, 1, 32, 64, 2),
+    # The sizes of the ResNet official-parity fixtures (tests/fixtures/official_resnet_nano,
+    # official_resnet_c_nano): ResNet-50 at 1/32 width (C5 / C4 features), one encoder
+    # layer of width 16, one decoder layer of width 8.
+    'r50_nano': ModelSpec('resnet50_nano', 1, 16, 32, 2, 1, 8, 16, 2),
+    'r50_c4_nano': ModelSpec('resnet50_c4_nano', 1, 16, 32, 2, 1, 8, 16, 2),
     # The official `resnet` variant: R50 C5 features, 6x256 encoder, 6x256 decoder (36.6M).
     'r50': ModelSpec('resnet50', 6, 256, 1024, 8, 6, 256, 1024, 8),
     # The official `resnet-c` variant: R50 C4 features (stride 16), 12x512 encoder,
