@@ -9,7 +9,8 @@
   summary  print the model's parameters per module and `total_params=N` (no --workdir)
 
 Several hosts: run the same command on every host with --coordinator_address=HOST:PORT
---num_processes=N --process_id=I, or under SLURM / Open MPI with nothing added (README).
+--num_processes=N --process_id=I, or under SLURM / Open MPI with nothing added: one task
+per node drives all its GPUs (--devices_per_process=task: one task per GPU; README).
 """
 
 import logging as std_logging
@@ -34,6 +35,10 @@ flags.DEFINE_integer('num_processes', None, 'multi-host: how many processes take
 flags.DEFINE_integer('process_id', None, 'multi-host: this process, 0 .. num_processes - 1.')
 flags.DEFINE_bool('auto_distributed', True,
                   'Join the other processes when a launcher (SLURM, Open MPI) started several.')
+flags.DEFINE_enum('devices_per_process', 'node', ['node', 'task'],
+                  'Under a launcher: node = one task per node driving all the GPUs it sees; '
+                  'task = one task per GPU, each driving its own (README, "Many devices '
+                  'and hosts").')
 
 
 def _quiet_orbax(record: std_logging.LogRecord) -> bool:
@@ -78,8 +83,11 @@ def _run(mode: str, overrides: tuple[str, ...]) -> None:
   from pix2seq_jax import compilation_cache
   from pix2seq_jax.parallel import distributed
   compilation_cache.enable()  # PIX2SEQ_COMPILATION_CACHE moves it or turns it off
-  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                         auto=FLAGS.auto_distributed)
+  joined = distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                                  FLAGS.process_id, auto=FLAGS.auto_distributed,
+                                  devices_per_process=FLAGS.devices_per_process)
+  logging.info(distributed.describe_devices())  # every process, before any check
+  distributed.check_device_count(FLAGS.devices_per_process, joined)
   decode = None
   if mode in ('predict', 'export') and FLAGS.config is not None:  # only the decode settings
     checks.validate(FLAGS.config, mode='predict', overrides=overrides)
@@ -117,11 +125,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
   from pix2seq_jax.config import checks
   from pix2seq_jax.data import coco_json, image_check, tfds_source
   from pix2seq_jax.models import pretrained
+  from pix2seq_jax.parallel import distributed
   from pix2seq_jax.train import checkpoints, init_from
-  return (checks.ConfigError, coco_json.AnnotationFileError, image_check.ImageFilesError,
-          tfds_source.TfdsNotPreparedError, checkpoints.CheckpointMismatchError,
-          pretrained.PretrainedWeightsError, init_from.InitFromError, FloatingPointError,
-          FileNotFoundError)
+  return (checks.ConfigError, distributed.LauncherError, coco_json.AnnotationFileError,
+          image_check.ImageFilesError, tfds_source.TfdsNotPreparedError,
+          checkpoints.CheckpointMismatchError, pretrained.PretrainedWeightsError,
+          init_from.InitFromError, FloatingPointError, FileNotFoundError)
 
 
 if __name__ == '__main__':
