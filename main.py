@@ -134,6 +134,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 if __name__ == '__main__':
-  from pix2seq_jax import malloc_hugepages
-  malloc_hugepages.enable()  # restarts this command once with huge pages behind malloc
+  from pix2seq_jax import cpu_runtime
+  # Where the backend will be the CPU: the XLA:CPU flags, and a restart of this command
+  # with huge pages behind malloc (before anything starts JAX).
+  cpu_runtime.configure()
   app.run(main)

@@ -19,7 +19,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from pix2seq_jax import malloc_hugepages
+from pix2seq_jax import cpu_runtime, malloc_hugepages
 from pix2seq_jax.models import resnet
 
 
@@ -76,5 +76,5 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-  malloc_hugepages.enable()  # as main.py runs: huge pages behind malloc
+  cpu_runtime.configure()  # as main.py runs: XLA:CPU flags, huge pages behind malloc
   main()

@@ -20,7 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pix2seq_jax import malloc_hugepages  # noqa: E402
+from pix2seq_jax import cpu_runtime  # noqa: E402
 from pix2seq_jax.data import sources  # noqa: E402
 from pix2seq_jax.evaluation import coco_metrics  # noqa: E402
 from pix2seq_jax.inference import predictor as predictor_lib  # noqa: E402
@@ -66,5 +66,5 @@ def main():
 
 
 if __name__ == '__main__':
-  malloc_hugepages.enable()  # as main.py runs: huge pages behind malloc
+  cpu_runtime.configure()  # as main.py runs: XLA:CPU flags, huge pages behind malloc
   main()

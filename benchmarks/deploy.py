@@ -160,4 +160,6 @@ def main() -> None:
 
 
 if __name__ == '__main__':
+  from pix2seq_jax import cpu_runtime
+  cpu_runtime.configure(restart=False)  # the XLA:CPU flags, as when it was measured
   main()

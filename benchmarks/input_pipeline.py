@@ -23,7 +23,7 @@ import time
 import jax
 import tensorflow as tf
 
-from pix2seq_jax import malloc_hugepages, vocab as vocab_lib
+from pix2seq_jax import cpu_runtime, malloc_hugepages, vocab as vocab_lib
 from pix2seq_jax.config import config_file
 from pix2seq_jax.data import canvas, pipeline, sources
 
@@ -92,5 +92,5 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-  malloc_hugepages.enable()  # as main.py runs: huge pages behind malloc
+  cpu_runtime.configure()  # as main.py runs: XLA:CPU flags, huge pages behind malloc
   main()

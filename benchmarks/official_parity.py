@@ -29,7 +29,7 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pix2seq_jax import convert_official  # noqa: E402
+from pix2seq_jax import convert_official, cpu_runtime  # noqa: E402
 from pix2seq_jax.inference import decoding  # noqa: E402
 from pix2seq_jax.inference.predictor import Predictor  # noqa: E402
 from pix2seq_jax.models import build  # noqa: E402
@@ -117,4 +117,5 @@ def main():
 
 
 if __name__ == '__main__':
+  cpu_runtime.configure(restart=False)  # the XLA:CPU flags, as when it was measured
   main()

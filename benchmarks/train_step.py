@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pix2seq_jax import malloc_hugepages, vocab as vocab_lib
+from pix2seq_jax import cpu_runtime, malloc_hugepages, vocab as vocab_lib
 from pix2seq_jax.config import default, resolve
 from pix2seq_jax.data import synthetic
 from pix2seq_jax.models import build
@@ -168,5 +168,5 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-  malloc_hugepages.enable()  # as main.py runs: huge pages behind malloc
+  cpu_runtime.configure()  # as main.py runs: XLA:CPU flags, huge pages behind malloc
   main()

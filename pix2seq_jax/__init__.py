@@ -11,12 +11,9 @@ The subpackages follow the data's journey:
   parallel/    the device mesh, shardings and multi-host start-up
 
 `vocab.py` is the one token vocabulary, used by data/ to build sequences and by
-inference/ to read them back. Importing the package sets the XLA:CPU flags of
-`xla_cpu_flags.py` (a value already in XLA_FLAGS is kept).
+inference/ to read them back. Importing the package or any of its modules changes
+nothing in the process (environment, JAX settings); the CPU tuning is applied by the
+entry points that ask for it (`cpu_runtime.configure`).
 """
 
-from pix2seq_jax import xla_cpu_flags as _xla_cpu_flags
-
 __version__ = '0.4.0'
-
-_xla_cpu_flags.apply_defaults()

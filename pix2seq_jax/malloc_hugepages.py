@@ -16,7 +16,8 @@ glibc tunables (from glibc 2.35) change that:
 
 glibc reads GLIBC_TUNABLES once, when the process starts, so `enable()` re-executes the
 running command (same interpreter, same arguments, same process id) with the tunables
-added; main.py and the benchmarks call it first thing. It does nothing, and says why,
+added; main.py and the benchmarks call it first thing, through `cpu_runtime.configure`
+(only where the backend will be the CPU). It does nothing, and says why,
 where it cannot help: not Linux with glibc 2.35+, transparent huge pages set to `never`,
 GLIBC_TUNABLES already naming `glibc.malloc.hugetlb` (the user's settings are kept), or
 PIX2SEQ_HUGEPAGE_MALLOC=0 (the opt-out). A tunable the user set is never replaced. A

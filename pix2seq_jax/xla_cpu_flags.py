@@ -1,4 +1,4 @@
-"""The XLA:CPU settings this project runs with, applied when `pix2seq_jax` is imported.
+"""The XLA:CPU settings this project runs with where the backend is the CPU.
 
 `--xla_cpu_multi_thread_eigen=false`: XLA:CPU does not hand dots and convolutions to
 Eigen's own intra-op thread pool. The small matrix-vector products of cached decoding
@@ -6,9 +6,10 @@ then skip a thread hand-off per product, and the train step runs faster too
 (BENCHMARKS.md, "XLA:CPU threads": measured side by side, with the commands).
 
 XLA reads XLA_FLAGS once, when JAX starts its CPU backend, so the flag is added to the
-environment at import, before any backend starts; a process that started one earlier
-keeps its settings. A value the user set in XLA_FLAGS is kept as it is. GPU and TPU
-backends ignore these flags; child processes inherit them (TensorFlow's XLA knows them).
+environment before any backend starts, by the run's entry point (`cpu_runtime.configure`,
+only when the backend will be the CPU); a process that started one earlier keeps its
+settings. A value the user set in XLA_FLAGS is kept as it is. Child processes inherit
+them (TensorFlow's XLA knows them).
 
 Inference programs (decoding, teacher-forced logits, exported detectors run by
 `serving.load`) are compiled on CPU with INFERENCE_OPTIONS as well:

@@ -6,7 +6,17 @@ import os
 
 import pytest
 
-from pix2seq_jax import compilation_cache
+from pix2seq_jax import compilation_cache, cpu_runtime
+
+# The XLA:CPU flags main.py runs with where the backend is the CPU (cpu_runtime.py), set
+# before JAX starts a backend; the processes the tests start inherit them. No restart
+# with huge pages behind malloc: the test processes keep glibc's defaults.
+cpu_runtime.configure(restart=False)
+# Float32 matmuls and convolutions at full float32 on every backend (on GPUs JAX's
+# default runs them as TF32): the parity and equivalence tests' tolerances assume it.
+# Nothing changes on the CPU, where every precision is float32. Processes the tests
+# start inherit it.
+os.environ.setdefault('JAX_DEFAULT_MATMUL_PRECISION', 'highest')
 
 # Tiny models compile several times faster with most of XLA's optimisations off, and the
 # persistent cache lets every process and test reuse what another compiled (config of
@@ -23,6 +33,8 @@ import jax  # noqa: E402
 _SUITE_FAST_COMPILE = os.environ[_FAST_COMPILE].lower() in ('1', 'true')
 jax.config.update('jax_disable_most_optimizations', _SUITE_FAST_COMPILE)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+jax.config.update('jax_default_matmul_precision',
+                  os.environ['JAX_DEFAULT_MATMUL_PRECISION'])
 compilation_cache.enable()
 
 from tests import tiny  # noqa: E402
@@ -93,8 +105,8 @@ def multi_device_run(tmp_path_factory):
   import subprocess
   import sys
   out = str(tmp_path_factory.mktemp('multi_device') / 'result.json')
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=' '.join(  # and the CPU tuning's
+      [os.environ.get('XLA_FLAGS', ''), '--xla_force_host_platform_device_count=8']).strip())
   run = subprocess.run([sys.executable, '-m', 'tests.multi_device_run', out], cwd=tiny.ROOT,
                        env=env, capture_output=True, text=True, timeout=900)
   assert run.returncode == 0, run.stderr[-3000:]

@@ -217,3 +217,76 @@ def test_max_pool_equals_flax_max_pool_with_its_gradient(shape):
   np.testing.assert_array_equal(resnet.max_pool_same(x), flax_pool(x))
   grad = lambda pool: jax.grad(lambda x: jnp.sum(jnp.sin(pool(x))))(x)
   np.testing.assert_allclose(grad(resnet.max_pool_same), grad(flax_pool), rtol=1e-6)
+
+
+def _convs(model) -> list:
+  return [m for _, m in nnx.iter_graph(model)
+          if isinstance(m, (resnet.PointwiseConv, resnet.MatmulGradConv))]
+
+
+def test_xla_and_matmul_grad_convolutions_give_the_same_outputs_and_gradients():
+  # 3x3 convs of both kernel-gradient methods, strided and not, and a strided 1x1.
+  model = resnet.ResNet(resnet.BasicBlock, (1, 1), (32, 32), (1, 2), stem='small',
+                        stem_width=32, rngs=nnx.Rngs(0))
+  assert {conv.method for conv in _convs(model) if hasattr(conv, 'method')} == {
+      'patches', 'offsets'}
+  for _, norm in nnx.iter_graph(model):  # no zero-initialised scale hides a gradient
+    if isinstance(norm, nnx.BatchNorm):
+      norm.scale[...] = jnp.full_like(norm.scale[...], 1.5)
+  x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+
+  @nnx.jit
+  def loss_and_grads(model, x):
+    loss = lambda model, x: jnp.sum(jnp.sin(model(x, train=True)))
+    return nnx.value_and_grad(loss, argnums=(nnx.DiffState(0, nnx.Param), 1))(model, x)
+
+  results = {}
+  for impl in ('xla', 'matmul_grad'):
+    resnet.use_conv_impl(model, impl, 'cpu')
+    assert {conv.impl for conv in _convs(model)} == {impl}
+    results[impl] = jax.tree.map(np.asarray, loss_and_grads(nnx.clone(model), x))
+  flat_xla, flat_mm = (jax.tree.leaves(results[impl]) for impl in ('xla', 'matmul_grad'))
+  assert len(flat_xla) == len(flat_mm) > 10
+  for ours, theirs in zip(flat_mm, flat_xla):
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_impl_is_resolved_per_backend_and_set_by_the_config(shapes_dir):
+  assert resnet.resolve_conv_impl('auto', 'cpu') == 'matmul_grad'
+  assert resnet.resolve_conv_impl('auto', 'gpu') == 'xla'
+  assert resnet.resolve_conv_impl('auto', 'tpu') == 'xla'
+  assert resnet.resolve_conv_impl('matmul_grad', 'gpu') == 'matmul_grad'  # honoured
+  assert resnet.resolve_conv_impl('xla', 'cpu') == 'xla'
+  with pytest.raises(ValueError, match="conv_impl='cudnn'"):
+    resnet.resolve_conv_impl('cudnn', 'gpu')
+  config = tiny_config(shapes_dir)
+  for impl, want in (('auto', 'matmul_grad'), ('xla', 'xla'), ('matmul_grad', 'matmul_grad')):
+    config.model.conv_impl = impl
+    model = build.abstract_model(config, VOCAB)  # on this CPU
+    convs = _convs(model)
+    assert len(convs) > 10 and {conv.impl for conv in convs} == {want}
+
+
+def test_conv_impl_and_matmul_precision_are_checked(shapes_dir):
+  from pix2seq_jax.config import checks
+  config = tiny_config(shapes_dir)
+  config.model.conv_impl = 'cudnn'
+  with pytest.raises(checks.ConfigError, match=r"config.model.conv_impl='cudnn' is unknown"):
+    checks.validate(config, mode='summary')
+  config.model.variant, config.model.conv_impl = 'vit_tiny', 'xla'
+  with pytest.raises(checks.ConfigError, match='conv_impl=auto'):
+    checks.validate(config, mode='summary')
+  config = tiny_config(shapes_dir)
+  config.train.matmul_precision = 'fp32'
+  with pytest.raises(checks.ConfigError, match=r"config.train.matmul_precision='fp32'"):
+    checks.validate(config, mode='summary')
+
+
+def test_a_workdir_written_before_conv_impl_and_matmul_precision_loads(shapes_dir, tmp_path):
+  import json
+  from pix2seq_jax.config import workdir_config
+  saved = tiny_config(shapes_dir).to_dict()
+  del saved['model']['conv_impl'], saved['train']['matmul_precision']
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  config = workdir_config.load(str(tmp_path))
+  assert config.model.conv_impl == 'auto' and config.train.matmul_precision == 'default'

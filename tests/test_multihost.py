@@ -3,7 +3,9 @@
 Real `main.py` runs joined by `jax.distributed.initialize` on localhost: each process
 reads its rows of every global batch, the state is sharded over all four devices, a
 SIGTERM sent to process 1 alone stops both at the same step with one collective
-checkpoint, the same command resumes from it, evaluation decodes each process's slice
+checkpoint (the processes agree on signals every `train.preemption_check_every` steps and
+at saves, not every step: the test counts these collectives), the same command resumes
+from it, evaluation decodes each process's slice
 and gathers it, and only process 0 writes logs and metrics. The reference is the same
 run in a test process on one device (conftest's `reference_run`; test_train checks 1 and 8
 devices, and 4 with the state sharded, step by step).
@@ -11,6 +13,7 @@ devices, and 4 with the state sharded, step by step).
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -71,6 +74,17 @@ def _detections_by_image(workdir: str) -> dict[int, list[dict]]:
   return dict(sorted(by_image.items()))
 
 
+def _agreements(runs) -> tuple[int, int, int]:
+  """(collectives, first step, last step) that both processes logged agreeing on signals."""
+  counts = set()
+  for _, err in runs:
+    found = re.findall(r'Agreed on signals (\d+) times over steps (\d+)-(\d+)', err)
+    assert len(found) == 1, err[-2000:]
+    counts.add(tuple(int(x) for x in found[0]))
+  assert len(counts) == 1, counts
+  return counts.pop()
+
+
 def _two_processes(command, signal_process_1_when: Callable[[], bool] | None = None):
   """Runs `command` as processes 0 and 1 of 2 (2 CPU devices each); with
   `signal_process_1_when`, sends SIGTERM to process 1 once it returns True.
@@ -120,22 +134,29 @@ def test_two_processes_of_two_devices_equal_one_process(reference_run, shapes_di
   assert any(mesh_lib.leaf_sharding(x.shape, four, shard=True).spec != P() for x in arrays)
   multi = str(tmp_path / 'multi')
   # Saved only on the signal and at the end: each collective save costs both processes.
+  every = 3  # agreements on a signal after steps 3 and 6, and at the save of step 8
   command = main_command(multi, shapes_dir, steps=STEPS, checkpoint_every=STEPS) + [
-      '--config.eval.max_images=6', '--config.train.shard_params=True']
+      '--config.eval.max_images=6', '--config.train.shard_params=True',
+      f'--config.train.preemption_check_every={every}']
   stopped = _two_processes(command, lambda: _trained(multi, 2))
   for code, err in stopped:
     assert code == 128 + signal.SIGTERM, err[-3000:]
   saved = sorted(int(d) for d in os.listdir(os.path.join(multi, 'checkpoints')) if d.isdigit())
   assert len(saved) == 1, saved  # the signal's save
   stopped_at = saved[-1]
-  assert 2 <= stopped_at < STEPS, saved
+  assert 2 <= stopped_at < STEPS and stopped_at % every == 0, saved
   for _, err in stopped:  # process 0 stopped too, at the step process 1 did
     assert f'SIGTERM received: saved the checkpoint of step {stopped_at}' in err, err[-2000:]
+  # One collective per `every` steps; none at the other steps.
+  assert _agreements(stopped) == (stopped_at // every, 1, stopped_at)
 
   resumed = _two_processes(command)
   for code, err in resumed:
     assert code == 0, err[-3000:]
-  assert 'Process 1 of 2; 2 local and 4 global devices.' in resumed[1][1]
+  assert 'Process 1 of 2' in resumed[1][1] and '2 local and 4 global devices' in resumed[1][1]
+  # Steps 6 (if the run stopped at 3) and 8 (the save), then 8 again after the last step.
+  agreed_at = [s for s in range(stopped_at + 1, STEPS + 1) if s % every == 0 or s == STEPS]
+  assert _agreements(resumed) == (len(agreed_at) + 1, stopped_at + 1, STEPS)
   assert 'Resumed from' in resumed[0][1] and f'at step {stopped_at}' in resumed[0][1]
 
   one, two = _logged(reference), _logged(multi)

@@ -2,7 +2,9 @@
 
 Every expected number comes from a closed-form numpy formula written here, never from
 optax, so that a schedule or masking bug in pix2seq_jax/train/optimizer.py shows (the
-resume and determinism tests only compare the code with itself).
+resume and determinism tests only compare the code with itself). One test compares with
+optax, bit for bit: the host's table of learning rates against optax's schedule, which the
+train step used to evaluate on the device every step.
 """
 
 from __future__ import annotations
@@ -83,6 +85,24 @@ def test_end_lr_factor_zero_decays_to_zero():
   for schedule in ['linear', 'cosine']:
     assert _lr(schedule, STEPS, end_lr_factor=0.0) == pytest.approx(0.0, abs=1e-9)
     assert _lr(schedule, 60, end_lr_factor=0.0) == pytest.approx(PEAK / 2, rel=1e-6)
+
+
+@pytest.mark.parametrize('schedule, warmup, end_factor, steps', [
+    ('linear', 10, 0.01, 300), ('cosine', 10, 0.01, 300), ('cosine', 0, 0.0, 500),
+    ('linear', 0, 0.1, 37), ('cosine', 40, 0.1, 30)])  # the last: warmup longer than the run
+def test_the_host_table_equals_optax_to_the_last_bit(schedule, warmup, end_factor, steps):
+  """`HostHyperparams` reads the learning rate from a table; optax's schedule evaluated
+  per step in float32 (as the step's input was made before) gives the same bits at every
+  step, past the end of the run too."""
+  train = _config(schedule=schedule, warmup_steps=warmup, end_lr_factor=end_factor,
+                  steps=steps).train
+  optax_schedule = optimizer.learning_rate_schedule(train)
+  expected = np.array([np.float32(optax_schedule(step)) for step in range(steps + 11)])
+  host = optimizer.HostHyperparams(train)
+  got = np.array([host(step)['learning_rate'] for step in range(steps + 11)])
+  assert got.dtype == np.float32
+  np.testing.assert_array_equal(got, expected)
+  assert host(10 ** 9)['learning_rate'] == np.float32(optax_schedule(10 ** 9))
 
 
 def test_an_unknown_schedule_is_refused():

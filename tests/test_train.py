@@ -2,6 +2,7 @@
 gradients exactly, freezes stages; and gives the same losses on 1, 4 and 8 devices."""
 
 import os
+import signal
 
 import jax
 import numpy as np
@@ -16,7 +17,8 @@ from pix2seq_jax.data import synthetic
 from pix2seq_jax.evaluation import val_loss
 from pix2seq_jax.models import build
 from pix2seq_jax.parallel import mesh as mesh_lib
-from pix2seq_jax.train import checkpoints, optimizer, state as state_lib, step as step_lib
+from pix2seq_jax.train import checkpoints, optimizer, preemption, state as state_lib
+from pix2seq_jax.train import step as step_lib
 from tests import multi_device_run as multi_device_run_lib
 from tests.tiny import frozen, tiny_config
 
@@ -67,6 +69,50 @@ def test_train_step_fits_a_fixed_batch(no_dropout):
   # updates alone must lower it (with dropout, its noise could too).
   assert losses[-1] < losses[1] < losses[0], losses
   assert np.isfinite(float(metrics['grad_norm']))
+
+
+def test_the_step_inputs_are_host_values_made_without_device_work(no_dropout):
+  """Besides state and batch, the jitted step takes numpy values, so the host never waits
+  for the device to make them: the learning rate from the host's table, the seed as key
+  data (the key the step derives its draws from, with the state's step counter)."""
+  config, _, _, step, _ = no_dropout
+  for index in (0, 1, config.train.steps, 10 ** 6):
+    with jax.transfer_guard('disallow'):  # no array is put on a device
+      inputs = step.inputs(index)
+    for leaf in jax.tree.leaves(inputs):
+      assert isinstance(leaf, (np.ndarray, np.generic)), (index, type(leaf))
+    hyperparams, key_data = inputs
+    assert hyperparams['learning_rate'] == np.float32(
+        optimizer.learning_rate_schedule(config.train)(index))
+  np.testing.assert_array_equal(key_data, jax.random.key_data(jax.random.key(config.seed)))
+
+
+def test_batches_are_placed_on_the_mesh_ahead_of_their_step():
+  mesh, pulled = mesh_lib.make_mesh(), []
+
+  def source():
+    for index in range(5):
+      pulled.append(index)
+      yield {'image': np.full((8, 2), index, np.uint8)}
+
+  placed = mesh_lib.placed_batches(source(), mesh, ahead=2)
+  first = next(placed)
+  assert pulled == [0, 1, 2]  # the next two are on their way to the devices
+  assert isinstance(first['image'], jax.Array)
+  assert first['image'].sharding == mesh_lib.batch_sharded(mesh)
+  assert [int(b['image'][0, 0]) for b in [first, *placed]] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize('processes, expected', [
+    (1, list(range(1, 11))),  # one process: every step, alone (no collective)
+    (2, [3, 4, 6, 8, 9])])  # several: every 3 steps, and at saves (4, 8) and the last (9)
+def test_processes_agree_on_signals_every_n_steps_and_at_saves(processes, expected):
+  agree = preemption.SignalAgreement(3, processes)
+  due = [step for step in range(1, 11)
+         if processes == 1 or agree.due(step, saving=step in (4, 8, 9))]
+  assert due == [s for s in expected if s <= 10]
+  assert agree(signal.SIGTERM, 5, saving=False) == (signal.SIGTERM if processes == 1 else None)
+  assert agree.collectives == 0
 
 
 def test_checkpoint_round_trip(no_dropout, tmp_path):

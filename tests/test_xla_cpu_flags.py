@@ -1,13 +1,9 @@
-"""Importing pix2seq_jax adds its XLA:CPU flags to XLA_FLAGS, keeping the user's."""
-
-import os
-import subprocess
-import sys
+"""The XLA:CPU flags are added to XLA_FLAGS keeping the user's, and the inference compile
+options apply on the CPU only (when a run applies the flags: test_cpu_runtime.py)."""
 
 import pytest
 
 from pix2seq_jax import xla_cpu_flags
-from tests.tiny import ROOT
 
 
 def test_flags_are_added_once_and_a_user_value_is_kept():
@@ -20,20 +16,6 @@ def test_flags_are_added_once_and_a_user_value_is_kept():
   environ = {'XLA_FLAGS': '--xla_cpu_multi_thread_eigen=true --xla_dump_to=/tmp/d'}
   assert xla_cpu_flags.apply_defaults(environ) == []
   assert environ['XLA_FLAGS'] == '--xla_cpu_multi_thread_eigen=true --xla_dump_to=/tmp/d'
-
-
-def test_a_process_importing_the_package_starts_xla_with_its_flags_and_the_users():
-  script = ('import os, pix2seq_jax, jax; '
-            'print(os.environ["XLA_FLAGS"]); print(jax.device_count())')
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=3')
-  run = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=120)
-  assert run.returncode == 0, run.stderr[-2000:]  # XLA accepted the flags it was given
-  flags, devices = run.stdout.split('\n')[:2]
-  assert flags == ('--xla_force_host_platform_device_count=3 '
-                   '--xla_cpu_multi_thread_eigen=false')
-  assert devices == '3'  # the user's flag still applies
 
 
 def test_inference_options_apply_on_cpu_unless_xla_flags_sets_them():

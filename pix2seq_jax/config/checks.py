@@ -20,11 +20,12 @@ from typing import Iterable
 import jax
 import ml_collections
 
+from pix2seq_jax import precision
 from pix2seq_jax import vocab as vocab_lib
 from pix2seq_jax import workdir as workdir_lib
 from pix2seq_jax.data import sources, tfds_source
 from pix2seq_jax.inference import decoding
-from pix2seq_jax.models import backbones, pix2seq, variants
+from pix2seq_jax.models import backbones, pix2seq, resnet, variants
 
 MODES = ('train', 'eval', 'predict', 'summary')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
@@ -72,7 +73,8 @@ def validate(config: ml_collections.ConfigDict, *, mode: str = 'train',
   except ValueError as e:
     raise ConfigError(str(e)) from None
   _positive(config, 'data.image_size', 'data.max_instances', 'train.batch_size',
-            'eval.batch_size', 'train.log_every', 'train.checkpoint_every')
+            'eval.batch_size', 'train.log_every', 'train.checkpoint_every',
+            'train.preemption_check_every')
   if data.num_bins < 2:
     raise ConfigError(f'config.data.num_bins={data.num_bins} must be at least 2.')
   _check_source_fields(data, overrides)
@@ -199,6 +201,10 @@ def _check_train(config: ml_collections.ConfigDict) -> None:
   if train.compute_dtype not in COMPUTE_DTYPES:
     raise ConfigError(f'config.train.compute_dtype={train.compute_dtype!r} is unknown; use '
                       f'one of {list(COMPUTE_DTYPES)}.')
+  if train.matmul_precision not in precision.PRECISIONS:
+    raise ConfigError(f'config.train.matmul_precision={train.matmul_precision!r} is unknown; '
+                      f'use one of {list(precision.PRECISIONS)} (highest: true float32 on '
+                      'every backend).')
   if train.schedule not in SCHEDULES:
     raise ConfigError(f'config.train.schedule={train.schedule!r} is unknown; use one of '
                       f'{list(SCHEDULES)}.')
@@ -218,6 +224,16 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
   if model.image_normalization not in pix2seq.IMAGE_NORMALIZATIONS:
     raise ConfigError(f'config.model.image_normalization={model.image_normalization!r} is '
                       f'unknown; use one of {list(pix2seq.IMAGE_NORMALIZATIONS)}.')
+  if model.conv_impl not in resnet.CONV_IMPLS:
+    raise ConfigError(f'config.model.conv_impl={model.conv_impl!r} is unknown; use one of '
+                      f'{list(resnet.CONV_IMPLS)} (auto: matmul_grad on the CPU, xla '
+                      'elsewhere).')
+  if model.conv_impl != 'auto':
+    backbone = variants.get_spec(model.variant).backbone
+    if not backbone.startswith('resnet'):
+      raise ConfigError(f'config.model.conv_impl={model.conv_impl!r} sets how a ResNet '
+                        f'computes its convolutions, but variant {model.variant!r} has a '
+                        f'{backbone} backbone; set --config.model.conv_impl=auto.')
   if model.pretrained_backbone:
     backbone = variants.get_spec(model.variant).backbone
     if not backbone.startswith('resnet50'):

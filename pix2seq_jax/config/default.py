@@ -93,6 +93,11 @@ def get_config() -> ml_collections.ConfigDict:
   # and bias, none of which is trained (DETR's FrozenBatchNorm2d; for pretrained
   # backbones at small per-device batches).
   model.frozen_batch_norm = False
+  # How a ResNet computes its convolutions (same parameters, same results): 'xla' plain
+  # XLA convolutions; 'matmul_grad' 1x1 convolutions and kernel gradients as matmuls
+  # (faster on XLA:CPU); 'auto' 'matmul_grad' on the CPU and 'xla' elsewhere. Only for
+  # ResNet variants (models/resnet.py).
+  model.conv_impl = 'auto'
 
   config.train = train = ml_collections.ConfigDict()
   # The training length: optimisation steps, or epochs of the train split (steps =
@@ -110,6 +115,13 @@ def get_config() -> ml_collections.ConfigDict:
   # 'float32', or 'bfloat16': bfloat16 activations and matmuls with float32 parameters,
   # optimizer state, softmaxes and loss.
   train.compute_dtype = 'float32'
+  # Precision of float32 matmuls and convolutions in training, evaluation and prediction
+  # (jax.default_matmul_precision): 'default' keeps JAX's setting, which on recent GPUs
+  # (A100, H100) runs them as TF32 (inputs rounded to 10 mantissa bits) and on TPUs as one
+  # bfloat16 pass; 'high' is TF32 on those GPUs and three bfloat16 passes on TPUs;
+  # 'highest' is true float32 everywhere. The CPU computes float32 at all three. Inputs
+  # already in bfloat16 (compute_dtype) are unaffected.
+  train.matmul_precision = 'default'
   # Peak learning rate of AdamW.
   train.learning_rate = 1e-4
   # Linear warmup from 0 to the peak learning rate, in steps or in epochs of the train
@@ -134,6 +146,10 @@ def get_config() -> ml_collections.ConfigDict:
   train.eval_every = 0
   # Save a checkpoint every this many steps (and always after the last step).
   train.checkpoint_every = 1000
+  # On several processes, agree every this many steps (and at every save) whether a
+  # SIGTERM/SIGINT stops the run: a collective that waits for the devices, so not every
+  # step; a signal stops the run at most this many steps later. One process stops at once.
+  train.preemption_check_every = 10
   # Checkpoints kept on disk.
   train.keep_checkpoints = 3
 

@@ -32,7 +32,7 @@ import numpy as np
 from absl import logging
 
 import pix2seq_jax
-from pix2seq_jax import serving
+from pix2seq_jax import precision, serving
 from pix2seq_jax.deploy import detector, saved_model as saved_model_lib
 from pix2seq_jax.inference import predictor as predictor_lib
 from pix2seq_jax.models import build
@@ -78,7 +78,8 @@ def export_workdir(workdir: str, output: str, decode: dict | None = None,
   for shape in predictor.canvas_shapes:
     name = detector_file(shape, size)
     logging.info('Exporting the detector on the %dx%d canvas (%s) ...', *shape, name)
-    exported = jax.export.export(jax.jit(run), platforms=platforms)(
+    at_precision = precision.traced(run, predictor.config.train.matmul_precision)
+    exported = jax.export.export(jax.jit(at_precision), platforms=platforms)(
         weight_specs, jax.ShapeDtypeStruct((batch, *shape, 3), jnp.float32))
     with open(os.path.join(output, name), 'wb') as f:
       f.write(exported.serialize())

@@ -19,7 +19,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from pix2seq_jax import jit_cache
+from pix2seq_jax import jit_cache, precision
 from pix2seq_jax import vocab as vocab_lib
 from pix2seq_jax.parallel import mesh as mesh_lib
 
@@ -28,10 +28,10 @@ _SUMS = ('weighted_nll', 'weight', 'nll', 'tokens', 'coord_nll', 'coord_tokens',
          'class_nll', 'class_tokens')
 
 
-def make_val_loss_fn(graphdef: nnx.GraphDef, vocab: vocab_lib.Vocabulary,
-                     mesh: Mesh) -> Callable:
+def make_val_loss_fn(graphdef: nnx.GraphDef, vocab: vocab_lib.Vocabulary, mesh: Mesh,
+                     matmul_precision: str = 'default') -> Callable:
   """Jitted (params, batch_stats, batch with BATCH_KEYS) -> {sum name: scalar} (one per
-  model and mesh in a process)."""
+  model, mesh and precision in a process; precision.py)."""
 
   def sums(params, batch_stats, batch):
     params, batch_stats = mesh_lib.gathered((params, batch_stats), mesh)
@@ -49,8 +49,10 @@ def make_val_loss_fn(graphdef: nnx.GraphDef, vocab: vocab_lib.Vocabulary,
             'class_nll': jnp.sum(nll * label), 'class_tokens': jnp.sum(label)}
 
   # Parameters come replicated or sharded (train.shard_params); `sums` gathers them.
-  return jit_cache.cached(('val_loss', graphdef, vocab, mesh), lambda: jax.jit(
-      sums, in_shardings=(None, None, mesh_lib.batch_sharded(mesh)),
+  key = ('val_loss', graphdef, vocab, mesh, matmul_precision)
+  return jit_cache.cached(key, lambda: jax.jit(
+      precision.traced(sums, matmul_precision),
+      in_shardings=(None, None, mesh_lib.batch_sharded(mesh)),
       out_shardings=mesh_lib.replicated(mesh)))
 
 

@@ -23,7 +23,7 @@ from absl import logging
 from flax import nnx
 from PIL import Image, ImageDraw
 
-from pix2seq_jax import compilation_cache, xla_cpu_flags
+from pix2seq_jax import compilation_cache, precision, xla_cpu_flags
 from pix2seq_jax import vocab as vocab_lib
 from pix2seq_jax import workdir as workdir_lib
 from pix2seq_jax.config import workdir_config
@@ -100,8 +100,10 @@ class Predictor:
         model = nnx.merge(graphdef, params, batch_stats)
         return model(images, tokens, train=False).astype(jnp.float32)
 
-      self._logits_fn = jax.jit(run, compiler_options=xla_cpu_flags.inference_compiler_options(
-          self.mesh.devices.flat[0].platform))
+      self._logits_fn = jax.jit(
+          precision.traced(run, self.config.train.matmul_precision),
+          compiler_options=xla_cpu_flags.inference_compiler_options(
+              self.mesh.devices.flat[0].platform))
     return np.asarray(self._logits_fn(self.params, self.batch_stats, images,
                                       tokens.astype(np.int32)))
 

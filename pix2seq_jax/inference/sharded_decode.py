@@ -11,7 +11,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from pix2seq_jax import jit_cache, xla_cpu_flags
+from pix2seq_jax import jit_cache, precision, xla_cpu_flags
 from pix2seq_jax import vocab as vocab_lib
 from pix2seq_jax.config import resolve
 from pix2seq_jax.inference import decoding
@@ -25,7 +25,8 @@ class DecodeFn:
   sharded over the batch like the images. Parameters may come replicated or sharded
   (train.shard_params): they are gathered inside. Each new image shape is compiled once,
   ahead of time, for the parameters' placement at that first call (with the inference
-  compiler options of xla_cpu_flags.py on CPU); `compilations`
+  compiler options of xla_cpu_flags.py on CPU), traced at `train.matmul_precision`
+  (precision.py); `compilations`
   counts them. DecodeFns of one model and decode settings in a process share their
   executables (jit_cache.py).
   """
@@ -35,7 +36,8 @@ class DecodeFn:
     resolve.require_frozen(config, 'DecodeFn')
     dec = config.decode
     length = vocab_lib.sequence_length(dec.max_objects or config.data.max_instances)
-    settings = (length, dec.temperature, dec.top_k, dec.top_p, dec.score, dec.mode)
+    settings = (length, dec.temperature, dec.top_k, dec.top_p, dec.score, dec.mode,
+                config.train.matmul_precision)
     self._seed = config.seed
     self._jitted, self._executables = jit_cache.cached(
         ('decode', graphdef, vocab, mesh, settings),
@@ -62,7 +64,7 @@ class DecodeFn:
 
 def _jitted_decode(graphdef: nnx.GraphDef, vocab: vocab_lib.Vocabulary, mesh: Mesh,
                    length: int, temperature: float, top_k: int, top_p: float,
-                   score: str, mode: str) -> Callable:
+                   score: str, mode: str, matmul_precision: str) -> Callable:
   def run(params, batch_stats, images, rng):
     params, batch_stats = mesh_lib.gathered((params, batch_stats), mesh)
     model = nnx.merge(graphdef, params, batch_stats)
@@ -70,8 +72,9 @@ def _jitted_decode(graphdef: nnx.GraphDef, vocab: vocab_lib.Vocabulary, mesh: Me
                             top_k=top_k, top_p=top_p, rng=rng, mode=mode)
     return decoding.detection_outputs(state, vocab, score, mode)
 
-  return jax.jit(run, in_shardings=(None, None, mesh_lib.batch_sharded(mesh),
-                                    mesh_lib.replicated(mesh)),
+  return jax.jit(precision.traced(run, matmul_precision),
+                 in_shardings=(None, None, mesh_lib.batch_sharded(mesh),
+                               mesh_lib.replicated(mesh)),
                  out_shardings=mesh_lib.batch_sharded(mesh))
 
 

@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
+import jax
 import ml_collections
 from flax import nnx
 
 from pix2seq_jax import jit_cache
 from pix2seq_jax import vocab as vocab_lib
-from pix2seq_jax.models import counted_rngs, pix2seq, variants
+from pix2seq_jax.models import counted_rngs, pix2seq, resnet, variants
 
 
 def build_model(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,
                 rngs: nnx.Rngs | counted_rngs.CountedRngs) -> pix2seq.Pix2Seq:
   """The model of `config.model` for `vocab`, with positions for `data.max_instances`;
-  `rngs` gives the parameters' keys (CountedRngs when building inside a trace)."""
+  `rngs` gives the parameters' keys (CountedRngs when building inside a trace); its
+  convolutions compute as `model.conv_impl` means on JAX's default backend."""
   model = config.model
-  return pix2seq.Pix2Seq(
+  built = pix2seq.Pix2Seq(
       variants.get_spec(model.variant), vocab.size,
       model.max_seq_len or vocab_lib.sequence_length(config.data.max_instances),
       dropout=model.dropout, drop_path=model.drop_path,
       image_normalization=model.image_normalization,
       frozen_backbone_stages=model.frozen_backbone_stages,
       frozen_batch_norm=model.frozen_batch_norm, rngs=rngs)
+  resnet.use_conv_impl(built.backbone, model.conv_impl, jax.default_backend())
+  return built
 
 
 def _key(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary) -> tuple:

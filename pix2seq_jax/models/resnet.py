@@ -8,6 +8,14 @@ where torchvision pads one on each side.
 Batch norm is trained (statistics of the global batch when run under `jax.jit` over a
 mesh); `train=False` uses the running averages; frozen (`ResNet.frozen_norm`), it is a
 fixed per-channel affine map in training and evaluation alike.
+
+How the convolutions are computed is `conv_impl` (config `model.conv_impl`, set on a
+built ResNet by `use_conv_impl`); the parameters and results are the same either way:
+  'xla'          plain XLA convolutions, forward and backward (GPU and TPU run them with
+                 their vendors' convolution libraries);
+  'matmul_grad'  1x1 convolutions as matmuls over pixels (`PointwiseConv`) and k x k
+                 kernel gradients as matmuls (`MatmulGradConv`): what XLA:CPU runs fastest;
+  'auto'         'matmul_grad' where the backend is the CPU, 'xla' elsewhere.
 """
 
 from __future__ import annotations
@@ -21,6 +29,18 @@ import numpy as np
 from flax import nnx
 
 _CONV_INIT = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+CONV_IMPLS = ('auto', 'xla', 'matmul_grad')
+ConvImpl = Literal['xla', 'matmul_grad']
+
+
+def resolve_conv_impl(conv_impl: str, platform: str) -> ConvImpl:
+  """The convolution code `conv_impl` (one of CONV_IMPLS) means on `platform` ('cpu',
+  'gpu', 'tpu', ...): 'auto' picks 'matmul_grad' on the CPU and 'xla' elsewhere."""
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f'conv_impl={conv_impl!r}: use one of {CONV_IMPLS}.')
+  if conv_impl == 'auto':
+    return 'matmul_grad' if platform == 'cpu' else 'xla'
+  return conv_impl
 
 
 @jax.custom_vjp
@@ -54,17 +74,22 @@ class PointwiseConv(nnx.Module):
   Same parameter (`kernel` [1, 1, cin, cout]) and result as `nnx.Conv` with a 1x1
   kernel and SAME padding, but XLA's CPU backend runs it as a dot about twice as fast
   as its convolution (benchmarks/decode.py, BENCHMARKS.md), and `pointwise`'s backward
-  pass avoids a slow transposed copy.
+  pass avoids a slow transposed copy. With impl='xla' it is XLA's 1x1 convolution.
   """
+
+  impl: ConvImpl = 'matmul_grad'
 
   def __init__(self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs):
     self.stride = stride
     self.kernel = nnx.Param(_CONV_INIT(rngs.params(), (1, 1, cin, cout)))
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.kernel[...].astype(x.dtype)  # [1, 1, Cin, Cout]
+    if self.impl == 'xla':
+      return _conv_nhwc(x, kernel, self.stride, 0)
     if self.stride > 1:
       x = x[:, ::self.stride, ::self.stride]  # [B, ceil(H/s), ceil(W/s), Cin], as SAME
-    return pointwise(x, self.kernel[...][0, 0].astype(x.dtype))
+    return pointwise(x, kernel[0, 0])
 
 
 def _conv_nhwc(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
@@ -130,9 +155,11 @@ class MatmulGradConv(nnx.Module):
   """A bias-free k x k convolution (pad (k-1)/2) with `matmul_grad_conv`'s kernel gradient.
 
   Same parameter (`kernel` [k, k, cin, cout], same initialisation) and result as
-  `nnx.Conv` with explicit symmetric padding. Off the CPU (GPU, TPU) the kernel gradient
-  stays XLA's, which there comes from the vendor's convolution libraries.
+  `nnx.Conv` with explicit symmetric padding. With impl='xla' (the default off the CPU)
+  the kernel gradient is XLA's, which GPUs and TPUs take from their convolution libraries.
   """
+
+  impl: ConvImpl = 'matmul_grad'
 
   def __init__(self, cin: int, cout: int, kernel: int, stride: int, *, rngs: nnx.Rngs):
     self.stride, self.pad = stride, (kernel - 1) // 2
@@ -142,7 +169,7 @@ class MatmulGradConv(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.kernel[...].astype(x.dtype)
-    if jax.default_backend() != 'cpu':
+    if self.impl == 'xla':
       return _conv_nhwc(x, kernel, self.stride, self.pad)
     return matmul_grad_conv(x, kernel, self.stride, self.pad, self.method)
 
@@ -153,6 +180,15 @@ def _conv(cin: int, cout: int, kernel: int, stride: int,
     return PointwiseConv(cin, cout, stride, rngs=rngs)
   # Padded (k-1)/2 on every side, as the official and torchvision ResNets.
   return MatmulGradConv(cin, cout, kernel, stride, rngs=rngs)
+
+
+def use_conv_impl(backbone: nnx.Module, conv_impl: str, platform: str) -> None:
+  """Makes every convolution of a ResNet `backbone` compute as `conv_impl` means on
+  `platform` (resolve_conv_impl); any other backbone has no convolutions to set."""
+  impl = resolve_conv_impl(conv_impl, platform)
+  for _, module in nnx.iter_graph(backbone):
+    if isinstance(module, (PointwiseConv, MatmulGradConv)):
+      module.impl = impl
 
 
 def max_pool_same(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:

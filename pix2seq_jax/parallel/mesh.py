@@ -8,7 +8,8 @@ the train step gathers the parameters for the forward pass and scatters the grad
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import collections
+from typing import Any, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -68,3 +69,20 @@ def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   sharding = batch_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in batch.items()}
+
+
+def placed_batches(batches: Iterator[dict[str, np.ndarray]], mesh: Mesh,
+                   ahead: int = 2) -> Iterator[dict[str, jax.Array]]:
+  """`batches` (this process's slices) put on the mesh `ahead` batches before they are
+  asked for.
+
+  Placing is asynchronous: while a step runs on the devices, the copies of the next
+  batches are issued, and a step's batch is already there when it is dispatched.
+  """
+  queue = collections.deque()
+  for batch in batches:
+    queue.append(put_batch(batch, mesh))
+    if len(queue) > ahead:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()

@@ -3,6 +3,11 @@
 The run's files are listed in pix2seq_jax/workdir.py. The data order and every random
 draw are functions of (seed, step), so a run resumed from its latest checkpoint
 continues exactly as if it had never stopped.
+
+The host runs ahead of the devices: a step's inputs are host values, its batch was put on
+the devices while earlier steps ran (mesh.placed_batches), and the host waits for the
+devices only to log, to save, and on several processes to agree on a signal every
+`train.preemption_check_every` steps (preemption.SignalAgreement).
 """
 
 from __future__ import annotations
@@ -142,7 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   state = _restore_or_create(setup, manager)  # refuses another model's checkpoint ...
   _write_run_files(setup, workdir)  # ... before its run's config.json is replaced
   start_step = int(state.step)
-  batches = setup.train_batches(start_step)
+  batches = mesh_lib.placed_batches(setup.train_batches(start_step), setup.mesh)
   log = metrics_log.MetricsLog(workdir)
   skipped = len(setup.splits.train.skipped_images)
   epoch_of = lambda step: (step - 1) * train.batch_size // len(setup.splits.train.records)
@@ -151,17 +156,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                   disable=jax.process_index() > 0)
   evaluate = lambda state: setup.evaluator(state.params, state.batch_stats, int(state.step),
                                            workdir)
+  agree = preemption.SignalAgreement(train.preemption_check_every, jax.process_count())
+
+  def log_agreements(step: int) -> None:
+    if jax.process_count() > 1:
+      logging.info('Agreed on signals %d times over steps %d-%d (every %d steps, at saves and '
+                   'after the last step).', agree.collectives, start_step + 1, step,
+                   train.preemption_check_every)
+
   with preemption.StopOnSignal() as stop:
     for step in range(start_step + 1, train.steps + 1):
       if skipped and (step == start_step + 1 or epoch_of(step) != epoch_of(step - 1)):
         logging.warning('Epoch %d (from step %d): %d unreadable train image(s) skipped, as '
                         'listed in data_report.json.', epoch_of(step) + 1, step, skipped)
-      state, metrics = setup.train_step(state, mesh_lib.put_batch(next(batches), setup.mesh),
-                                        step - 1)
+      state, metrics = setup.train_step(state, next(batches), step - 1)
       progress.update(1)
-      signum = preemption.agreed_signal(stop.signum)  # read once: it may arrive at any point
       last = step == train.steps
-      saving = step % train.checkpoint_every == 0 or last or signum is not None
+      scheduled_save = step % train.checkpoint_every == 0 or last
+      signum = agree(stop.signum, step, scheduled_save)  # read once: it may come at any point
+      saving = scheduled_save or signum is not None
       logging_step = step % train.log_every == 0 or last
       if logging_step or saving:
         scalars = jax.device_get(metrics)
@@ -175,8 +188,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if saving:
         checkpoints.save(manager, step, state)
       if last and signum is None:  # a signal during the last step (saved above) stops the
-        signum = preemption.agreed_signal(stop.signum)  # run before the final evaluation
+        signum = agree(stop.signum, step, True)  # run before the final evaluation
       if signum is not None:
+        log_agreements(step)
         progress.close()
         log.close()
         manager.close()
@@ -188,6 +202,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if train.eval_every and step % train.eval_every == 0 and not last:
         log.write(step, {f'eval/{k}': v for k, v in evaluate(state).items()})
   progress.close()
+  log_agreements(train.steps)
   if manager.latest_step() != int(state.step):
     checkpoints.save(manager, int(state.step), state)
   final = evaluate(state)

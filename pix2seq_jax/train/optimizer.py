@@ -5,12 +5,16 @@ official code decays every parameter); `train.grad_clip_norm` 0 does not clip (t
 official fine-tuning config).
 
 The hyperparameters are inputs of the compiled train step, not constants in it
-(`optax.inject_hyperparams`): every step the loop passes `hyperparams(config.train,
-step)` (this step's learning rate, the moments, weight decay and clipping norm), which
-the step writes into the optimizer state before the update. So a changed learning
-rate, schedule or run length reuses the compiled step (and its persistent-cache entry),
-and a run resumed with another config uses that config's values, never stale ones from
-the checkpoint (the state stores the values of the last step, for inspection).
+(`optax.inject_hyperparams`): every step the loop passes `HostHyperparams(config.train)(step)`
+(this step's learning rate, the moments, weight decay and clipping norm), which the step
+writes into the optimizer state before the update. They are host float32 scalars: the
+learning rates of the whole run are computed once on the host into a table, equal to
+optax's schedule to the last bit, so that a step's inputs never wait for the device (the
+schedule evaluated per step would queue behind the previous step on an accelerator). So
+a changed learning rate, schedule or run length reuses the compiled step (and its
+persistent-cache entry), and a run resumed with another config uses that config's values,
+never stale ones from the checkpoint (the state stores the values of the last step, for
+inspection).
 Parameters of frozen backbone stages (`model.frozen_backbone_stages`) and of frozen batch
 norms (`model.frozen_batch_norm`) get no update.
 """
@@ -70,13 +74,69 @@ def frozen_mask(params: Any, prefixes: tuple[tuple[str, ...], ...]) -> Any:
       lambda path, _: any(tree_paths.path_names(path)[:len(p)] == p for p in prefixes), params)
 
 
-def hyperparams(train: ml_collections.ConfigDict, step: int) -> dict[str, np.ndarray]:
+def host_device() -> jax.Device:
+  """This process's CPU device (JAX_PLATFORMS may leave the CPU out: then its first device)."""
+  try:
+    return jax.local_devices(backend='cpu')[0]
+  except RuntimeError:
+    return jax.local_devices()[0]
+
+
+def _linear(init: float, end: float, count: np.ndarray, length: int) -> np.ndarray:
+  """optax.linear_schedule(init, end, length) at integer `count`s, rounded as optax rounds."""
+  f32 = np.float32
+  frac = f32(1) - np.clip(count, 0, length).astype(f32) / f32(length)
+  return f32(init - end) * frac + f32(end)
+
+
+def learning_rate_table(train: ml_collections.ConfigDict) -> np.ndarray:
+  """float32 [n]: `learning_rate_schedule(train)` at steps 0..n-1, constant from n - 1 on.
+
+  Optax's formulas in numpy float32, operation by operation as optax rounds them at one
+  step; only the cosine is XLA's, on the host's CPU (numpy's differs in the last bit, and
+  XLA's vectorised division differs from its scalar one, so optax itself cannot be
+  evaluated on all steps at once). Tested bit for bit against optax.
+  """
+  f32 = np.float32
+  peak, alpha = float(train.learning_rate), float(train.end_lr_factor)
+  warmup = max(int(train.warmup_steps), 0)
+  decay_steps = max(int(train.steps) - warmup, 1)
+  steps = np.arange(warmup + decay_steps + 1)  # [n]
+  count = steps - warmup  # steps into the decay
+  if train.schedule == 'linear':
+    decay = _linear(peak, peak * alpha, count, decay_steps)
+  elif train.schedule == 'cosine':
+    phase = f32(np.pi) * np.minimum(count.astype(f32), f32(decay_steps)) / f32(decay_steps)
+    with jax.default_device(host_device()):
+      cosine = np.asarray(jnp.cos(phase), f32)
+    decay = f32(peak) * (f32(1 - alpha) * (f32(0.5) * (f32(1) + cosine)) + f32(alpha))
+  else:
+    raise ValueError(f"config.train.schedule={train.schedule!r}: use 'linear' or 'cosine'.")
+  if warmup == 0:
+    return decay.astype(f32)
+  return np.where(steps < warmup, _linear(0.0, peak, steps, warmup), decay).astype(f32)
+
+
+class HostHyperparams:
   """The optimizer's inputs for the update of 0-based `step`: {'learning_rate', 'b1',
-  'b2', 'weight_decay', 'clip_norm'} as float32 scalars (clip_norm inf: no clipping)."""
-  clip = train.grad_clip_norm if train.grad_clip_norm > 0 else np.inf
-  values = {'learning_rate': learning_rate_schedule(train)(step), 'b1': train.b1,
-            'b2': train.b2, 'weight_decay': train.weight_decay, 'clip_norm': clip}
-  return {k: np.float32(v) for k, v in values.items()}
+  'b2', 'weight_decay', 'clip_norm'} as numpy float32 scalars (clip_norm inf: no
+  clipping), read from a table made once: no device work per step."""
+
+  def __init__(self, train: ml_collections.ConfigDict):
+    self.learning_rates = learning_rate_table(train)  # [n]
+    clip = train.grad_clip_norm if train.grad_clip_norm > 0 else np.inf
+    self.constants = {'b1': np.float32(train.b1), 'b2': np.float32(train.b2),
+                      'weight_decay': np.float32(train.weight_decay),
+                      'clip_norm': np.float32(clip)}
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    rate = self.learning_rates[min(max(int(step), 0), len(self.learning_rates) - 1)]
+    return {'learning_rate': rate, **self.constants}
+
+
+def hyperparams(train: ml_collections.ConfigDict, step: int) -> dict[str, np.ndarray]:
+  """`HostHyperparams(train)(step)`; a loop makes the HostHyperparams once instead."""
+  return HostHyperparams(train)(step)
 
 
 def _clipped_adamw(learning_rate, b1, b2, weight_decay, clip_norm, decay_all=False):

@@ -1,7 +1,14 @@
 """Stopping a run cleanly on SIGTERM/SIGINT: a checkpoint of the current step, then an exit.
 
-The loop asks `StopOnSignal` after every step; on several hosts the processes agree on
-the signal first (`agreed_signal`), so that all take the same branch of a collective save.
+The loop asks `StopOnSignal` after every step. One process stops at the step it sees the
+signal. Several processes must take the same branch of a collective save, so they agree
+on the signal first (`agreed_signal`, a collective that waits for the device), not at
+every step but every `train.preemption_check_every` steps and at the steps that save
+anyway (`SignalAgreement`): a signal stops all of them at the next such step.
+
+JAX's own `multihost_utils.reached_preemption_sync_point` agrees without a collective,
+but it hears SIGTERM through a C++ handler that `StopOnSignal`'s Python handler replaces
+(the sync point then never comes), and it knows nothing of SIGINT.
 """
 
 from __future__ import annotations
@@ -60,3 +67,29 @@ def agreed_signal(signum: int | None) -> int | None:
     return signum
   received = multihost_utils.process_allgather(np.int32(signum or 0))
   return int(received.max()) or None
+
+
+class SignalAgreement:
+  """Decides, after each step, whether the run stops on a signal, and counts the
+  collectives it spends on that (`collectives`).
+
+  `every`: on several processes, agree every this many steps; steps that save anyway
+  (`saving`: checkpoint steps, the last) always agree, so a signal there stops the run
+  without a second save. One process decides alone, at every step, with no collective.
+  """
+
+  def __init__(self, every: int, process_count: int):
+    self.every, self.process_count, self.collectives = every, process_count, 0
+
+  def due(self, step: int, saving: bool) -> bool:
+    """Whether the processes agree after `step` (1-based)."""
+    return self.process_count > 1 and (saving or step % self.every == 0)
+
+  def __call__(self, signum: int | None, step: int, saving: bool) -> int | None:
+    """The signal the run stops on after `step`, the same on every process; None: go on."""
+    if self.process_count == 1:
+      return signum
+    if not self.due(step, saving):
+      return None
+    self.collectives += 1
+    return agreed_signal(signum)

@@ -13,6 +13,10 @@ k micro-batches (rows j, j+k, j+2k, ... of the global batch, so every device kee
 share), sums the weighted token losses, their weights and gradients, and normalises
 once: the same update as one step on the whole batch, except that batch norm sees the
 statistics of each micro-batch.
+
+The step's inputs besides state and batch are host values (numpy scalars and the seed's
+key data), made without device work, and its random key is derived inside from the
+state's step counter: the host dispatches step after step without waiting for the device.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from pix2seq_jax import jit_cache
+from pix2seq_jax import jit_cache, precision
 from pix2seq_jax.config import resolve
 from pix2seq_jax.data import canvas
 from pix2seq_jax.models import counted_rngs
@@ -58,16 +63,17 @@ def _micro_batches(batch: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], hyperparams: dict[str, jax.Array],
-               seed_key: jax.Array, *, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+               seed_key_data: jax.Array, *, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                compute_dtype: jnp.dtype = jnp.float32, grad_accum_steps: int = 1,
                sharded_over: Mesh | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One AdamW step on the global batch; returns the new state and scalar metrics.
 
   `hyperparams`: the optimizer's inputs for this step (`optimizer.hyperparams`).
-  `seed_key`: `jax.random.key(config.seed)`; the step's draws use it folded with the step.
+  `seed_key_data`: uint32 [2], `seed_key_data(config.seed)`; the step's draws use its key
+  folded with the state's step counter.
   `sharded_over`: the mesh whose 'data' axis shards the state (train.shard_params).
   """
-  rng = jax.random.fold_in(seed_key, state.step)
+  rng = jax.random.fold_in(jax.random.wrap_key_data(seed_key_data), state.step)
   constrain = jax.lax.with_sharding_constraint
   params = state.params
   if sharded_over is not None:  # gather the full parameters for the model
@@ -118,9 +124,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], hyperparams: dict
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh, *,
                     compute_dtype: str = 'float32', grad_accum_steps: int = 1,
-                    shard_params: bool = False) -> Callable:
-  """train_step jitted over `mesh`: (state, batch, hyperparams, seed_key) -> (state,
-  metrics), the state donated, the batch split over 'data'.
+                    shard_params: bool = False, matmul_precision: str = 'default') -> Callable:
+  """train_step jitted over `mesh`: (state, batch, hyperparams, seed_key_data) -> (state,
+  metrics), the state donated, the batch split over 'data', traced at `matmul_precision`
+  (precision.py).
 
   The fields it binds are its arguments (from `config.train`); one jitted function per
   structure in a process (jit_cache.py). A replicated state is pinned by in/out
@@ -132,29 +139,38 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, me
                              compute_dtype=jnp.dtype(compute_dtype),
                              grad_accum_steps=grad_accum_steps,
                              sharded_over=mesh if shard_params else None)
+    step = precision.traced(step, matmul_precision)
     state_sharding = None if shard_params else mesh_lib.replicated(mesh)
     replicated = mesh_lib.replicated(mesh)
     return jax.jit(step, in_shardings=(state_sharding, mesh_lib.batch_sharded(mesh),
                                        replicated, replicated),
                    out_shardings=(state_sharding, replicated), donate_argnums=0)
 
-  key = ('train_step', graphdef, tx, mesh, compute_dtype, grad_accum_steps, shard_params)
+  key = ('train_step', graphdef, tx, mesh, compute_dtype, grad_accum_steps, shard_params,
+         matmul_precision)
   return jit_cache.cached(key, build)
 
 
-@dataclasses.dataclass(frozen=True)
+def seed_key_data(seed: int) -> np.ndarray:
+  """uint32 [2]: the data of `jax.random.key(seed)`, made once on the host."""
+  with jax.default_device(optimizer.host_device()):
+    return np.asarray(jax.random.key_data(jax.random.key(seed)))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class TrainStep:
   """A run's train step: `(state, batch, step) -> (state, metrics)`, where `step` is the
   0-based index of the update (`int(state.step)`, counted on the host), from which the
-  optimizer's inputs are computed (`optimizer.hyperparams`)."""
+  optimizer's inputs are read (`optimizer.HostHyperparams`)."""
 
-  jitted: Callable  # make_train_step's (state, batch, hyperparams, seed_key) -> ...
-  train: ml_collections.FrozenConfigDict
-  seed: int
+  jitted: Callable  # make_train_step's (state, batch, hyperparams, seed_key_data) -> ...
+  hyperparams: optimizer.HostHyperparams
+  seed_key_data: np.ndarray  # uint32 [2]
 
-  def inputs(self, step: int) -> tuple[dict, jax.Array]:
-    """(hyperparams, seed_key): the jitted step's inputs besides state and batch."""
-    return optimizer.hyperparams(self.train, step), jax.random.key(self.seed)
+  def inputs(self, step: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(hyperparams, seed_key_data): the jitted step's inputs besides state and batch,
+    host values (numpy) made without device work."""
+    return self.hyperparams(step), self.seed_key_data
 
   def __call__(self, state: TrainState, batch: dict[str, jax.Array],
                step: int) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -168,4 +184,6 @@ def train_step_for(config: ml_collections.FrozenConfigDict, graphdef: nnx.GraphD
   train = config.train
   return TrainStep(make_train_step(graphdef, tx, mesh, compute_dtype=train.compute_dtype,
                                    grad_accum_steps=train.grad_accum_steps,
-                                   shard_params=train.shard_params), train, config.seed)
+                                   shard_params=train.shard_params,
+                                   matmul_precision=train.matmul_precision),
+                   optimizer.HostHyperparams(train), seed_key_data(config.seed))
