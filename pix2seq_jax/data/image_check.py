@@ -17,6 +17,12 @@ Where the stored pixels already have the annotated size, they are used as stored
 COCO, the official code and pycocotools do; an EXIF orientation that keeps the size
 (mirror, 180 degrees) cannot be told apart and is ignored.
 The PNG-named-.jpg case needs nothing: the decoder reads the format from the bytes.
+
+With several processes every process checks every file and they agree before use
+(`agreed`): a file is kept only where every process found it usable, with the same EXIF
+orientation. A read error on one host (a transient network-filesystem error, a
+host-local copy with a cut file) thus leaves the file out on all of them, and every
+process keeps the same record list, hence the same steps.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import concurrent.futures
 import dataclasses
 import os
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 # Formats `tf.io.decode_image` reads (MPO: multi-picture JPEGs from some cameras).
@@ -34,6 +41,9 @@ _EXIF_ORIENTATION_TAG = 0x0112
 _SWAPS_AXES = (5, 6, 7, 8)  # EXIF orientations that rotate by 90 or 270 degrees
 _TAIL_BYTES = 1024
 _ASPECT_TOLERANCE = 0.02
+# Every `FileCheck.problem`, '' (usable) first: a verdict's code is its index here.
+PROBLEMS = ('', 'missing', 'empty', 'not_an_image', 'truncated', 'size_mismatch',
+            'differs_between_processes')
 
 
 class ImageFilesError(ValueError):
@@ -106,13 +116,49 @@ class CheckReport:
     return dict(collections.Counter(problem for _, problem, _ in self.skipped))
 
 
-def check_files(files: list[tuple[str, int, int]], num_threads: int = 32) -> CheckReport:
-  """Checks (path, height, width) triples in parallel; the order of `checks` is the input's."""
-  with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
-    checks = list(pool.map(lambda f: check_file(*f), files))
+def _report(files: list[tuple[str, int, int]], checks: list[FileCheck]) -> CheckReport:
   skipped = [(path, c.problem, c.detail) for (path, _, _), c in zip(files, checks) if c.problem]
   fixed = collections.Counter()
   for c in checks:
     fixed['exif_rotated'] += not c.problem and c.orientation != 1
     fixed['resized'] += not c.problem and c.resize
   return CheckReport(checks, skipped, {k: v for k, v in fixed.items() if v})
+
+
+def check_files(files: list[tuple[str, int, int]], num_threads: int = 32) -> CheckReport:
+  """Checks (path, height, width) triples in parallel; the order of `checks` is the input's."""
+  with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+    checks = list(pool.map(lambda f: check_file(*f), files))
+  return _report(files, checks)
+
+
+def verdict_codes(report: CheckReport) -> np.ndarray:
+  """[files, 2] int32: each file's problem (its index in PROBLEMS) and EXIF orientation,
+  the fixed-size form in which processes exchange their verdicts."""
+  return np.array([(PROBLEMS.index(c.problem), c.orientation) for c in report.checks],
+                  np.int32).reshape(-1, 2)
+
+
+def agreed(files: list[tuple[str, int, int]], report: CheckReport,
+           codes: np.ndarray) -> CheckReport:
+  """`report` (this process's) where every process's verdict counts: `codes`
+  [processes, files, 2] stacks every process's `verdict_codes`, this process's among them.
+
+  A file this process found bad keeps its verdict; a file another process found bad
+  takes that process's problem (the lowest process index first); a file usable everywhere
+  but with other EXIF orientations elsewhere is 'differs_between_processes'. Every
+  process thus skips the same files and keeps the same orientations.
+  """
+  problems, orientations = codes[..., 0], codes[..., 1]  # [processes, files]
+  checks = list(report.checks)
+  for i, check in enumerate(checks):
+    if check.problem:
+      continue
+    bad = np.flatnonzero(problems[:, i])
+    if bad.size:
+      checks[i] = FileCheck(PROBLEMS[problems[bad[0], i]],
+                            detail=f'as read by process {bad[0]}')
+    elif (orientations[:, i] != check.orientation).any():
+      checks[i] = FileCheck('differs_between_processes',
+                            detail=f'EXIF orientations {orientations[:, i].tolist()} by process')
+  return _report(files, checks)

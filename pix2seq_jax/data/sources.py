@@ -7,8 +7,9 @@ Sources:
   tfds        COCO 2017 prepared by TensorFlow Datasets in `data.tfds_data_dir`,
               exported once to the COCO layout (tfds_source.py); offline, fails fast
 The train split's categories fix the label map for both splits. Every image file is
-checked once (image_check.py): unreadable ones are left out of the split, named in
-`skipped_images`, so a bad file never stops a run mid-epoch.
+checked once (image_check.py), by every process, which then agree: a file any process
+cannot read is left out of the split on all of them, named in `skipped_images`, so a
+bad file never stops a run mid-epoch and every process keeps the same records.
 """
 
 from __future__ import annotations
@@ -75,7 +76,11 @@ def check_images(split: coco_json.CocoSplit, max_instances: int) -> coco_json.Co
   Images with more than `max_instances` objects keep them all: each epoch the pipeline
   shuffles the objects and keeps the first `max_instances` (counted in `fixed`).
   """
-  report = image_check.check_files([(r.path, r.height, r.width) for r in split.records])
+  files = [(r.path, r.height, r.width) for r in split.records]
+  report = image_check.check_files(files)
+  if jax.process_count() > 1:
+    report = image_check.agreed(files, report, _every_process(
+        image_check.verdict_codes(report), split.annotations_path))
   records = [dataclasses.replace(r, orientation=c.orientation)
              for r, c in zip(split.records, report.checks) if not c.problem]
   fixed = dict(split.fixed, **report.fixed)
@@ -92,6 +97,17 @@ def check_images(split: coco_json.CocoSplit, max_instances: int) -> coco_json.Co
   dropped = dict(split.dropped, **{f'image_{k}': v for k, v in report.skipped_counts.items()})
   return dataclasses.replace(split, records=records, dropped=dropped, fixed=fixed,
                              skipped_images=report.skipped)
+
+
+def _every_process(codes: np.ndarray, annotations_path: str) -> np.ndarray:
+  """[processes, files, 2]: every process's verdict codes (image_check.verdict_codes),
+  gathered once the processes have agreed that they checked the same number of files."""
+  counts = np.asarray(multihost_utils.process_allgather(np.int32(len(codes))))  # [processes]
+  if (counts != len(codes)).any():
+    raise ValueError(f'{annotations_path} lists {counts.tolist()} images on processes '
+                     f'{list(range(len(counts)))}: every process must read the same '
+                     'annotation file (give all hosts the same data paths).')
+  return np.asarray(multihost_utils.process_allgather(codes))
 
 
 def _shapes_paths(data: ml_collections.ConfigDict) -> dict[str, tuple[str, str]]:

@@ -2,8 +2,14 @@
 the teacher-forced validation loss; written under `<workdir>/eval/step_<N>/`.
 
 Every process decodes its rows of each global batch (the tf.data pipeline pads the split
-to whole batches with masked examples); the detections are gathered to process 0, which
-runs COCOeval and writes the files.
+to whole batches with masked examples) and keeps them on its host; the host fetches a
+batch's outputs only after it has sent the next batch to the devices, so that it
+prepares one batch while the devices decode another. After the last batch one gather
+(`process_allgather`: JAX has no gather to one process, so every process receives the
+rows, once) brings every process's rows to process 0, which turns them into boxes, runs
+COCOeval and writes the files. The other processes return as soon as the gather ends:
+they are not held for the scoring, but their next collective (the next train step)
+waits until process 0 has scored and joins it.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Iterable
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
@@ -30,6 +37,37 @@ from pix2seq_jax.parallel import mesh as mesh_lib
 from pix2seq_jax.train import checkpoints
 
 
+_META_KEYS = ('image_id', 'scale', 'original_size', 'mask')
+
+
+def _fetched(sums: dict[str, jax.Array], tokens: jax.Array, scores: jax.Array,
+             meta: dict[str, np.ndarray], likelihood: val_loss.ValLoss) -> tuple:
+  """One batch's outputs on this host: its val-loss sums added to `likelihood`, and
+  (tokens, scores, meta) of this process's rows."""
+  likelihood.add(sums)
+  return sharded_decode.local_rows(tokens), sharded_decode.local_rows(scores), meta
+
+
+def _on_process_0(rows: list[tuple]) -> tuple:
+  """(tokens, scores, meta) of every process's rows of every batch, in the global batches'
+  order (process 0's rows of batch 0, process 1's of batch 0, ...), from this process's
+  [(tokens [local, L], scores [local, L], meta)] per batch. Every process takes part in
+  the gather (each holds the same number of batches of the same shapes); only process 0
+  uses its result."""
+  # [batches * local, ...] per array
+  local = jax.tree.map(lambda *batches: np.concatenate(batches), *rows)
+  if jax.process_count() == 1:
+    return local
+  # [processes * batches * local, ...]: process 0's rows of every batch, then process 1's
+  gathered = multihost_utils.process_allgather(local, tiled=True)
+  batches, processes = len(rows), jax.process_count()
+
+  def in_batch_order(x: np.ndarray) -> np.ndarray:
+    x = x.reshape(processes, batches, -1, *x.shape[1:])  # [processes, batches, local, ...]
+    return x.swapaxes(0, 1).reshape(-1, *x.shape[3:])
+  return jax.tree.map(in_batch_order, gathered)
+
+
 class Evaluator:
   """Compiles the decoder and the validation loss once; called at every evaluation."""
 
@@ -37,7 +75,8 @@ class Evaluator:
                vocab: vocab_lib.Vocabulary, graphdef: nnx.GraphDef, mesh: Mesh):
     self.config, self.split, self.vocab, self.mesh = config, split, vocab, mesh
     self.decode_fn = sharded_decode.DecodeFn(config, graphdef, vocab, mesh)
-    self.val_loss_fn = val_loss.make_val_loss_fn(graphdef, vocab, mesh)
+    self.val_loss_fn = val_loss.make_val_loss_fn(graphdef, vocab, mesh,
+                                                 config.train.matmul_precision)
 
   def __call__(self, params: nnx.State, batch_stats: nnx.State, step: int,
                workdir: str) -> dict[str, float]:
@@ -49,21 +88,23 @@ class Evaluator:
         split, config.data, self.vocab, global_batch_size=config.eval.batch_size,
         max_images=max_images, process_index=jax.process_index(),
         process_count=jax.process_count())
-    results, likelihood = [], val_loss.ValLoss()
     total = pipeline.num_eval_batches(len(records), config.eval.batch_size)
+    likelihood, rows, pending = val_loss.ValLoss(), [], None
     for batch in tqdm(batches, total=total, desc=f'eval@{step}', leave=False,
                       disable=jax.process_index() > 0):
       arrays = mesh_lib.put_batch({k: batch[k] for k in val_loss.BATCH_KEYS}, self.mesh)
-      likelihood.add(self.val_loss_fn(params, batch_stats, arrays))
+      sums = self.val_loss_fn(params, batch_stats, arrays)
       tokens, scores = self.decode_fn(params, batch_stats, arrays['image'], step)
-      meta = {k: batch[k] for k in ('image_id', 'scale', 'original_size', 'mask')}
-      tokens, scores, meta = multihost_utils.process_allgather(
-          (sharded_decode.local_rows(tokens), sharded_decode.local_rows(scores), meta),
-          tiled=True)
-      results += detections.coco_results(tokens, scores, meta, self.vocab, split.categories,
-                                         config.data.image_size, config.decode.mode)
+      if pending is not None:  # the previous batch, fetched while this one runs
+        rows.append(_fetched(*pending, likelihood))
+      pending = (sums, tokens, scores, {k: batch[k] for k in _META_KEYS})
+    if pending is not None:
+      rows.append(_fetched(*pending, likelihood))
+    tokens, scores, meta = _on_process_0(rows)
     if jax.process_index() > 0:
       return {}
+    results = detections.coco_results(tokens, scores, meta, self.vocab, split.categories,
+                                      config.data.image_size, config.decode.mode)
     coco_gt = coco_metrics.load_ground_truth(split.annotations_path)
     metrics = coco_metrics.coco_metrics(coco_gt, results,
                                         image_ids=[r.image_id for r in records])

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 
-import jax
 import numpy as np
 from absl import logging
 from flax import nnx
@@ -29,7 +28,6 @@ from pix2seq_jax import vocab as vocab_lib
 from pix2seq_jax import workdir as workdir_lib
 from pix2seq_jax.config import workdir_config
 from pix2seq_jax.data import coco_json
-from pix2seq_jax.parallel import mesh as mesh_lib
 from pix2seq_jax.train import checkpoints
 from pix2seq_jax.train import state as state_lib
 
@@ -127,9 +125,11 @@ def with_init_from(state: state_lib.TrainState, config, vocab: vocab_lib.Vocabul
     raise InitFromError(f'config.model.init_from={source_dir!r} has no checkpoint.')
   rows, unmatched = row_sources(vocab, categories.names, source_vocab,
                                 source_categories.names)
-  fresh_params, fresh_stats = jax.device_get((state.params, state.batch_stats))
+  # Whole on every process, also where `shard_params` splits them over several processes.
+  fresh_params, fresh_stats = state_lib.host_values((state.params, state.batch_stats))
   params, stats = fresh_params.to_pure_dict(), fresh_stats.to_pure_dict()
-  source_params, source_stats = jax.device_get((restored['params'], restored['batch_stats']))
+  source_params, source_stats = state_lib.host_values((restored['params'],
+                                                       restored['batch_stats']))
   new_params, problems = merge(params, source_params.to_pure_dict(), rows)
   new_stats, stat_problems = merge(stats, source_stats.to_pure_dict(), rows)
   problems += stat_problems
@@ -147,6 +147,6 @@ def with_init_from(state: state_lib.TrainState, config, vocab: vocab_lib.Vocabul
   logging.info('Started from the parameters of %s (step %d): %d of %d classes matched by '
                'name%s.', source_dir, int(restored['step']), matched, len(categories.names),
                f'; fresh rows for {messages.first_of(unmatched, 10)}' if unmatched else '')
-  state = state.replace(params=fresh_params, batch_stats=fresh_stats)
-  return jax.device_put(state, mesh_lib.state_shardings(state, mesh,
-                                                        config.train.shard_params))
+  shard = config.train.shard_params
+  return state.replace(params=state_lib.placed(fresh_params, mesh, shard),
+                       batch_stats=state_lib.placed(fresh_stats, mesh, shard))

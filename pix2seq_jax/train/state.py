@@ -4,6 +4,12 @@ The model runs through the functional NNX form: `nnx.split` gives plain state py
 (parameters, batch statistics) that jit, optax, orbax and shardings handle directly.
 States are created directly in their shardings (`parallel/mesh.py`): replicated, or
 split over 'data' with `train.shard_params`.
+
+Parameters loaded from files (a pretrained backbone, `model.init_from`) are merged on the
+host: `host_values` gives every process the whole value of each array (one all-gather
+of the arrays split over the devices of several processes), and `placed` puts
+host values into their shardings, each process copying only its devices' blocks (no
+collective; every process holds the same values, read from the same files).
 """
 
 from __future__ import annotations
@@ -13,9 +19,10 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx, struct
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pix2seq_jax import jit_cache
 from pix2seq_jax import vocab as vocab_lib
@@ -72,6 +79,37 @@ def create_train_state(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocab
   return init(jax.random.key(config.seed))
 
 
+def host_values(tree: Any) -> Any:
+  """`tree`'s arrays as numpy arrays, whole, on every process. Arrays split over the
+  devices of several processes are first replicated by one jitted all-gather: every
+  process must call this with the same tree."""
+  leaves, treedef = jax.tree.flatten(tree)
+  split = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array)
+           and not x.is_fully_addressable and not x.is_fully_replicated]
+  if split:
+    whole = jax.jit(lambda xs: xs, out_shardings=[
+        NamedSharding(leaves[i].sharding.mesh, P()) for i in split])([leaves[i] for i in split])
+    for i, x in zip(split, whole):
+      leaves[i] = x
+  return jax.tree.unflatten(treedef, [_local_copy(x) for x in leaves])
+
+
+def _local_copy(x: jax.Array | np.ndarray) -> np.ndarray:
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(x.addressable_data(0))  # replicated: this process's copy is whole
+  return np.asarray(x)
+
+
+def placed(tree: Any, mesh: Mesh, shard: bool) -> Any:
+  """Host arrays (the same on every process) -> global arrays in `mesh_lib.state_shardings`;
+  each process copies only the blocks of its own devices."""
+  def place(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, mesh_lib.leaf_sharding(x.shape, mesh, shard),
+                                        lambda index: x[index])
+  return jax.tree.map(place, tree)
+
+
 def with_pretrained_backbone(state: TrainState, config: ml_collections.ConfigDict,
                              mesh: Mesh) -> tuple[TrainState, list[str]]:
   """`state` with the backbone loaded from `config.model.pretrained_backbone`.
@@ -80,14 +118,18 @@ def with_pretrained_backbone(state: TrainState, config: ml_collections.ConfigDic
   """
   spec = variants.get_spec(config.model.variant)
   backbone = backbones.abstract_backbone(spec.backbone)
-  new_params, new_stats = jax.device_get((state.params, state.batch_stats))
-  params, batch_stats = new_params.to_pure_dict(), new_stats.to_pure_dict()
+  # Only the backbone travels to the host and back.
+  host_params, host_stats = host_values((state.params['backbone'],
+                                         state.batch_stats['backbone']))
   # A backbone without an ImageNet stem (tiny ResNet, ViT patches) is refused in there.
-  params['backbone'], batch_stats['backbone'], ignored = pretrained.load_resnet(
-      config.model.pretrained_backbone, params['backbone'], batch_stats['backbone'],
-      getattr(backbone, 'stage_sizes', ()), getattr(backbone, 'stem_kind', None))
-  nnx.replace_by_pure_dict(new_params, params)
-  nnx.replace_by_pure_dict(new_stats, batch_stats)
-  state = state.replace(params=new_params, batch_stats=new_stats)
-  return jax.device_put(state, mesh_lib.state_shardings(
-      state, mesh, config.train.shard_params)), ignored
+  params, batch_stats, ignored = pretrained.load_resnet(
+      config.model.pretrained_backbone, host_params.to_pure_dict(),
+      host_stats.to_pure_dict(), getattr(backbone, 'stage_sizes', ()),
+      getattr(backbone, 'stem_kind', None))
+  nnx.replace_by_pure_dict(host_params, params)
+  nnx.replace_by_pure_dict(host_stats, batch_stats)
+  shard = config.train.shard_params
+  new_params, new_stats = nnx.State(dict(state.params)), nnx.State(dict(state.batch_stats))
+  new_params['backbone'] = placed(host_params, mesh, shard)
+  new_stats['backbone'] = placed(host_stats, mesh, shard)
+  return state.replace(params=new_params, batch_stats=new_stats), ignored
