@@ -17,7 +17,7 @@ xmax in original pixels), original_size [2], unpadded_size [2].
 import json
 import os
 import sys
-import types
+import official_env  # benchmarks/official_env.py, beside this script
 
 os.environ['TF_USE_LEGACY_KERAS'] = '1'
 os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'
@@ -26,15 +26,7 @@ sys.path.insert(0, src)
 ORIGINAL_SIZE = (300, 400)  # height, width of the notional original image
 
 
-class _Missing:
-  def __getattr__(self, name):
-    raise ImportError(f'tensorflow_addons.{name} is stubbed out')
-
-
-_tfa = types.ModuleType('tensorflow_addons')
-_tfa.layers, _tfa.optimizers = _Missing(), _Missing()
-sys.modules['tensorflow_addons'] = _tfa
-sys.modules['tensorflow_addons.layers'] = _tfa.layers
+official_env.stub_tensorflow_addons()
 
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402

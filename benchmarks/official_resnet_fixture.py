@@ -27,7 +27,7 @@ optimizer's step). benchmarks/official_oracle.py then adds the greedy decoding.
 import json
 import os
 import sys
-import types
+import official_env  # benchmarks/official_env.py, beside this script
 
 os.environ['TF_USE_LEGACY_KERAS'] = '1'
 os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'
@@ -39,15 +39,7 @@ SEED = 0
 STAT_PASSES = 30  # 0.9 ** 30 = 4%: the moving statistics are the images' by then
 
 
-class _Missing:
-  def __getattr__(self, name):
-    raise ImportError(f'tensorflow_addons.{name} is stubbed out')
-
-
-_tfa = types.ModuleType('tensorflow_addons')
-_tfa.layers, _tfa.optimizers = _Missing(), _Missing()
-sys.modules['tensorflow_addons'] = _tfa
-sys.modules['tensorflow_addons.layers'] = _tfa.layers
+official_env.stub_tensorflow_addons()
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -21,7 +21,7 @@ import os
 import statistics
 import sys
 import time
-import types
+import official_env  # benchmarks/official_env.py, beside this script
 
 os.environ['TF_USE_LEGACY_KERAS'] = '1'
 os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'
@@ -31,11 +31,7 @@ objects = int(sys.argv[3]) if len(sys.argv) > 3 else 20
 batch = int(sys.argv[4]) if len(sys.argv) > 4 else 2
 repeats = int(sys.argv[5]) if len(sys.argv) > 5 else 5
 sys.path.insert(0, src)
-# The official code imports tensorflow_addons, which the scratch environment lacks: an
-# empty stand-in, as official_speed.py uses (the R50 model does not call it).
-_addons = types.ModuleType('tensorflow_addons')
-_addons.layers = _addons
-sys.modules['tensorflow_addons'] = sys.modules['tensorflow_addons.layers'] = _addons
+official_env.stub_tensorflow_addons()
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
