@@ -86,6 +86,11 @@ def _run(mode: str, overrides: tuple[str, ...]) -> None:
   joined = distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id, auto=FLAGS.auto_distributed,
                                   devices_per_process=FLAGS.devices_per_process)
+  if FLAGS['devices_per_process'].present and not joined:
+    raise distributed.LauncherError(
+        f'--devices_per_process={FLAGS.devices_per_process} chooses the GPUs of each process '
+        'of a multi-process run, and this run is one process (no launcher started several, '
+        'no --coordinator_address): leave the flag out.')
   logging.info(distributed.describe_devices())  # every process, before any check
   distributed.check_device_count(FLAGS.devices_per_process, joined)
   decode = None

@@ -263,3 +263,19 @@ def test_launch_plan_refuses_a_task_whose_local_rank_has_no_gpu():
     distributed.launch_plan(environ, 'task')
   with pytest.raises(distributed.LauncherError, match='try --devices_per_process=node'):
     distributed.launch_plan(environ, 'gpu')
+
+
+def test_main_refuses_devices_per_process_in_a_run_of_one_process(tmp_path, capsys):
+  """The layout flag means something only where several processes join: set on a lone
+  process it is refused before any work, not ignored."""
+  from tests.tiny import run_main
+  output = tmp_path / 'p.json'
+  code = run_main('--mode=predict', f'--workdir={tmp_path / "none"}',
+                  f'--images={tmp_path}/*.jpg', f'--output={output}',
+                  '--devices_per_process=task')
+  stderr = capsys.readouterr().err
+  assert code == 1, stderr[-2000:]
+  assert 'error: --devices_per_process=task chooses the GPUs' in stderr
+  assert 'leave the flag out' in stderr and 'Traceback' not in stderr
+  assert not output.exists()
+
