@@ -33,8 +33,8 @@ def _config(**train) -> ml_collections.ConfigDict:
 
 
 def _lr(schedule: str, step: int, **train) -> float:
-  return float(optimizer.hyperparams(_config(schedule=schedule, **train).train,
-                                     step)['learning_rate'])
+  return float(optimizer.HostHyperparams(_config(schedule=schedule, **train).train)(
+      step)['learning_rate'])
 
 
 # --- The learning-rate schedule -------------------------------------------------------
@@ -112,7 +112,7 @@ def test_an_unknown_schedule_is_refused():
 
 def test_hyperparams_are_float32_scalars_of_the_config():
   train = _config(b1=0.8, b2=0.99, weight_decay=0.3, grad_clip_norm=2.5).train
-  values = optimizer.hyperparams(train, 5)
+  values = optimizer.HostHyperparams(train)(5)
   assert set(values) == {'learning_rate', 'b1', 'b2', 'weight_decay', 'clip_norm'}
   for name, value in values.items():
     assert value.dtype == np.float32 and np.ndim(value) == 0, name
@@ -122,7 +122,7 @@ def test_hyperparams_are_float32_scalars_of_the_config():
     assert float(values[name]) == pytest.approx(value, rel=1e-6), name
   # grad_clip_norm 0 (the official fine-tuning config) means no clipping: an infinite norm.
   train.grad_clip_norm = 0.0
-  assert np.isposinf(optimizer.hyperparams(train, 5)['clip_norm'])
+  assert np.isposinf(optimizer.HostHyperparams(train)(5)['clip_norm'])
 
 
 # --- The update: AdamW, the weight-decay mask, clipping --------------------------------
@@ -144,13 +144,13 @@ def _grads(seed: int, scale: float = 1.0) -> dict:
 
 def _optax_steps(config, grads_per_step):
   """The parameters and optimizer states after `make_optimizer(config)` steps, each with
-  `hyperparams(config.train, step)` as the train step passes them."""
+  `HostHyperparams(config.train)(step)` as the train step passes them."""
   tx = optimizer.make_optimizer(config)
   params = _params()
   state = tx.init(params)
   states = []
   for step, grads in enumerate(grads_per_step):
-    state = optimizer.with_hyperparams(state, optimizer.hyperparams(config.train, step))
+    state = optimizer.with_hyperparams(state, optimizer.HostHyperparams(config.train)(step))
     updates, state = tx.update(grads, state, params)
     params = optax.apply_updates(params, updates)
     states.append(state)
@@ -265,7 +265,7 @@ def test_with_hyperparams_sets_the_state_values_in_float32():
   config = _config(warmup_steps=0, grad_clip_norm=0.0)
   tx = optimizer.make_optimizer(config)
   state = optimizer.with_hyperparams(tx.init(_params()),
-                                     optimizer.hyperparams(config.train, 0))
+                                     optimizer.HostHyperparams(config.train)(0))
   stored = state[0].hyperparams
   assert float(stored['learning_rate']) == pytest.approx(PEAK, rel=1e-6)
   assert np.isposinf(float(stored['clip_norm']))
@@ -283,7 +283,7 @@ def test_frozen_backbone_stem_gets_no_update():
                          'blocks': {'0': {'conv1': {'kernel': np.ones((2, 2), np.float32)}}}},
             'decoder': {'bias': np.ones((2,), np.float32)}}
   tx = optimizer.make_optimizer(config)
-  state = optimizer.with_hyperparams(tx.init(params), optimizer.hyperparams(config.train, 0))
+  state = optimizer.with_hyperparams(tx.init(params), optimizer.HostHyperparams(config.train)(0))
   updates, _ = tx.update(jax.tree.map(np.ones_like, params), state, params)
   assert np.all(np.asarray(updates['backbone']['stem']['kernel']) == 0)
   assert np.all(np.asarray(updates['backbone']['blocks']['0']['conv1']['kernel']) != 0)

@@ -134,11 +134,6 @@ class HostHyperparams:
     return {'learning_rate': rate, **self.constants}
 
 
-def hyperparams(train: ml_collections.ConfigDict, step: int) -> dict[str, np.ndarray]:
-  """`HostHyperparams(train)(step)`; a loop makes the HostHyperparams once instead."""
-  return HostHyperparams(train)(step)
-
-
 def _clipped_adamw(learning_rate, b1, b2, weight_decay, clip_norm, decay_all=False):
   return optax.chain(optax.clip_by_global_norm(clip_norm),
                      optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay,
@@ -151,7 +146,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
   Its structure depends only on `config.model`'s frozen stages (one object per structure
   in a process, so that train steps built from it are traced once); the hyperparameters
-  start at 0 and take `hyperparams(config.train, step)` at every step.
+  start at 0 and take `HostHyperparams(config.train)(step)` at every step.
   """
   prefixes = frozen_prefixes(config.model)
   decay_all = bool(config.train.decay_norms_and_biases)

@@ -68,7 +68,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], hyperparams: dict
                sharded_over: Mesh | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One AdamW step on the global batch; returns the new state and scalar metrics.
 
-  `hyperparams`: the optimizer's inputs for this step (`optimizer.hyperparams`).
+  `hyperparams`: the optimizer's inputs for this step (`optimizer.HostHyperparams`).
   `seed_key_data`: uint32 [2], `seed_key_data(config.seed)`; the step's draws use its key
   folded with the state's step counter.
   `sharded_over`: the mesh whose 'data' axis shards the state (train.shard_params).
