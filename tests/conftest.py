@@ -22,7 +22,7 @@ os.environ.setdefault('JAX_DEFAULT_MATMUL_PRECISION', 'highest')
 # persistent cache lets every process and test reuse what another compiled (config of
 # tests only). Tests marked `xla_default` (parity with the official model, numeric
 # shortcuts against their references, checks of compiled programs) run with XLA's
-# default optimisation, as users' runs compile: see `_compile_as_the_test_asks`.
+# default optimisation, as users' runs compile: see `pytest_runtest_setup` below.
 _FAST_COMPILE = 'JAX_DISABLE_MOST_OPTIMIZATIONS'
 os.environ.setdefault(_FAST_COMPILE, 'true')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
