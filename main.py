@@ -76,11 +76,12 @@ def main(argv):
 def _run(mode: str, overrides: tuple[str, ...]) -> None:
   from pix2seq_jax.config import checks
   if mode == 'summary':
+    from pix2seq_jax.data import sources
     from pix2seq_jax.models import summary
     checks.validate(FLAGS.config, mode='summary', overrides=overrides)
-    print(summary.summarise(FLAGS.config))
+    print(summary.summarise(FLAGS.config, *sources.class_count(FLAGS.config.data)))
     return
-  from pix2seq_jax import compilation_cache
+  from pix2seq_jax.runtime import compilation_cache
   from pix2seq_jax.parallel import distributed
   compilation_cache.enable()  # PIX2SEQ_COMPILATION_CACHE moves it or turns it off
   joined = distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
@@ -131,7 +132,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
   from pix2seq_jax.data import coco_json, image_check, tfds_source
   from pix2seq_jax.models import pretrained
   from pix2seq_jax.parallel import distributed
-  from pix2seq_jax.train import checkpoints, init_from
+  from pix2seq_jax.train import init_from
+  from pix2seq_jax.workdir import checkpoints
   return (checks.ConfigError, distributed.LauncherError, coco_json.AnnotationFileError,
           image_check.ImageFilesError, tfds_source.TfdsNotPreparedError,
           checkpoints.CheckpointMismatchError, pretrained.PretrainedWeightsError,
@@ -139,7 +141,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 if __name__ == '__main__':
-  from pix2seq_jax import cpu_runtime
+  from pix2seq_jax.runtime import cpu as cpu_runtime
   # Where the backend will be the CPU: the XLA:CPU flags, and a restart of this command
   # with huge pages behind malloc (before anything starts JAX).
   cpu_runtime.configure()

@@ -19,7 +19,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from pix2seq_jax import cpu_runtime, malloc_hugepages
+from pix2seq_jax.runtime import cpu as cpu_runtime, malloc_hugepages
 from pix2seq_jax.models import resnet
 
 

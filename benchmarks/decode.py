@@ -1,16 +1,16 @@
 """Times whole-image inference (encode + cached decoding) on random weights, no TensorFlow.
 
-  python benchmarks/decode.py                     # the seed's sizes: R50, 512 px, 6+6 x 256
+  python benchmarks/decode.py                     # the PyTorch replica's sizes: R50, 512 px, 6+6 x 256
   python benchmarks/decode.py --batch_size=64 --objects=100 --skip_recompute   # GPU sizes
 
 Compiled as the project compiles inference (xla_cpu_flags.inference_compiler_options).
 Measured, after compilation, as the median of --repeats calls on a device-resident image:
-  b1       one image generating 5 * objects + 1 tokens (the seed: 20 objects, 101 tokens)
+  b1       one image generating 5 * objects + 1 tokens (the PyTorch replica: 20 objects, 101 tokens)
   bN       the same at --batch_size, per image
   encode   the backbone + encoder alone at batch 1 and at --batch_size (per image), so
            the decode loop = b1 - encode, bN - encode at bN
   500      one image generating 5 * compare_objects + 1 tokens with the KV cache and with
-           full-prefix recomputation (the seed's method), once each
+           full-prefix recomputation (the PyTorch replica's method), once each
 EOS is given a -inf output bias, so every row generates every token; the grammar forces
 EOS at the last position. Prints one line per measurement and, last, one JSON object.
 """
@@ -27,7 +27,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from pix2seq_jax import cpu_runtime, malloc_hugepages, vocab as vocab_lib, xla_cpu_flags
+from pix2seq_jax.runtime import cpu as cpu_runtime, malloc_hugepages, xla_cpu_flags
+from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.config import default
 from pix2seq_jax.inference import decoding, detections
 from pix2seq_jax.models import build

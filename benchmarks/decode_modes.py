@@ -20,9 +20,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pix2seq_jax import cpu_runtime  # noqa: E402
+from pix2seq_jax.runtime import cpu as cpu_runtime  # noqa: E402
 from pix2seq_jax.data import sources  # noqa: E402
-from pix2seq_jax.evaluation import coco_metrics  # noqa: E402
+from pix2seq_jax.evaluation import coco_metrics, predict_split  # noqa: E402
 from pix2seq_jax.inference import predictor as predictor_lib  # noqa: E402
 
 SETTINGS = {
@@ -43,10 +43,10 @@ def main():
     predictor = predictor_lib.Predictor(args.workdir, batch_size=args.batch_size,
                                         decode=decode)
     images_dir, annotations = sources.split_paths(predictor.config.data)['val']
-    predictor_lib.predict_coco_split(predictor, annotations, images_dir,
+    predict_split.predict_coco_split(predictor, annotations, images_dir,
                                      max_images=args.batch_size)  # compiles
     start = time.perf_counter()
-    results, image_ids = predictor_lib.predict_coco_split(predictor, annotations, images_dir,
+    results, image_ids = predict_split.predict_coco_split(predictor, annotations, images_dir,
                                                           max_images=args.max_images)
     seconds = (time.perf_counter() - start) / len(image_ids)
     coco_eval = coco_metrics.run_cocoeval(coco_metrics.load_ground_truth(annotations),

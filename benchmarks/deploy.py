@@ -8,7 +8,7 @@ categories; EOS given a -inf output bias so every image generates every token, a
 benchmarks/decode.py). Then, on the same images:
   export          seconds for `main.py --mode=export` (export.export_workdir)
   predictor       Predictor(workdir), seconds per image at batch 1 and --batch_size
-  serving         pix2seq_jax.serving.load(export), the same
+  serving         pix2seq_jax.deploy.serving.load(export), the same
   saved_model     tf.saved_model.load(export/saved_model), the same (TensorFlow's own XLA)
   start           seconds from a new Python process to its first detection (imports,
                   loading, compiling, one image), with an empty compilation cache (cold)
@@ -42,7 +42,7 @@ if sys.argv[1] == 'predictor':
   from pix2seq_jax.inference.predictor import Predictor
   detect = Predictor(sys.argv[2], batch_size=1)
 else:
-  from pix2seq_jax import serving
+  from pix2seq_jax.deploy import serving
   detect = serving.load(sys.argv[2], batch_size=1)
 detect([image])
 print(time.time() - start)
@@ -53,11 +53,12 @@ def _random_workdir(path: str, variant: str, size: int, objects: int) -> None:
   import jax.numpy as jnp
   from flax import nnx
 
-  from pix2seq_jax import vocab as vocab_lib, workdir as workdir_lib
+  from pix2seq_jax.tasks import vocab as vocab_lib
+  from pix2seq_jax.workdir import files as workdir_lib
   from pix2seq_jax.config import default
   from pix2seq_jax.data import coco_categories, coco_json
   from pix2seq_jax.models import build
-  from pix2seq_jax.train import checkpoints
+  from pix2seq_jax.workdir import checkpoints
   config = default.get_config()
   config.model.variant = variant
   config.data.image_size = size
@@ -107,7 +108,7 @@ def main() -> None:
   import jax
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')
-  from pix2seq_jax import serving
+  from pix2seq_jax.deploy import serving
   from pix2seq_jax.deploy import export
   from pix2seq_jax.inference.predictor import Predictor
 
@@ -160,6 +161,6 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-  from pix2seq_jax import cpu_runtime
+  from pix2seq_jax.runtime import cpu as cpu_runtime
   cpu_runtime.configure(restart=False)  # the XLA:CPU flags, as when it was measured
   main()

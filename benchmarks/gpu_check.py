@@ -102,8 +102,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from pix2seq_jax import compilation_cache
-from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax.runtime import compilation_cache
+from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.config import default, resolve
 from pix2seq_jax.inference import sharded_decode
 from pix2seq_jax.models import build

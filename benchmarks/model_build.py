@@ -17,7 +17,8 @@ import time
 
 from flax import nnx
 
-from pix2seq_jax import cpu_runtime, malloc_hugepages, vocab as vocab_lib
+from pix2seq_jax.runtime import cpu as cpu_runtime, malloc_hugepages
+from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.config import default
 from pix2seq_jax.models import build, counted_rngs
 

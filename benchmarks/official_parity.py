@@ -8,7 +8,7 @@ tensorflow-cpu, tf-keras; see ../shared/tools/official_fixture.py) builds the mo
 random weights at full size, saves it as the official trainer does and records its
 logits (official_fixture.py), then decodes greedily with its post-processing
 (benchmarks/official_oracle.py). This project converts the checkpoint
-(pix2seq_jax.convert_official), computes `Predictor.logits` on the same inputs and
+(pix2seq_jax.official.convert), computes `Predictor.logits` on the same inputs and
 decodes greedily in the official mode. Prints one JSON line per architecture and a
 markdown table: max |logit error| / max |logit|, argmax agreement, greedy token equality
 and the detections' agreement.
@@ -29,7 +29,8 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pix2seq_jax import convert_official, cpu_runtime  # noqa: E402
+from pix2seq_jax.official import convert as convert_official  # noqa: E402
+from pix2seq_jax.runtime import cpu as cpu_runtime
 from pix2seq_jax.inference import decoding  # noqa: E402
 from pix2seq_jax.inference.predictor import Predictor  # noqa: E402
 from pix2seq_jax.models import build  # noqa: E402

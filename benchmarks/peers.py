@@ -2,26 +2,26 @@
 
   python benchmarks/peers.py \
       --official_src=OFFICIAL --official_python=ORACLE_VENV/bin/python \
-      --seed_src=SEED --seed_python=TORCH_VENV/bin/python \
+      --replica_src=REPLICA --replica_python=TORCH_VENV/bin/python \
       [--coco_dir=../shared/data/coco_tiny] [--repeats=3] [--rounds=3]
 
 OFFICIAL is a checkout of google-research/pix2seq (its *.py files), run by
 ../shared/tools/official_speed.py in a scratch environment with tensorflow-cpu and
-tf-keras; SEED a checkout of the seed (gaopengcuhk/Unofficial-Pix2Seq), run by
-../shared/tools/seed_infer.py and benchmarks/seed_step_torch.py with torch and
+tf-keras; REPLICA a checkout of the PyTorch replica (gaopengcuhk/Unofficial-Pix2Seq), run by
+../shared/tools/seed_infer.py and benchmarks/pytorch_replica_step.py with torch and
 torchvision. Neither is a dependency of this project: without --official_python /
---seed_python the peers' rows print the commands to run instead of their times.
+--replica_python the peers' rows print the commands to run instead of their times.
 
 Every measurement is a separate process, run one after the other (peers first, then
 this project, row by row), all with random weights:
   infer 640 b1/b8  R50 at 640 px decoding 501 tokens, per image, batch 1 and 8
-  infer 512 b1     R50 at 512 px decoding 101 tokens, batch 1 (the seed's sizes)
+  infer 512 b1     R50 at 512 px decoding 101 tokens, batch 1 (the PyTorch replica's sizes)
   train 512 b2     one R50 train step, 512 px, batch 2, 101 tokens, float32
   train parts      where that step's time goes, the same sizes: the gradients of the
                    backbone alone, of the encoding (backbone, encoder, memory) and of the
                    whole model, without the optimizer (benchmarks/official_train_parts.py
                    for the official model, train_step.py --parts for this project's)
-  train seed-work  the same with the stem, stage 1 and batch norms frozen (the seed's
+  train replica-work the same with the stem, stage 1 and batch norms frozen (the PyTorch replica's
                    DETR fine-tuning), against an equivalent PyTorch step
   input 640        the training input pipeline over bare JPEG decoding (this project only)
 With --rounds=N the whole sequence runs N times over, so that each ratio is measured N
@@ -65,8 +65,8 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--official_src', default='')
   parser.add_argument('--official_python', default='')
-  parser.add_argument('--seed_src', default='')
-  parser.add_argument('--seed_python', default='')
+  parser.add_argument('--replica_src', default='')
+  parser.add_argument('--replica_python', default='')
   parser.add_argument('--coco_dir', default=None,
                       help='COCO-layout folder for the pipeline row (default ../shared/data/'
                            'coco_tiny, skipped with a note when absent)')
@@ -75,7 +75,7 @@ def main() -> None:
   parser.add_argument('--rounds', type=int, default=1,
                       help='run every row this many times over, alternating with the peers')
   args = parser.parse_args()
-  for peer_name in ('official', 'seed'):
+  for peer_name in ('official', 'replica'):
     src, python = getattr(args, f'{peer_name}_src'), getattr(args, f'{peer_name}_python')
     if bool(src) != bool(python):
       parser.error(f'--{peer_name}_src and --{peer_name}_python go together: give both to '
@@ -89,13 +89,13 @@ def main() -> None:
   repeats = str(args.repeats)
   official = lambda *a: [args.official_python, os.path.join(args.tools, 'official_speed.py'),
                          args.official_src, *a]
-  seed_infer = [args.seed_python, os.path.join(args.tools, 'seed_infer.py'), args.seed_src,
+  replica_infer = [args.replica_python, os.path.join(args.tools, 'seed_infer.py'), args.replica_src,
                 '512', repeats]
-  seed_step = [args.seed_python, 'benchmarks/seed_step_torch.py']
+  replica_step = [args.replica_python, 'benchmarks/pytorch_replica_step.py']
   official_parts_command = [args.official_python, 'benchmarks/official_train_parts.py',
                             args.official_src, '512', '20', '2', '5']
   have_official = bool(args.official_python and args.official_src)
-  have_seed = bool(args.seed_python and args.seed_src)
+  have_replica = bool(args.replica_python and args.replica_src)
 
   def peer(enabled: bool, command: list[str], key: str):
     if not enabled:
@@ -105,7 +105,7 @@ def main() -> None:
 
   def one_round() -> dict:
     """Every row once, each peer's process just before this project's."""
-    rows = []  # (work, official s, seed s, this project's s)
+    rows = []  # (work, official s, PyTorch replica s, this project's s)
     o1 = peer(have_official, official('640', '100', '1', repeats), 'official_infer_s_per_image')
     o8 = peer(have_official, official('640', '100', '8', repeats), 'official_infer_s_per_image')
     ours640 = _last_json([me, 'benchmarks/decode.py', '--image_size=640', '--objects=100',
@@ -113,7 +113,7 @@ def main() -> None:
     rows.append(('inference, R50 640 px, 501 tokens, batch 1, s per image', o1, None,
                  ours640['seconds_per_image_b1']))
     rows.append(('the same at batch 8, s per image', o8, None, ours640['seconds_per_image_bN']))
-    s1 = peer(have_seed, seed_infer, 'seed_infer_s_per_image')
+    s1 = peer(have_replica, replica_infer, 'seed_infer_s_per_image')
     ours512 = _last_json([me, 'benchmarks/decode.py', '--skip_recompute',
                           f'--repeats={repeats}'])
     rows.append(('inference, R50 512 px, 101 tokens, batch 1, s per image', None, s1,
@@ -127,10 +127,10 @@ def main() -> None:
     for part, work in PARTS:
       rows.append((work, official_parts and official_parts[part], None,
                    ours_train['part_seconds'][part]))
-    st = peer(have_seed, seed_step, 'step_seconds')
+    st = peer(have_replica, replica_step, 'step_seconds')
     ours_frozen = _last_json([me, 'benchmarks/train_step.py', '--frozen_backbone_stages=2',
                               '--frozen_batch_norm'])
-    rows.append(("train step, the seed's work (stem + stage 1 and BN frozen), s", None, st,
+    rows.append(("train step, the PyTorch replica's work (stem + stage 1 and BN frozen), s", None, st,
                  ours_frozen['seconds_per_step']))
     pipeline = None
     if os.path.isdir(coco_dir):
@@ -138,10 +138,10 @@ def main() -> None:
     else:
       print(f'  (not run) input pipeline: {coco_dir} is absent; give --coco_dir.')
     table = []
-    for work, off, seed, ours in rows:
-      peer_time = off if off is not None else seed
+    for work, off, replica, ours in rows:
+      peer_time = off if off is not None else replica
       ratio = None if peer_time is None else peer_time / ours
-      table.append({'work': work, 'official': off, 'seed': seed, 'ours': ours, 'ratio': ratio})
+      table.append({'work': work, 'official': off, 'replica': replica, 'ours': ours, 'ratio': ratio})
     return {'rows': table, 'decode_640': ours640, 'decode_512': ours512, 'train': ours_train,
             'train_frozen': ours_frozen, 'pipeline': pipeline}
 
@@ -160,11 +160,11 @@ def main() -> None:
 
 def _print_round(result: dict) -> None:
   fmt = lambda v: '-' if v is None else f'{v:.3g}'
-  print('\n| work | official TF | seed (PyTorch) | this project | ratio |\n|---|---|---|---|---|')
+  print('\n| work | official TF | PyTorch replica | this project | ratio |\n|---|---|---|---|---|')
   for row in result['rows']:
     ratio = row['ratio']
     ratio_text = '-' if ratio is None else f'{ratio:.2f}x {"faster" if ratio >= 1 else "(slower)"}'
-    print(f"| {row['work']} | {fmt(row['official'])} | {fmt(row['seed'])} | {fmt(row['ours'])} "
+    print(f"| {row['work']} | {fmt(row['official'])} | {fmt(row['replica'])} | {fmt(row['ours'])} "
           f"| {ratio_text} |")
   pipeline, ours640, ours_train = result['pipeline'], result['decode_640'], result['train']
   if pipeline:

@@ -2,11 +2,11 @@
 
   python benchmarks/train_step.py --variant=r50 --image_size=512 --batch_size=2 --objects=20 \
       [--compute_dtype=bfloat16] [--grad_accum_steps=K] \
-      [--frozen_backbone_stages=2 --frozen_batch_norm]   # the seed's (DETR's) fine-tuning
+      [--frozen_backbone_stages=2 --frozen_batch_norm]   # the PyTorch replica's (DETR's) fine-tuning
       [--parts]   # also the forward + backward time of the backbone and of the encoder
 
 Each step is timed alone; seconds_per_step is their median (the statistic of the peers'
-benchmarks, ../shared/tools/official_speed.py and benchmarks/seed_step_torch.py).
+benchmarks, ../shared/tools/official_speed.py and benchmarks/pytorch_replica_step.py).
 Prints one line per setting and, last, one JSON object with seconds_per_step, step_seconds,
 images_per_second, XLA's FLOP count per step (over all devices), the matmul peak measured
 in this run (square matmuls in the compute dtype, accumulating in float32; the best of
@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pix2seq_jax import cpu_runtime, malloc_hugepages, vocab as vocab_lib
+from pix2seq_jax.runtime import cpu as cpu_runtime, malloc_hugepages
+from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.config import default, resolve
 from pix2seq_jax.data import synthetic
 from pix2seq_jax.models import build
@@ -90,9 +91,9 @@ def main() -> None:
   parser.add_argument('--compute_dtype', default='float32', choices=['float32', 'bfloat16'])
   parser.add_argument('--grad_accum_steps', type=int, default=1)
   parser.add_argument('--frozen_backbone_stages', type=int, default=0,
-                      help='2: stem and stage 1 frozen, as the seed (DETR) trains')
+                      help='2: stem and stage 1 frozen, as the PyTorch replica (DETR) trains')
   parser.add_argument('--frozen_batch_norm', action='store_true',
-                      help="batch norms use running statistics, as the seed's FrozenBatchNorm2d")
+                      help="batch norms use running statistics, as the PyTorch replica's FrozenBatchNorm2d")
   parser.add_argument('--parts', action='store_true',
                       help='also time the gradients of the backbone and the encoder alone')
   args = parser.parse_args()
@@ -103,7 +104,7 @@ def main() -> None:
   config.data.max_instances = args.objects
   config.data.num_bins = args.num_bins
   config.train.batch_size = args.batch_size
-  config.model.drop_path = 0.0  # the seed has none; dropout stays 0.1 as in DETR
+  config.model.drop_path = 0.0  # the PyTorch replica has none; dropout stays 0.1 as in DETR
   config.train.compute_dtype = args.compute_dtype
   config.train.grad_accum_steps = args.grad_accum_steps
   config.model.frozen_backbone_stages = args.frozen_backbone_stages

@@ -11,8 +11,8 @@ import sys
 import jax
 import numpy as np
 
-from pix2seq_jax import compilation_cache
-from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax.runtime import compilation_cache
+from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.data import synthetic
 from pix2seq_jax.models import build
 from pix2seq_jax.parallel import mesh as mesh_lib

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.data import sequences, transforms
 
 SIZE = 64

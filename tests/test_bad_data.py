@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageOps
 
-from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.data import coco_json, image_check, pipeline, sources, transforms
 from pix2seq_jax.inference import images as images_lib, predictor
 from pix2seq_jax.train import loop

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.data import coco_json, pipeline, shapes, sources
 from tests.tiny import shared_path, tiny_config
 

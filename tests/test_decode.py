@@ -14,7 +14,7 @@ from flax import nnx
 
 from pix2seq_jax.inference import decoding, detections
 from pix2seq_jax.models import build
-from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax.tasks import vocab as vocab_lib
 from tests.tiny import tiny_config
 
 VOCAB = vocab_lib.Vocabulary(num_classes=5, num_bins=64)

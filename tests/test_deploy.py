@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pix2seq_jax import serving, vocab as vocab_lib
-from pix2seq_jax.deploy import detector, export
-from pix2seq_jax.inference import detections, images as images_lib
+from pix2seq_jax.deploy import detector, export, serving
+from pix2seq_jax.inference import detections
+from pix2seq_jax.inference import images as images_lib
 from pix2seq_jax.inference.predictor import Predictor
+from pix2seq_jax.tasks import vocab as vocab_lib
 from tests import tiny
 from tests.test_official_parity import FIXTURE
 
@@ -72,14 +73,15 @@ _SERVING = '''
 import json, sys
 import numpy as np
 BLOCKED = ('flax', 'optax', 'orbax', 'tensorflow', 'pix2seq_jax.models', 'pix2seq_jax.train',
-           'pix2seq_jax.deploy', 'pix2seq_jax.inference.decoding',
+           'pix2seq_jax.deploy.detector', 'pix2seq_jax.deploy.export',
+           'pix2seq_jax.deploy.saved_model', 'pix2seq_jax.inference.decoding',
            'pix2seq_jax.inference.predictor', 'pix2seq_jax.inference.sharded_decode')
 class Block:
   def find_spec(self, name, path=None, target=None):
     if any(name == b or name.startswith(b + '.') for b in BLOCKED):
       raise ImportError('blocked in this test: ' + name)
 sys.meta_path.insert(0, Block())
-from pix2seq_jax import serving
+from pix2seq_jax.deploy import serving
 export_dir, files, arrays, out = sys.argv[1:]
 arrays = np.load(arrays)
 detector = serving.load(export_dir, batch_size=4)
@@ -167,7 +169,7 @@ def test_the_saved_model_runs_with_tensorflow_alone_and_matches_the_predictor(
 
 
 def test_a_converted_official_checkpoint_exports_the_same_detections(tmp_path):
-  from pix2seq_jax import convert_official
+  from pix2seq_jax.official import convert as convert_official
   workdir = str(tmp_path / 'official')
   convert_official.convert(FIXTURE, workdir)  # official vocabulary, decode mode, sampling
   decode = {'max_objects': 12}  # 61 tokens: one cache block, a quicker compilation
@@ -205,7 +207,7 @@ def test_reading_objects_in_the_graph_equals_parsing_with_numpy(layout, mode):
   pools = [np.arange(vocab.coord_offset, vocab.coord_offset + 16), vocab.class_tokens,
            [vocab.eos, vocab.padding, vocab.noise_class, vocab.start, vocab.size - 1]]
   tokens = []
-  for row in range(64):  # mostly well-formed, with stray specials and early stops
+  for _ in range(64):  # mostly well-formed, with stray specials and early stops
     seq = []
     for slot in range(length):
       pool = pools[1] if slot % 5 == 4 else pools[0]
@@ -291,14 +293,14 @@ def test_main_exports_a_workdir(tiny_workdir, tmp_path):
 _FIRST_DETECTION = '''
 import sys
 import numpy as np
-from pix2seq_jax import serving
+from pix2seq_jax.deploy import serving
 serving.load(sys.argv[1], batch_size=1)([np.zeros((40, 60, 3), np.uint8)])
 '''
 
 
 def test_a_second_start_takes_its_programs_from_the_compilation_cache(exported, tmp_path,
                                                                       monkeypatch):
-  from pix2seq_jax import compilation_cache
+  from pix2seq_jax.runtime import compilation_cache
   monkeypatch.setenv(compilation_cache.ENV, 'off')
   assert compilation_cache.chosen_dir() is None
   monkeypatch.setenv(compilation_cache.ENV, str(tmp_path / 'moved'))

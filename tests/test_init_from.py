@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.config import checks, workdir_config
 from pix2seq_jax.data import coco_json, shapes
 from pix2seq_jax.models import build
-from pix2seq_jax.train import checkpoints, init_from, loop
+from pix2seq_jax.train import init_from, loop
+from pix2seq_jax.workdir import checkpoints
 from tests import tiny
 
 pytestmark = pytest.mark.xdist_group('train')

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pix2seq_jax import malloc_hugepages as mh
+from pix2seq_jax.runtime import malloc_hugepages as mh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NEW = (2, 36)
@@ -62,7 +62,7 @@ def test_reads_the_kernel_mode(tmp_path):
 _CHILD = '''
 import ctypes, os, sys
 print('pid', os.getpid(), flush=True)
-from pix2seq_jax import malloc_hugepages
+from pix2seq_jax.runtime import malloc_hugepages
 print('reason', malloc_hugepages.enable(), flush=True)
 
 def anon_huge_kb():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.models import backbones, build, resnet, transformer, variants, vit
 from pix2seq_jax.models.counted_rngs import CountedRngs
 from tests.tiny import tiny_config

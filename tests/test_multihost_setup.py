@@ -22,13 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import save_file
 
-from pix2seq_jax import tree_paths
-from pix2seq_jax import vocab as vocab_lib
-from pix2seq_jax import workdir as workdir_lib
+from pix2seq_jax.models import tree_paths
+from pix2seq_jax.tasks import vocab as vocab_lib
+from pix2seq_jax.workdir import files as workdir_lib
 from pix2seq_jax.data import coco_json, image_check, shapes
 from pix2seq_jax.parallel import mesh as mesh_lib
 from pix2seq_jax.config import workdir_config
-from pix2seq_jax.train import checkpoints, init_from, optimizer, state as state_lib
+from pix2seq_jax.train import init_from, optimizer, state as state_lib
+from pix2seq_jax.workdir import checkpoints
 from tests import tiny
 
 # Each worker joins as process argv[2] of 2 at argv[1], then runs its case.
@@ -36,7 +37,7 @@ _JOIN = r'''
 import sys
 import jax
 jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
-from pix2seq_jax import compilation_cache
+from pix2seq_jax.runtime import compilation_cache
 compilation_cache.enable()
 '''
 # argv[3]: the annotation file; argv[4]: this process's images folder. Prints the checked

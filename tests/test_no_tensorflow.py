@@ -32,10 +32,10 @@ def changes(before, after):
 
 result = {}
 before = state()
-import pix2seq_jax.inference.decoding, pix2seq_jax.inference.predictor, pix2seq_jax.serving
+import pix2seq_jax.inference.decoding, pix2seq_jax.inference.predictor, pix2seq_jax.deploy.serving
 import pix2seq_jax.deploy.export, pix2seq_jax.deploy.detector
 import pix2seq_jax.evaluation.coco_metrics, pix2seq_jax.evaluation.val_loss
-import pix2seq_jax.train.step, pix2seq_jax.train.state, pix2seq_jax.train.checkpoints
+import pix2seq_jax.train.step, pix2seq_jax.train.state, pix2seq_jax.workdir.checkpoints
 import pix2seq_jax.models.summary, pix2seq_jax.config.checks
 result['tensorflow_imported'] = 'tensorflow' in sys.modules
 result['changes'] = changes(before, state())

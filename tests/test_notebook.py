@@ -44,7 +44,7 @@ def test_notebook_evaluates_a_checkpoint(tiny_workdir, monkeypatch):
 
 @pytest.mark.slow
 def test_notebook_evaluates_a_converted_official_checkpoint(tmp_path, monkeypatch):
-  from pix2seq_jax import convert_official
+  from pix2seq_jax.official import convert as convert_official
   coco_tiny = shared_path('coco_tiny')
   workdir = str(tmp_path / 'official')
   convert_official.convert(os.path.join(ROOT, 'tests', 'fixtures', 'official_vit_nano'),

@@ -23,11 +23,14 @@ from flax import nnx
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from pix2seq_jax import convert_official, vocab as vocab_lib
+from pix2seq_jax.official import convert as convert_official
+from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.data import coco_json
 from pix2seq_jax.inference import decoding, detections
-from pix2seq_jax.inference.predictor import Predictor, predict_coco_split
-from pix2seq_jax.models import build, official_names
+from pix2seq_jax.evaluation.predict_split import predict_coco_split
+from pix2seq_jax.inference.predictor import Predictor
+from pix2seq_jax.models import build
+from pix2seq_jax.official import names as official_names
 from tests import tiny
 
 FIXTURES = os.path.join(tiny.ROOT, 'tests', 'fixtures')
@@ -357,7 +360,7 @@ def test_the_converter_command_line_names_the_classes_with_categories(tmp_path):
   path.write_text(json.dumps({'images': [], 'annotations': [], 'categories': categories}))
   output = tmp_path / 'workdir'
   done = subprocess.run(
-      [sys.executable, '-m', 'pix2seq_jax.convert_official', f'--checkpoint={FIXTURE}',
+      [sys.executable, '-m', 'pix2seq_jax.official.convert', f'--checkpoint={FIXTURE}',
        f'--output={output}', f'--categories={path}'], cwd=tmp_path, capture_output=True,
       text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]

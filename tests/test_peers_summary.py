@@ -15,9 +15,9 @@ def _peers():
 
 
 def _round(official_b1: float, ours_b1: float, loop_ratio: float, pipeline: float | None):
-  rows = [{'work': 'infer b1', 'official': official_b1, 'seed': None, 'ours': ours_b1,
+  rows = [{'work': 'infer b1', 'official': official_b1, 'replica': None, 'ours': ours_b1,
            'ratio': official_b1 / ours_b1},
-          {'work': 'seed step', 'official': None, 'seed': None, 'ours': 1.0, 'ratio': None}]
+          {'work': 'replica step', 'official': None, 'replica': None, 'ours': 1.0, 'ratio': None}]
   return {'rows': rows, 'decode_640': {'decode_loop_bN_over_b1': loop_ratio},
           'train': {'flop_utilization': 0.4},
           'pipeline': None if pipeline is None else {'pipeline_over_decode': pipeline}}
@@ -37,4 +37,4 @@ def test_summary_leaves_out_rows_a_round_did_not_measure():
   rounds = [_round(6.0, 1.0, 0.5, 0.28), _round(6.0, 1.0, 0.5, None)]
   lines = _peers().summary_lines(rounds)
   assert not any(line.startswith('input pipeline') for line in lines)
-  assert not any(line.startswith('seed step') for line in lines)
+  assert not any(line.startswith('replica step') for line in lines)

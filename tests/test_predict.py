@@ -9,7 +9,7 @@ import pytest
 
 from pix2seq_jax.config import workdir_config
 from pix2seq_jax.data import canvas
-from pix2seq_jax.evaluation import coco_metrics
+from pix2seq_jax.evaluation import coco_metrics, predict_split
 from pix2seq_jax.inference import predictor as predictor_lib
 
 
@@ -115,7 +115,7 @@ def test_predict_coco_split_scores_with_pycocotools(tiny_workdir, shapes_dir, tm
   predictor = predictor_lib.Predictor(tiny_workdir, batch_size=4,
                                       decode={'temperature': 1.0, 'top_p': 0.4})
   annotations = os.path.join(shapes_dir, 'annotations', 'instances_val.json')
-  results, image_ids = predictor_lib.predict_coco_split(
+  results, image_ids = predict_split.predict_coco_split(
       predictor, annotations, os.path.join(shapes_dir, 'val'), max_images=5)
   with open(annotations) as f:
     dataset = json.load(f)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.models import build, pretrained
 from pix2seq_jax.parallel import mesh as mesh_lib
 from pix2seq_jax.train import optimizer, state as state_lib

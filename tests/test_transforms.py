@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.data import canvas, sequences, transforms
 
 SEED = tf.constant([7, 11], tf.int64)

@@ -3,7 +3,7 @@ options apply on the CPU only (when a run applies the flags: test_cpu_runtime.py
 
 import pytest
 
-from pix2seq_jax import xla_cpu_flags
+from pix2seq_jax.runtime import xla_cpu_flags
 
 
 def test_flags_are_added_once_and_a_user_value_is_kept():

@@ -20,11 +20,11 @@ from typing import Iterable
 import jax
 import ml_collections
 
-from pix2seq_jax import precision
-from pix2seq_jax import vocab as vocab_lib
-from pix2seq_jax import workdir as workdir_lib
+from pix2seq_jax.config import default
+from pix2seq_jax.runtime import precision
+from pix2seq_jax.tasks import vocab as vocab_lib
+from pix2seq_jax.workdir import files as workdir_lib
 from pix2seq_jax.data import sources, tfds_source
-from pix2seq_jax.inference import decoding
 from pix2seq_jax.models import backbones, pix2seq, resnet, variants
 
 MODES = ('train', 'eval', 'predict', 'summary')
@@ -280,7 +280,7 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
     for name in (workdir_lib.CONFIG, workdir_lib.CATEGORIES):
       if not os.path.exists(os.path.join(model.init_from, name)):
         raise ConfigError(f'config.model.init_from={model.init_from!r} has no {name}: give a '
-                          'training workdir or one written by pix2seq_jax.convert_official.')
+                          'training workdir or one written by pix2seq_jax.official.convert.')
 
 
 def _check_decode(config: ml_collections.ConfigDict, overrides: tuple[str, ...]) -> None:
@@ -307,13 +307,13 @@ def _check_decode(config: ml_collections.ConfigDict, overrides: tuple[str, ...])
   if dec.canvas_buckets < 1:
     raise ConfigError(f'config.decode.canvas_buckets={dec.canvas_buckets} must be at least 1 '
                       '(1: the square training canvas only).')
-  if dec.mode not in decoding.MODES:
+  if dec.mode not in default.DECODE_MODES:
     raise ConfigError(f'config.decode.mode={dec.mode!r} is unknown; use one of '
-                      f'{list(decoding.MODES)}.')
+                      f'{list(default.DECODE_MODES)}.')
   if dec.mode == 'official' and dec.score != 'class':
     raise ConfigError(f"config.decode.score={dec.score!r} with decode.mode='official': "
                       'official decoding scores an object by its class probability only; use '
                       "decode.score='class' or decode.mode='grammar'.")
-  if dec.score not in decoding.SCORE_MODES:
+  if dec.score not in default.SCORE_MODES:
     raise ConfigError(f'config.decode.score={dec.score!r} is unknown; use one of '
-                      f'{list(decoding.SCORE_MODES)}.')
+                      f'{list(default.SCORE_MODES)}.')

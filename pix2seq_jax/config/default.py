@@ -8,6 +8,10 @@ workdir written before a field existed (config/workdir_config.py).
 
 import ml_collections
 
+# The values decode.mode and decode.score take (inference/decoding.py implements them).
+DECODE_MODES = ('grammar', 'official')
+SCORE_MODES = ('class', 'class_x_coords')
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -79,14 +83,14 @@ def get_config() -> ml_collections.ConfigDict:
   # `drop_units`).
   model.dropout = 0.1
   # ImageNet ResNet-50 weights for the backbone (r50, r50_c4) at the start of training:
-  # a torchvision or timm state dict as .safetensors or .npz (pix2seq_jax/pretrained.py).
+  # a torchvision or timm state dict as .safetensors or .npz (pix2seq_jax/models/pretrained.py).
   model.pretrained_backbone = ''
   # 'none' feeds [0, 1] pixels (official Pix2Seq); 'imagenet' standardises them with
   # ImageNet's mean and std first, as torchvision/timm weights expect.
   model.image_normalization = 'none'
   # DropPath (stochastic depth) rate of every encoder, memory and decoder residual branch.
   model.drop_path = 0.1
-  # Fine-tuning a ResNet as DETR and the seed do: 0 trains everything; 1 freezes the
+  # Fine-tuning a ResNet as DETR and the unofficial PyTorch implementation do: 0 trains everything; 1 freezes the
   # stem, 2 the stem and stage 1 (DETR), ... (no gradients, no updates, no decay).
   model.frozen_backbone_stages = 0
   # Batch norms of the backbone are fixed affine maps of their running statistics, scale

@@ -7,7 +7,7 @@ import os
 
 import ml_collections
 
-from pix2seq_jax import workdir as workdir_lib
+from pix2seq_jax.workdir import files as workdir_lib
 from pix2seq_jax.config import checks, default, resolve
 
 

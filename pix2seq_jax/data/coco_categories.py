@@ -1,6 +1,6 @@
 """COCO 2017's 80 detection categories: (id, name), ids 1..90 with gaps.
 
-Written into the categories.json of converted COCO checkpoints (convert_official.py),
+Written into the categories.json of converted COCO checkpoints (official/convert.py),
 whose class tokens are 100 + these ids.
 """
 

@@ -27,7 +27,8 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from pix2seq_jax import jit_cache, vocab as vocab_lib
+from pix2seq_jax.runtime import jit_cache
+from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.data import coco_json, sequences, transforms
 
 _FLIP_OP, _ORDER_OP, _SCALE_OP, _CROP_OP, _SEQUENCE_OP = 1, 2, 3, 4, 5

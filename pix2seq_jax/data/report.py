@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from absl import logging
 
-from pix2seq_jax import messages
 from pix2seq_jax.data import sources
 
 _SKIPPED_NAMED_IN_LOG = 20
@@ -27,9 +26,9 @@ def log_data_report(splits: sources.Splits) -> None:
     if split.fixed:
       logging.info('%s: fixed %s', split.annotations_path, split.fixed)
     if split.skipped_images:
-      named = messages.first_of(
-          [f'{p}: {q}{" (" + d + ")" if d else ""}' for p, q, d in split.skipped_images],
-          _SKIPPED_NAMED_IN_LOG, separator='\n  ',
-          rest='\n  ... and {n} more (all in data_report.json)')
+      lines = [f'{p}: {q}{" (" + d + ")" if d else ""}' for p, q, d in split.skipped_images]
+      named = '\n  '.join(lines[:_SKIPPED_NAMED_IN_LOG])
+      if len(lines) > _SKIPPED_NAMED_IN_LOG:
+        named += f'\n  ... and {len(lines) - _SKIPPED_NAMED_IN_LOG} more (all in data_report.json)'
       logging.warning('%s split: skipping %d unreadable image(s) of %s:\n  %s', name,
                       len(split.skipped_images), split.annotations_path, named)

@@ -28,7 +28,7 @@ import types
 
 import tensorflow as tf
 
-from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax.tasks import vocab as vocab_lib
 
 # Stateless random streams of one example, folded into its seed.
 _NOISE_KIND_OP, _NOISE_SOURCE_OP, _JITTER_OP, _SHIFT_OP, _RANDOM_OP, _NOISE_ORDER_OP = range(6)

@@ -15,6 +15,7 @@ bad file never stops a run mid-epoch and every process keeps the same records.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import jax
@@ -122,3 +123,22 @@ def load_splits(data: ml_collections.ConfigDict) -> Splits:
   val = coco_json.load_split(paths['val'][1], paths['val'][0], categories=train.categories)
   return Splits(train=check_images(train, data.max_instances),
                 val=check_images(val, data.max_instances))
+
+
+COCO_CLASSES = 80
+
+
+def class_count(data: ml_collections.ConfigDict) -> tuple[int, str]:
+  """(number of classes, where it came from) without reading any images: shapes'
+  categories, the categories of the split's COCO-format annotation file where it exists,
+  else COCO's 80."""
+  if data.source == 'shapes':
+    return len(shapes.CATEGORIES), 'shapes categories'
+  if data.source == 'coco_files':
+    paths = split_paths(data)
+    for split in ('val', 'train'):  # the val file is the smaller one to read
+      path = paths[split][1]
+      if path and os.path.exists(path):
+        with open(path) as f:
+          return len(json.load(f)['categories']), path
+  return COCO_CLASSES, f'no annotation file found: assuming COCO\'s {COCO_CLASSES} classes'

@@ -1,4 +1,4 @@
 """Deploy: the whole detector (canvas -> encode -> cached decode -> detections) as one
 JAX function (`detector.py`), exported with jax.export and as a TensorFlow SavedModel
-(`export.py`, `saved_model.py`). `pix2seq_jax/serving.py` runs an export with JAX alone.
+(`export.py`, `saved_model.py`), and an export run with JAX alone (`serving.py`).
 """

@@ -16,7 +16,7 @@ writes into DIR:
   export.json        what a user needs: canvas, vocabulary, categories, decode settings,
                      versions, the checkpoint step and a SHA-256 per file.
 
-`pix2seq_jax.serving.load(DIR)` runs the first three with JAX alone.
+`pix2seq_jax.deploy.serving.load(DIR)` runs the first three with JAX alone.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ import numpy as np
 from absl import logging
 
 import pix2seq_jax
-from pix2seq_jax import precision, serving
+from pix2seq_jax.runtime import precision
+from pix2seq_jax.deploy import serving
 from pix2seq_jax.deploy import detector, saved_model as saved_model_lib
 from pix2seq_jax.inference import predictor as predictor_lib
 from pix2seq_jax.models import build

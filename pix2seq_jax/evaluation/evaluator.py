@@ -26,15 +26,15 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from pix2seq_jax import vocab as vocab_lib
-from pix2seq_jax import workdir as workdir_lib
+from pix2seq_jax.tasks import vocab as vocab_lib
+from pix2seq_jax.workdir import files as workdir_lib
 from pix2seq_jax.config import checks, resolve
 from pix2seq_jax.data import coco_json, pipeline, report, sources
 from pix2seq_jax.evaluation import coco_metrics, val_loss
 from pix2seq_jax.inference import detections, sharded_decode
 from pix2seq_jax.models import build
 from pix2seq_jax.parallel import mesh as mesh_lib
-from pix2seq_jax.train import checkpoints
+from pix2seq_jax.workdir import checkpoints
 
 
 _META_KEYS = ('image_id', 'scale', 'original_size', 'mask')

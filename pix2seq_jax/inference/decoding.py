@@ -49,12 +49,11 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax.config.default import DECODE_MODES as MODES, SCORE_MODES
 from pix2seq_jax.models.pix2seq import Pix2Seq
+from pix2seq_jax.tasks import vocab as vocab_lib
 
 NEG_INF = -1e30
-SCORE_MODES = ('class', 'class_x_coords')
-MODES = ('grammar', 'official')
 _SLOTS = vocab_lib.TOKENS_PER_OBJECT
 # Positions per block of the self-attention cache (see the module docstring); 0: one loop
 # over a cache of the full length.

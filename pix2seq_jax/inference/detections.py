@@ -21,7 +21,7 @@ import dataclasses
 
 import numpy as np
 
-from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.data import coco_json
 
 

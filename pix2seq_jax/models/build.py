@@ -6,8 +6,8 @@ import jax
 import ml_collections
 from flax import nnx
 
-from pix2seq_jax import jit_cache
-from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax.runtime import jit_cache
+from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.models import counted_rngs, pix2seq, resnet, variants
 
 

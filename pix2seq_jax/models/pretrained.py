@@ -22,7 +22,7 @@ import re
 import numpy as np
 from flax import traverse_util
 
-from pix2seq_jax import messages
+from pix2seq_jax.models import tree_paths
 
 _BN_NAMES = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
 _PREFIX_PROBE = 'layer1.0.conv1.weight'
@@ -83,7 +83,7 @@ def _torch_name(path: tuple, stage_sizes: tuple[int, ...]) -> str:
 
 
 def _listing(title: str, names: list[str]) -> str:
-  return f'\n  {title} ({len(names)}): {messages.first_of(names, _LIST_LIMIT)}'
+  return f'\n  {title} ({len(names)}): {tree_paths.first_of(names, _LIST_LIMIT)}'
 
 
 def load_resnet(path: str, params: dict, batch_stats: dict, stage_sizes: tuple[int, ...],

@@ -1,14 +1,11 @@
 """`--mode=summary`: the model's parameters per module, without allocating them.
 
-The vocabulary size follows the dataset: shapes' classes, or the categories of the
-COCO-format annotation file when it exists; otherwise COCO's 80 classes (the table
-says so).
+The vocabulary size follows the number of classes, which the caller takes from the
+dataset (`data.sources.class_count`) and names in the table's first line.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections import OrderedDict
 
 import jax
@@ -16,28 +13,11 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from pix2seq_jax import tree_paths
-from pix2seq_jax import vocab as vocab_lib
-from pix2seq_jax.data import shapes, sources
-from pix2seq_jax.models import build
+from pix2seq_jax.models import build, tree_paths
+from pix2seq_jax.tasks import vocab as vocab_lib
 
-COCO_CLASSES = 80
 # Module groups broken down one level further in the table.
 _EXPANDED = ('backbone', 'decoder')
-
-
-def num_classes_of(data: ml_collections.ConfigDict) -> tuple[int, str]:
-  """(number of classes, where it came from) without reading any images."""
-  if data.source == 'shapes':
-    return len(shapes.CATEGORIES), 'shapes categories'
-  if data.source == 'coco_files':
-    paths = sources.split_paths(data)
-    for split in ('val', 'train'):  # the val file is the smaller one to read
-      path = paths[split][1]
-      if path and os.path.exists(path):
-        with open(path) as f:
-          return len(json.load(f)['categories']), path
-  return COCO_CLASSES, f'no annotation file found: assuming COCO\'s {COCO_CLASSES} classes'
 
 
 def parameter_counts(config: ml_collections.ConfigDict,
@@ -53,12 +33,12 @@ def parameter_counts(config: ml_collections.ConfigDict,
   return counts
 
 
-def summarise(config: ml_collections.ConfigDict) -> str:
+def summarise(config: ml_collections.ConfigDict, num_classes: int, origin: str) -> str:
   """The table printed by `--mode=summary`; its last line is `total_params=<N>`.
 
-  `config` has passed `config.checks.validate(config, mode='summary')`.
+  `config` has passed `config.checks.validate(config, mode='summary')`; `origin` says
+  where `num_classes` came from.
   """
-  num_classes, origin = num_classes_of(config.data)
   counts = parameter_counts(config, num_classes)
   total = sum(counts.values())
   width = max(len(name) for name in counts)

@@ -23,12 +23,12 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
-from pix2seq_jax import messages, tree_paths
-from pix2seq_jax import vocab as vocab_lib
-from pix2seq_jax import workdir as workdir_lib
+from pix2seq_jax.models import tree_paths
+from pix2seq_jax.tasks import vocab as vocab_lib
+from pix2seq_jax.workdir import files as workdir_lib
 from pix2seq_jax.config import workdir_config
 from pix2seq_jax.data import coco_json
-from pix2seq_jax.train import checkpoints
+from pix2seq_jax.workdir import checkpoints
 from pix2seq_jax.train import state as state_lib
 
 # Arrays whose first axis is the vocabulary.
@@ -138,7 +138,7 @@ def with_init_from(state: state_lib.TrainState, config, vocab: vocab_lib.Vocabul
         f'config.model.init_from={source_dir!r} holds another architecture '
         f'({source_config.model.variant}, {source_config.data.image_size} px) than this '
         f'run ({config.model.variant}): {len(problems)} arrays differ:\n  '
-        + messages.first_of(problems, _LIST_LIMIT, separator='\n  ',
+        + tree_paths.first_of(problems, _LIST_LIMIT, separator='\n  ',
                             rest='\n  (and {n} more)')
         + '\nUse the same model.variant and model.max_seq_len as the source.')
   nnx.replace_by_pure_dict(fresh_params, new_params)
@@ -146,7 +146,7 @@ def with_init_from(state: state_lib.TrainState, config, vocab: vocab_lib.Vocabul
   matched = len(categories.names) - len(unmatched)
   logging.info('Started from the parameters of %s (step %d): %d of %d classes matched by '
                'name%s.', source_dir, int(restored['step']), matched, len(categories.names),
-               f'; fresh rows for {messages.first_of(unmatched, 10)}' if unmatched else '')
+               f'; fresh rows for {tree_paths.first_of(unmatched, 10)}' if unmatched else '')
   shard = config.train.shard_params
   return state.replace(params=state_lib.placed(fresh_params, mesh, shard),
                        batch_stats=state_lib.placed(fresh_stats, mesh, shard))

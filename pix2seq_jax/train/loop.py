@@ -1,6 +1,6 @@
 """The training loop: resume or start, step, log, checkpoint, evaluate; stop cleanly.
 
-The run's files are listed in pix2seq_jax/workdir.py. The data order and every random
+The run's files are listed in pix2seq_jax/workdir/files.py. The data order and every random
 draw are functions of (seed, step), so a run resumed from its latest checkpoint
 continues exactly as if it had never stopped.
 
@@ -27,14 +27,15 @@ from flax import nnx
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from pix2seq_jax import vocab as vocab_lib
-from pix2seq_jax import workdir as workdir_lib
+from pix2seq_jax.tasks import vocab as vocab_lib
+from pix2seq_jax.workdir import files as workdir_lib
 from pix2seq_jax.config import checks, resolve
 from pix2seq_jax.data import pipeline, report, sources
 from pix2seq_jax.evaluation import evaluator as evaluator_lib
 from pix2seq_jax.models import build
 from pix2seq_jax.parallel import mesh as mesh_lib
-from pix2seq_jax.train import checkpoints, init_from, metrics_log, optimizer, preemption
+from pix2seq_jax.train import init_from, metrics_log, optimizer, preemption
+from pix2seq_jax.workdir import checkpoints
 from pix2seq_jax.train import state as state_lib
 from pix2seq_jax.train import step as step_lib
 

@@ -8,7 +8,7 @@ import os
 import jax
 from clu import metric_writers
 
-from pix2seq_jax import workdir as workdir_lib
+from pix2seq_jax.workdir import files as workdir_lib
 
 
 class MetricsLog:

@@ -29,7 +29,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from pix2seq_jax import jit_cache, tree_paths
+from pix2seq_jax.runtime import jit_cache
+from pix2seq_jax.models import tree_paths
 from pix2seq_jax.models import backbones, variants
 
 

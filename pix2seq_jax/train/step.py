@@ -33,7 +33,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from pix2seq_jax import jit_cache, precision
+from pix2seq_jax.runtime import jit_cache, precision
 from pix2seq_jax.config import resolve
 from pix2seq_jax.data import canvas
 from pix2seq_jax.models import counted_rngs

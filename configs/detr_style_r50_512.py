@@ -1,12 +1,14 @@
-"""The seed's (Unofficial-Pix2Seq, PyTorch) sizes, for side-by-side comparison with it.
+"""The sizes of the unofficial PyTorch implementation (gaopengcuhk/Unofficial-Pix2Seq,
+built on DETR; "the PyTorch replica"), for side-by-side comparison with it.
 
 R50 C5 with a 6+6-layer transformer of width 256 at 512 px, at most 20 objects (101
 tokens), AdamW lr 1e-4 with weight decay 1e-4 and gradient clipping 0.1, and DETR's
-backbone fine-tuning: stem and stage 1 frozen, batch norms frozen (REFERENCE.md).
-The benchmarks at "the seed's sizes" (benchmarks/train_step.py, benchmarks/decode.py)
-use this model and image size with batch 2. Differences that remain: the seed decays
-the learning rate in one step at epoch 200 and trains its backbone at 1e-5 (here:
-linear decay, one rate); it has no sequence augmentation (it never reached its "Step 3").
+backbone fine-tuning: stem and stage 1 frozen, batch norms frozen (as its README and
+training script set them). The benchmarks at "the PyTorch replica's sizes"
+(benchmarks/train_step.py, benchmarks/decode.py) use this model and image size with
+batch 2. Differences that remain: the PyTorch replica decays the learning rate in one
+step at epoch 200 and trains its backbone at 1e-5 (here: linear decay, one rate); it
+has no sequence augmentation (it never reached its "Step 3").
 """
 
 from configs import coco

@@ -1,6 +1,6 @@
 """Run an exported detector (`main.py --mode=export`) with JAX alone.
 
-  detector = pix2seq_jax.serving.load('exported/')
+  detector = pix2seq_jax.deploy.serving.load('exported/')
   per_image = detector(['a.jpg', grey_array, rgba_array])  # as Predictor(workdir)(...)
 
 Needs only jax, numpy and PIL: no Flax, no model code, no TensorFlow. Images are put on
@@ -19,7 +19,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from pix2seq_jax import compilation_cache, xla_cpu_flags
+from pix2seq_jax.runtime import compilation_cache, xla_cpu_flags
 from pix2seq_jax.data import canvas
 from pix2seq_jax.inference import detections, images as images_lib
 

@@ -1,20 +1,20 @@
-"""The seed's (PyTorch) work at its sizes, timed on this machine, to calibrate train_step.py.
+"""The PyTorch replica's work at its sizes, timed on this machine, to calibrate train_step.py.
 
 Needs torch and torchvision, which the project does not install; run it in a separate
 virtual environment:
 
   python3 -m venv /tmp/torch && /tmp/torch/bin/pip install torch torchvision
-  /tmp/torch/bin/python benchmarks/seed_step_torch.py
+  /tmp/torch/bin/python benchmarks/pytorch_replica_step.py
 
-Times (median of 5 calls after 2 warm-up calls, as the official and seed inference
+Times (median of 5 calls after 2 warm-up calls, as the official and PyTorch replica's inference
 timers and benchmarks/train_step.py; torch's default threads; the matmul peak is the best):
   backbone    torchvision ResNet-50 on 2 x 512 x 512, stem and layer1 frozen, batch norms
-              frozen (FrozenBatchNorm2d), as DETR and the seed train it: forward + backward
+              frozen (FrozenBatchNorm2d), as DETR and the PyTorch replica train it: forward + backward
   step        that backbone, a 1x1 projection to 256, nn.Transformer 6+6 layers d 256 FFN
               2048 post-norm (DETR's sizes), the vocabulary head, token cross-entropy over
               101 tokens, AdamW with gradient clipping 0.1: one whole train step
-It approximates the seed (no auxiliary decoder losses, an untied single-layer head), so
-it calibrates the machine, not the seed's exact code. Prints one JSON object last.
+It approximates the PyTorch replica (no auxiliary decoder losses, an untied single-layer head), so
+it calibrates the machine, not the replica's exact code. Prints one JSON object last.
 """
 
 import json

@@ -18,8 +18,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
 
-from pix2seq_jax import messages, tree_paths
-from pix2seq_jax import vocab as vocab_lib
+from pix2seq_jax.models import tree_paths
+from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.models import build
 from pix2seq_jax.parallel import mesh as mesh_lib
 
@@ -73,7 +73,7 @@ def save(manager: ocp.CheckpointManager, step: int, state) -> None:
 def _check_fits(step_dir: str, abstract_state, partial: bool) -> None:
   differences = mismatches(step_dir, abstract_state, partial)
   if differences:
-    shown = messages.first_of(differences, _LIST_LIMIT, separator='\n  ',
+    shown = tree_paths.first_of(differences, _LIST_LIMIT, separator='\n  ',
                               rest='\n  (and {n} more)')
     raise CheckpointMismatchError(
         f'The checkpoint {step_dir} does not fit the configured model ({len(differences)} '

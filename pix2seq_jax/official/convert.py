@@ -1,17 +1,17 @@
 """Converts an official Pix2Seq checkpoint (TF2, object-based) into a workdir of this project.
 
-  python -m pix2seq_jax.convert_official --checkpoint=DIR_OR_PREFIX --output=WORKDIR \
+  python -m pix2seq_jax.official.convert --checkpoint=DIR_OR_PREFIX --output=WORKDIR \
       [--categories=INSTANCES_OR_CATEGORIES.json]
 
 DIR is a released folder (gs://pix2seq/... copied with `gsutil cp -r`): its config.json
 and latest ckpt-N. A PREFIX (DIR/ckpt-N) picks a checkpoint; config.json is read beside
 it. Every model variable of the `resnet`, `resnet-c`, `vit-b` and `vit-l` architectures
-is mapped (models/official_names.py) at the image size of config.json; optimizer slots,
+is mapped (official/names.py) at the image size of config.json; optimizer slots,
 global_step and save_counter are ignored. A checkpoint that is unknown, incomplete or
 mis-shaped is refused with the lists of unmapped, missing and mis-shaped names.
 
 The output is an ordinary workdir: checkpoints/<global_step> (parameters and batch
-statistics), config.json (the official settings, config/official.py) and
+statistics), config.json (the official settings, official/config.py) and
 categories.json (COCO's ids and names for COCO checkpoints; Objects365 ids with
 placeholder names for the pretrained ones, unless --categories gives names). It works
 unchanged with --mode=eval, --mode=predict, Predictor and the notebook, and as
@@ -27,16 +27,16 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import logging
 from flax import nnx
 
-from pix2seq_jax import messages, tree_paths
-from pix2seq_jax import vocab as vocab_lib
-from pix2seq_jax import workdir as workdir_lib
-from pix2seq_jax.config import checks, default, official
+from pix2seq_jax.config import checks, default
 from pix2seq_jax.data import coco_categories, coco_json
-from pix2seq_jax.models import backbones, build, official_names, variants
+from pix2seq_jax.models import backbones, build, tree_paths, variants
+from pix2seq_jax.official import config as official_settings
+from pix2seq_jax.official import names as official_names
+from pix2seq_jax.tasks import vocab as vocab_lib
+from pix2seq_jax.workdir import files as workdir_lib
 
 OBJECTS365_CLASSES = 365
 _GLOBAL_STEP = 'global_step' + official_names.SUFFIX
@@ -125,7 +125,7 @@ def project_config(official_config: dict, step: int = 1):
   if height != width:
     raise ConversionError(f'image_size {model["image_size"]}: only square canvases.')
   config = default.get_config()
-  official.apply(config, names[0], int(height))
+  official_settings.apply(config, names[0], int(height))
   config.model.max_seq_len = int(model['max_seq_len'])
   config.model.dropout = float(model.get('drop_units', 0.1))
   config.model.drop_path = float(model.get('drop_path', 0.1))
@@ -200,7 +200,7 @@ def convert_arrays(reader, config, vocab: vocab_lib.Vocabulary) -> tuple[dict, d
                          ('missing (in the model, not in the checkpoint)', missing),
                          ('mis-shaped', misshaped)):
       if names:
-        parts.append(f'{len(names)} {title}:\n  ' + messages.first_of(
+        parts.append(f'{len(names)} {title}:\n  ' + tree_paths.first_of(
             names, _LIST_LIMIT, separator='\n  ', rest='\n  (and {n} more)'))
     raise ConversionError(
         f'The checkpoint does not fit variant {config.model.variant!r} at '
@@ -212,7 +212,8 @@ def convert_arrays(reader, config, vocab: vocab_lib.Vocabulary) -> tuple[dict, d
 def convert(checkpoint: str, output: str, categories_path: str | None = None) -> dict:
   """Writes the workdir `output`; returns {'step', 'variant', 'image_size', 'arrays'}."""
   import tensorflow as tf  # noqa: PLC0415
-  from pix2seq_jax.train import checkpoints  # noqa: PLC0415 (orbax)
+
+  from pix2seq_jax.workdir import checkpoints  # noqa: PLC0415 (orbax)
 
   prefix, config_path = locate(checkpoint)
   with open(config_path) as f:
@@ -248,7 +249,7 @@ def convert(checkpoint: str, output: str, categories_path: str | None = None) ->
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
-      prog='python -m pix2seq_jax.convert_official',
+      prog='python -m pix2seq_jax.official.convert',
       description='Converts an official Pix2Seq checkpoint into a pix2seq-jax workdir.')
   parser.add_argument('--checkpoint', required=True,
                       help='a released folder (config.json + ckpt-N) or a ckpt-N prefix')

@@ -4,7 +4,7 @@ checkpoints are written by all processes together).
   <workdir>/config.json            the resolved config
   <workdir>/categories.json        the label map: [{"id", "name"}] in label order
   <workdir>/data_report.json       per split: what the data checks left out, fixed, skipped
-  <workdir>/checkpoints/<step>/    orbax checkpoints (train/checkpoints.py)
+  <workdir>/checkpoints/<step>/    orbax checkpoints (workdir/checkpoints.py)
   <workdir>/metrics.jsonl          one JSON object per logged step (train/metrics_log.py)
   <workdir>/events.out.tfevents.*  TensorBoard scalars
   <workdir>/eval/step_<N>/         metrics.json and detections.json (COCO results format)

@@ -1,7 +1,9 @@
 """Names of pytree paths (nnx.State, dicts, lists) as plain strings; nested dicts flattened
-to {key path: leaf} and back."""
+to {key path: leaf} and back; long lists of such names shortened for messages."""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 
 def path_names(path) -> tuple[str, ...]:
@@ -28,3 +30,11 @@ def unflatten(flat: dict[tuple, object]) -> dict:
       node = node.setdefault(key, {})
     node[path[-1]] = value
   return tree
+
+
+def first_of(items: Sequence[str], limit: int, separator: str = ', ',
+             rest: str = ' (and {n} more)') -> str:
+  """The first `limit` items joined by `separator`, then `rest` counting the others."""
+  shown = separator.join(items[:limit])
+  more = len(items) - limit
+  return shown + (rest.format(n=more) if more > 0 else '')

@@ -26,7 +26,7 @@ import importlib.util
 import os
 from collections.abc import Callable, Iterable, Mapping
 
-from pix2seq_jax import malloc_hugepages, xla_cpu_flags
+from pix2seq_jax.runtime import malloc_hugepages, xla_cpu_flags
 
 SWITCH = 'PIX2SEQ_CPU_TUNING'
 # Set by the launchers whose processes run on cluster nodes (SLURM's srun and sbatch,
