@@ -17,10 +17,9 @@ import json
 import time
 
 import jax
-import jax.numpy as jnp
 
-from pix2seq_jax.runtime import cpu as cpu_runtime, malloc_hugepages
 from pix2seq_jax.models import resnet
+from pix2seq_jax.runtime import cpu as cpu_runtime
 
 
 def _best_seconds(fns: dict, args: tuple, repeats: int) -> dict:

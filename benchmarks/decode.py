@@ -1,6 +1,6 @@
 """Times whole-image inference (encode + cached decoding) on random weights, no TensorFlow.
 
-  python benchmarks/decode.py                     # the PyTorch replica's sizes: R50, 512 px, 6+6 x 256
+  python benchmarks/decode.py   # the PyTorch replica's sizes: R50, 512 px, 6+6 x 256
   python benchmarks/decode.py --batch_size=64 --objects=100 --skip_recompute   # GPU sizes
 
 Compiled as the project compiles inference (xla_cpu_flags.inference_compiler_options).
@@ -27,11 +27,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from pix2seq_jax.runtime import cpu as cpu_runtime, malloc_hugepages, xla_cpu_flags
-from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.config import default
 from pix2seq_jax.inference import decoding, detections
 from pix2seq_jax.models import build
+from pix2seq_jax.runtime import cpu as cpu_runtime
+from pix2seq_jax.runtime import malloc_hugepages, xla_cpu_flags
+from pix2seq_jax.tasks import vocab as vocab_lib
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -128,7 +129,8 @@ def main() -> None:
           lambda: run_long(state, one), 1)
     result[f'speedup_cached_vs_uncached_{compare_tokens}'] = (
         result[f'recompute_seconds_{compare_tokens}'] / result[f'cached_seconds_{compare_tokens}'])
-    print(f"{compare_tokens} tokens, batch 1: cached {result[f'cached_seconds_{compare_tokens}']:.3f}"
+    cached = result[f'cached_seconds_{compare_tokens}']
+    print(f"{compare_tokens} tokens, batch 1: cached {cached:.3f}"
           f" s, recompute {result[f'recompute_seconds_{compare_tokens}']:.3f} s, speedup "
           f"{result[f'speedup_cached_vs_uncached_{compare_tokens}']:.1f}x")
   stats = jax.devices()[0].memory_stats() or {}  # None on CPU

@@ -20,10 +20,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pix2seq_jax.runtime import cpu as cpu_runtime  # noqa: E402
 from pix2seq_jax.data import sources  # noqa: E402
 from pix2seq_jax.evaluation import coco_metrics, predict_split  # noqa: E402
 from pix2seq_jax.inference import predictor as predictor_lib  # noqa: E402
+from pix2seq_jax.runtime import cpu as cpu_runtime  # noqa: E402
 
 SETTINGS = {
     'grammar, greedy': {'mode': 'grammar', 'temperature': 0.0, 'top_p': 1.0},

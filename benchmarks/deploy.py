@@ -53,12 +53,12 @@ def _random_workdir(path: str, variant: str, size: int, objects: int) -> None:
   import jax.numpy as jnp
   from flax import nnx
 
-  from pix2seq_jax.tasks import vocab as vocab_lib
-  from pix2seq_jax.workdir import files as workdir_lib
   from pix2seq_jax.config import default
   from pix2seq_jax.data import coco_categories, coco_json
   from pix2seq_jax.models import build
+  from pix2seq_jax.tasks import vocab as vocab_lib
   from pix2seq_jax.workdir import checkpoints
+  from pix2seq_jax.workdir import files as workdir_lib
   config = default.get_config()
   config.model.variant = variant
   config.data.image_size = size
@@ -108,8 +108,7 @@ def main() -> None:
   import jax
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')
-  from pix2seq_jax.deploy import serving
-  from pix2seq_jax.deploy import export
+  from pix2seq_jax.deploy import export, serving
   from pix2seq_jax.inference.predictor import Predictor
 
   scratch = tempfile.mkdtemp(prefix='pix2seq_deploy_')

@@ -98,17 +98,18 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from pix2seq_jax.runtime import compilation_cache
-from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.config import default, resolve
 from pix2seq_jax.inference import sharded_decode
 from pix2seq_jax.models import build
 from pix2seq_jax.parallel import mesh as mesh_lib
-from pix2seq_jax.train import optimizer, state as state_lib, step as step_lib
+from pix2seq_jax.runtime import compilation_cache
+from pix2seq_jax.tasks import vocab as vocab_lib
+from pix2seq_jax.train import optimizer
+from pix2seq_jax.train import state as state_lib
+from pix2seq_jax.train import step as step_lib
 
 TRITON_WORKAROUND = '--xla_gpu_enable_triton_gemm=false'
 NO_AUTOTUNE = '--xla_gpu_autotune_level=0'

@@ -23,10 +23,11 @@ import time
 import jax
 import tensorflow as tf
 
-from pix2seq_jax.runtime import cpu as cpu_runtime, malloc_hugepages
-from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.config import config_file
 from pix2seq_jax.data import canvas, pipeline, sources
+from pix2seq_jax.runtime import cpu as cpu_runtime
+from pix2seq_jax.runtime import malloc_hugepages
+from pix2seq_jax.tasks import vocab as vocab_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -17,10 +17,10 @@ import time
 
 from flax import nnx
 
-from pix2seq_jax.runtime import cpu as cpu_runtime, malloc_hugepages
-from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.config import default
 from pix2seq_jax.models import build, counted_rngs
+from pix2seq_jax.runtime import cpu as cpu_runtime
+from pix2seq_jax.tasks import vocab as vocab_lib
 
 
 def _best_seconds(fn, repeats: int) -> float:

@@ -17,6 +17,7 @@ xmax in original pixels), original_size [2], unpadded_size [2].
 import json
 import os
 import sys
+
 import official_env  # benchmarks/official_env.py, beside this script
 
 os.environ['TF_USE_LEGACY_KERAS'] = '1'

@@ -29,11 +29,11 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pix2seq_jax.official import convert as convert_official  # noqa: E402
-from pix2seq_jax.runtime import cpu as cpu_runtime
 from pix2seq_jax.inference import decoding  # noqa: E402
 from pix2seq_jax.inference.predictor import Predictor  # noqa: E402
 from pix2seq_jax.models import build  # noqa: E402
+from pix2seq_jax.official import convert as convert_official  # noqa: E402
+from pix2seq_jax.runtime import cpu as cpu_runtime
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURE_TOOL = os.path.join(os.path.dirname(os.path.dirname(HERE)), 'shared', 'tools',

@@ -27,6 +27,7 @@ optimizer's step). benchmarks/official_oracle.py then adds the greedy decoding.
 import json
 import os
 import sys
+
 import official_env  # benchmarks/official_env.py, beside this script
 
 os.environ['TF_USE_LEGACY_KERAS'] = '1'
@@ -43,9 +44,10 @@ official_env.stub_tensorflow_addons()
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from models import ar_model  # noqa: E402
+
 from configs import config_det_finetune  # noqa: E402
 from configs.config_base import architecture_config_map  # noqa: E402
-from models import ar_model  # noqa: E402
 
 if variant not in ('resnet', 'resnet-c'):
   raise SystemExit(f'VARIANT {variant!r}: resnet or resnet-c')

@@ -21,6 +21,7 @@ import os
 import statistics
 import sys
 import time
+
 import official_env  # benchmarks/official_env.py, beside this script
 
 os.environ['TF_USE_LEGACY_KERAS'] = '1'
@@ -35,9 +36,10 @@ official_env.stub_tensorflow_addons()
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from models import ar_model  # noqa: E402
+
 from configs import config_det_finetune  # noqa: E402
 from configs.config_base import architecture_config_map  # noqa: E402
-from models import ar_model  # noqa: E402
 
 
 def median_seconds(fn, *args) -> float:

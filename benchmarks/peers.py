@@ -130,8 +130,8 @@ def main() -> None:
     st = peer(have_replica, replica_step, 'step_seconds')
     ours_frozen = _last_json([me, 'benchmarks/train_step.py', '--frozen_backbone_stages=2',
                               '--frozen_batch_norm'])
-    rows.append(("train step, the PyTorch replica's work (stem + stage 1 and BN frozen), s", None, st,
-                 ours_frozen['seconds_per_step']))
+    rows.append(("train step, the PyTorch replica's work (stem + stage 1 and BN frozen), s",
+                 None, st, ours_frozen['seconds_per_step']))
     pipeline = None
     if os.path.isdir(coco_dir):
       pipeline = _last_json([me, 'benchmarks/input_pipeline.py', f'--coco_dir={coco_dir}'])
@@ -141,7 +141,8 @@ def main() -> None:
     for work, off, replica, ours in rows:
       peer_time = off if off is not None else replica
       ratio = None if peer_time is None else peer_time / ours
-      table.append({'work': work, 'official': off, 'replica': replica, 'ours': ours, 'ratio': ratio})
+      table.append({'work': work, 'official': off, 'replica': replica, 'ours': ours,
+                    'ratio': ratio})
     return {'rows': table, 'decode_640': ours640, 'decode_512': ours512, 'train': ours_train,
             'train_frozen': ours_frozen, 'pipeline': pipeline}
 

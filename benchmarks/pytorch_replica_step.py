@@ -9,7 +9,8 @@ virtual environment:
 Times (median of 5 calls after 2 warm-up calls, as the official and PyTorch replica's inference
 timers and benchmarks/train_step.py; torch's default threads; the matmul peak is the best):
   backbone    torchvision ResNet-50 on 2 x 512 x 512, stem and layer1 frozen, batch norms
-              frozen (FrozenBatchNorm2d), as DETR and the PyTorch replica train it: forward + backward
+              frozen (FrozenBatchNorm2d), as DETR and the PyTorch replica train it: forward +
+              backward
   step        that backbone, a 1x1 projection to 256, nn.Transformer 6+6 layers d 256 FFN
               2048 post-norm (DETR's sizes), the vocabulary head, token cross-entropy over
               101 tokens, AdamW with gradient clipping 0.1: one whole train step

@@ -2,7 +2,7 @@
 
   python benchmarks/train_step.py --variant=r50 --image_size=512 --batch_size=2 --objects=20 \
       [--compute_dtype=bfloat16] [--grad_accum_steps=K] \
-      [--frozen_backbone_stages=2 --frozen_batch_norm]   # the PyTorch replica's (DETR's) fine-tuning
+      [--frozen_backbone_stages=2 --frozen_batch_norm]   # the PyTorch replica's fine-tuning
       [--parts]   # also the forward + backward time of the backbone and of the encoder
 
 Each step is timed alone; seconds_per_step is their median (the statistic of the peers'
@@ -27,13 +27,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pix2seq_jax.runtime import cpu as cpu_runtime, malloc_hugepages
-from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.config import default, resolve
 from pix2seq_jax.data import synthetic
 from pix2seq_jax.models import build
 from pix2seq_jax.parallel import mesh as mesh_lib
-from pix2seq_jax.train import optimizer, state as state_lib, step as step_lib
+from pix2seq_jax.runtime import cpu as cpu_runtime
+from pix2seq_jax.runtime import malloc_hugepages
+from pix2seq_jax.tasks import vocab as vocab_lib
+from pix2seq_jax.train import optimizer
+from pix2seq_jax.train import state as state_lib
+from pix2seq_jax.train import step as step_lib
 
 
 def matmul_peak(dtype: str, sizes=(1024, 2048, 4096), repeats: int = 5) -> float:
@@ -84,7 +87,8 @@ def main() -> None:
   parser.add_argument('--variant', default='r50')
   parser.add_argument('--image_size', type=int, default=512)
   parser.add_argument('--batch_size', type=int, default=2)
-  parser.add_argument('--objects', type=int, default=20, help='objects per image (sets max_instances)')
+  parser.add_argument('--objects', type=int, default=20,
+                      help='objects per image (sets max_instances)')
   parser.add_argument('--num_bins', type=int, default=1000)
   parser.add_argument('--num_classes', type=int, default=80)
   parser.add_argument('--steps', type=int, default=5)
@@ -93,7 +97,8 @@ def main() -> None:
   parser.add_argument('--frozen_backbone_stages', type=int, default=0,
                       help='2: stem and stage 1 frozen, as the PyTorch replica (DETR) trains')
   parser.add_argument('--frozen_batch_norm', action='store_true',
-                      help="batch norms use running statistics, as the PyTorch replica's FrozenBatchNorm2d")
+                      help="batch norms use running statistics, as the PyTorch replica's "
+                      'FrozenBatchNorm2d')
   parser.add_argument('--parts', action='store_true',
                       help='also time the gradients of the backbone and the encoder alone')
   args = parser.parse_args()

@@ -3,8 +3,9 @@
 TF Model Garden reports 40.0 AP on val for this recipe from an ImageNet backbone (not
 measured here): batch 128 for 80 epochs, AdamW lr 1e-4 decaying linearly to 1e-6 after
 2 warmup epochs, weight decay 0.05, b2 0.95, 1000 bins, 100 objects, scale jitter
-[0.3, 2.0] and sequence augmentation. Point it at the data with `--config.data.coco_dir=/path/to/coco`
-and at the weights with `--config.model.pretrained_backbone=resnet50.safetensors`.
+[0.3, 2.0] and sequence augmentation. Point it at the data with
+`--config.data.coco_dir=/path/to/coco` and at the weights with
+`--config.model.pretrained_backbone=resnet50.safetensors`.
 
 For a CPU-sized trial, override the variant, image size, length and batch, e.g.
 `--config.model.variant=tiny --config.data.image_size=256 --config.train.epochs=0

@@ -8,7 +8,7 @@ The model, vocabulary, decoding and fine-tuning optimisation of the official
 `config_det_finetune.py` (pix2seq_jax/official/config.py), on COCO 2017 on disk:
 --config.data.coco_dir=DIR. Evaluate a converted workdir with --mode=eval; fine-tune
 with --config.model.init_from=CONVERTED_WORKDIR on your data (README, "Official
-checkpoints").
+checkpoints"; docs/official.md).
 """
 
 from pix2seq_jax.config import default

@@ -14,7 +14,7 @@ def get_config():
   config.data.max_instances = 10  # shapes images hold at most 8 objects
   config.data.num_bins = 96  # one bin per canvas pixel
   # Sequence augmentation on (default); scale jitter off: at 5400 steps it cost ~0.07 AP
-  # (BENCHMARKS.md, augmentation ablation).
+  # (BENCHMARKS.md, "Augmentation ablation").
   config.data.scale_jitter = False
   config.model.variant = 'tiny'
   config.model.dropout = 0.0

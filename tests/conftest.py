@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from pix2seq_jax.runtime import compilation_cache, cpu as cpu_runtime
+from pix2seq_jax.runtime import compilation_cache
+from pix2seq_jax.runtime import cpu as cpu_runtime
 
 # The XLA:CPU flags main.py runs with where the backend is the CPU (cpu_runtime.py), set
 # before JAX starts a backend; the processes the tests start inherit them. No restart

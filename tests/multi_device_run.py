@@ -11,12 +11,14 @@ import sys
 import jax
 import numpy as np
 
-from pix2seq_jax.runtime import compilation_cache
-from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.data import synthetic
 from pix2seq_jax.models import build
 from pix2seq_jax.parallel import mesh as mesh_lib
-from pix2seq_jax.train import optimizer, state as state_lib, step as step_lib
+from pix2seq_jax.runtime import compilation_cache
+from pix2seq_jax.tasks import vocab as vocab_lib
+from pix2seq_jax.train import optimizer
+from pix2seq_jax.train import state as state_lib
+from pix2seq_jax.train import step as step_lib
 from tests import tiny
 
 STEPS = 3
@@ -44,8 +46,8 @@ def losses(devices: int, shard: bool) -> tuple[list[float], dict]:
     values.append(float(metrics['loss']))
   largest = max(jax.tree.leaves(state.params), key=lambda x: x.size)
   return values, {'largest_param': list(largest.shape),
-                  'largest_param_shard_shapes': [list(s) for s in
-                                                 {s.data.shape for s in largest.addressable_shards}]}
+                  'largest_param_shard_shapes': [
+                      list(s) for s in {s.data.shape for s in largest.addressable_shards}]}
 
 
 def main(out: str) -> None:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.data import sequences, transforms
+from pix2seq_jax.tasks import vocab as vocab_lib
 
 SIZE = 64
 

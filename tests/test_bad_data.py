@@ -13,9 +13,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageOps
 
-from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.data import coco_json, image_check, pipeline, sources, transforms
-from pix2seq_jax.inference import images as images_lib, predictor
+from pix2seq_jax.inference import images as images_lib
+from pix2seq_jax.inference import predictor
+from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.train import loop
 from tests.tiny import tiny_config
 

@@ -41,7 +41,8 @@ def test_default_decode_settings_pass(shapes_dir):
 
 
 def test_the_shipped_configs_are_the_expected_ones():
-  assert CONFIGS == ['coco', 'coco_r50_c4', 'coco_vit_b', 'detr_style_r50_512', 'official', 'shapes']
+  assert CONFIGS == ['coco', 'coco_r50_c4', 'coco_vit_b', 'detr_style_r50_512', 'official',
+                     'shapes']
 
 
 @pytest.mark.parametrize('name', CONFIGS)
@@ -227,10 +228,10 @@ def test_epochs_resolve_to_steps_in_a_frozen_config(shapes_dir):
 
 
 def test_factories_that_bind_config_fields_refuse_a_mutable_config(shapes_dir):
-  from pix2seq_jax.tasks import vocab as vocab_lib
   from pix2seq_jax.inference import sharded_decode
   from pix2seq_jax.models import build
   from pix2seq_jax.parallel import mesh as mesh_lib
+  from pix2seq_jax.tasks import vocab as vocab_lib
   config = tiny_config(shapes_dir)
   vocab = vocab_lib.Vocabulary(3, config.data.num_bins)
   graphdef = build.model_graphdef(config, vocab)

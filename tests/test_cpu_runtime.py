@@ -51,7 +51,8 @@ def test_plugins_are_found_without_importing_them(tmp_path):
 
 
 def test_a_process_that_configures_starts_xla_with_its_flags_and_the_users():
-  script = ('from pix2seq_jax.runtime import cpu as cpu_runtime; print(cpu_runtime.configure(restart=False)); '
+  script = ('from pix2seq_jax.runtime import cpu as cpu_runtime; '
+            'print(cpu_runtime.configure(restart=False)); '
             'import os, jax; print(os.environ["XLA_FLAGS"]); print(jax.device_count())')
   env = {k: v for k, v in os.environ.items()
          if k not in cpu_runtime.LAUNCHER_VARIABLES + (cpu_runtime.SWITCH,)}

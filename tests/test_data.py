@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.data import coco_json, pipeline, shapes, sources
+from pix2seq_jax.tasks import vocab as vocab_lib
 from tests.tiny import shared_path, tiny_config
 
 
@@ -195,6 +195,7 @@ def test_training_pixels_are_the_float_augmentation(size):
   160, where the regions read are larger than the canvas); evaluation stays float32."""
   import jax
   import tensorflow as tf
+
   from pix2seq_jax.config import config_file
   from pix2seq_jax.data import canvas, transforms
 
@@ -210,7 +211,7 @@ def test_training_pixels_are_the_float_augmentation(size):
   on_device = 0
   for index in range(4):
     seed = tf.constant([3, index], tf.int64)
-    fold = lambda op: tf.random.experimental.stateless_fold_in(seed, op)
+    fold = lambda op, seed=seed: tf.random.experimental.stateless_fold_in(seed, op)
     example = pipeline.preprocess(pipeline.record_at(tables, index), config.data, vocab, seed)
     source = example['image'].numpy()
     assert source.dtype == np.uint8 and max(source.shape) <= size

@@ -121,7 +121,7 @@ def _run_pair(commands: list[list[str]], launcher: str, port: int, devices: int 
 
 
 def _observed(results: list[tuple[int, str, str]]) -> list[dict]:
-  for code, stdout, stderr in results:
+  for code, _, stderr in results:
     assert code == 0, stderr[-3000:]
   # The JSON line; XLA's collectives library (Gloo) may print to stdout after it.
   return [json.loads([line for line in stdout.splitlines() if line.startswith('{')][-1])
@@ -180,7 +180,7 @@ def test_auto_false_leaves_the_processes_apart_under_a_launcher(launcher):
 @pytest.mark.parametrize('flag', [None, '--noauto_distributed'])
 def test_main_joins_under_slurm_unless_told_not_to(tmp_path, flag):
   """main.py itself, with two tasks on a node that SLURM gave one GPU. With nothing added
-  it joins them (README, "Many devices and hosts"), each logs its device report, and both
+  it joins them (docs/multi_gpu.md), each logs its device report, and both
   refuse the run before any work: 2 devices where the launcher allocated 1.
   `--noauto_distributed` (absl's spelling of a false boolean flag) keeps them apart, two
   runs of one device: no count to check, and each stops with the one-line error of a
@@ -225,7 +225,8 @@ def _ompi_job(size: int, local_size: int, rank: int, **extra: str) -> dict[str, 
 _EIGHT = tuple(range(8))
 # (environment, --devices_per_process, local device ids, expected global devices)
 _PLANS = {
-    # the README's recipe: 4 nodes x 8 GPUs, one task per node -> all 8 each, 32 in all
+    # the documented recipe (docs/multi_gpu.md): 4 nodes x 8 GPUs, one task per node ->
+    # all 8 each, 32 in all
     'slurm 1 task/node': (_slurm_job(4, 1, 8, 2), 'node', _EIGHT, 32),
     # SLURM_GPUS_PER_NODE (type:count) where SLURM_GPUS_ON_NODE and CUDA's list are absent
     'slurm gpus-per-node only': (

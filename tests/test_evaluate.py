@@ -38,7 +38,8 @@ def test_cli_prints_and_writes_the_twelve_numbers(tmp_path):
 
 
 def test_empty_detections_score_zero_and_images_without_detections_count():
-  coco_gt = coco_metrics.load_ground_truth(shared_path('cocoapi_eval', 'instances_val2014_100.json'))
+  coco_gt = coco_metrics.load_ground_truth(
+      shared_path('cocoapi_eval', 'instances_val2014_100.json'))
   empty = coco_metrics.coco_metrics(coco_gt, [])
   assert set(empty) == set(coco_metrics.METRIC_KEYS) and empty['AP'] == 0 and empty['AR100'] == 0
   # A perfect detection on one image only: the other images' objects are misses.
@@ -55,11 +56,13 @@ def test_detections_file_must_be_a_list(tmp_path):
   path = tmp_path / 'd.json'
   path.write_text('{"image_id": 1}')
   with pytest.raises(ValueError, match='d.json'):
-    coco_metrics.evaluate_files(shared_path('cocoapi_eval', 'instances_val2014_100.json'), str(path))
+    coco_metrics.evaluate_files(shared_path('cocoapi_eval', 'instances_val2014_100.json'),
+                                str(path))
 
 
 def test_per_category_ap_and_precision_recall_agree_with_the_summary():
-  coco_gt = coco_metrics.load_ground_truth(shared_path('cocoapi_eval', 'instances_val2014_100.json'))
+  coco_gt = coco_metrics.load_ground_truth(
+      shared_path('cocoapi_eval', 'instances_val2014_100.json'))
   with open(shared_path('cocoapi_eval', 'instances_val2014_fakebbox100_results.json')) as f:
     detections = json.load(f)
   coco_eval = coco_metrics.run_cocoeval(coco_gt, detections)

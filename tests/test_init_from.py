@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.config import checks, workdir_config
 from pix2seq_jax.data import coco_json, shapes
 from pix2seq_jax.models import build
+from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.train import init_from, loop
 from pix2seq_jax.workdir import checkpoints
 from tests import tiny
@@ -55,8 +55,8 @@ def _renamed_shapes(shapes_dir: str, out: str) -> dict[str, str]:
   paths = shapes.ensure_dataset(shapes_dir, seed=0, num_train=24, num_val=6)
   renamed = {'red circle': 'ball', 'green square': 'box', 'blue triangle': 'sail'}
   files = {}
-  for split, (images, annotations) in paths.items():
-    with open(annotations) as f:
+  for split, (images, annotation_file) in paths.items():
+    with open(annotation_file) as f:
       content = json.load(f)
     content['categories'] = [{'id': c['id'] + 10, 'name': renamed.get(c['name'], c['name'])}
                              for c in content['categories']]
@@ -155,7 +155,7 @@ def _train_argv(workdir: str, shapes_dir: str, source: str, variant: str) -> lis
 
 def test_main_refuses_another_architecture_in_one_line_and_a_corrected_rerun_works(
     tiny_workdir, shapes_dir, tmp_path, capsys, caplog):
-  """README: "`model.init_from` of another architecture: exit 1 before the first step
+  """docs/robustness.md: "`model.init_from` of another architecture: exit 1 before the first step
   listing the differing arrays". main.py prints the refusal as an `error:` line, not a
   traceback, and leaves nothing (no checkpoint, no log) that would make the corrected
   command resume instead of starting from the source."""

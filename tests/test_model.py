@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.models import backbones, build, resnet, transformer, variants, vit
 from pix2seq_jax.models.counted_rngs import CountedRngs
+from pix2seq_jax.tasks import vocab as vocab_lib
 from tests.tiny import tiny_config
 
 VOCAB = vocab_lib.Vocabulary(num_classes=5, num_bins=64)
@@ -284,6 +284,7 @@ def test_conv_impl_and_matmul_precision_are_checked(shapes_dir):
 
 def test_a_workdir_written_before_conv_impl_and_matmul_precision_loads(shapes_dir, tmp_path):
   import json
+
   from pix2seq_jax.config import workdir_config
   saved = tiny_config(shapes_dir).to_dict()
   del saved['model']['conv_impl'], saved['train']['matmul_precision']

@@ -28,9 +28,9 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.models import build
 from pix2seq_jax.parallel import mesh as mesh_lib
+from pix2seq_jax.tasks import vocab as vocab_lib
 from tests import tiny
 from tests.tiny import REFERENCE_STEPS as STEPS
 from tests.tiny import ROOT, main_command

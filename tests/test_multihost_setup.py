@@ -22,14 +22,15 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import save_file
 
-from pix2seq_jax.models import tree_paths
-from pix2seq_jax.tasks import vocab as vocab_lib
-from pix2seq_jax.workdir import files as workdir_lib
-from pix2seq_jax.data import coco_json, image_check, shapes
-from pix2seq_jax.parallel import mesh as mesh_lib
 from pix2seq_jax.config import workdir_config
-from pix2seq_jax.train import init_from, optimizer, state as state_lib
+from pix2seq_jax.data import coco_json, image_check, shapes
+from pix2seq_jax.models import tree_paths
+from pix2seq_jax.parallel import mesh as mesh_lib
+from pix2seq_jax.tasks import vocab as vocab_lib
+from pix2seq_jax.train import init_from, optimizer
+from pix2seq_jax.train import state as state_lib
 from pix2seq_jax.workdir import checkpoints
+from pix2seq_jax.workdir import files as workdir_lib
 from tests import tiny
 
 # Each worker joins as process argv[2] of 2 at argv[1], then runs its case.

@@ -23,14 +23,14 @@ from flax import nnx
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from pix2seq_jax.official import convert as convert_official
-from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.data import coco_json
-from pix2seq_jax.inference import decoding, detections
 from pix2seq_jax.evaluation.predict_split import predict_coco_split
+from pix2seq_jax.inference import decoding, detections
 from pix2seq_jax.inference.predictor import Predictor
 from pix2seq_jax.models import build
+from pix2seq_jax.official import convert as convert_official
 from pix2seq_jax.official import names as official_names
+from pix2seq_jax.tasks import vocab as vocab_lib
 from tests import tiny
 
 FIXTURES = os.path.join(tiny.ROOT, 'tests', 'fixtures')

@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from pix2seq_jax.runtime import precision
-from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.evaluation import val_loss
 from pix2seq_jax.models import build
 from pix2seq_jax.parallel import mesh as mesh_lib
+from pix2seq_jax.runtime import precision
+from pix2seq_jax.tasks import vocab as vocab_lib
 from tests.tiny import tiny_config
 
 

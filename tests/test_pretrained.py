@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.models import build, pretrained
 from pix2seq_jax.parallel import mesh as mesh_lib
-from pix2seq_jax.train import optimizer, state as state_lib
+from pix2seq_jax.tasks import vocab as vocab_lib
+from pix2seq_jax.train import optimizer
+from pix2seq_jax.train import state as state_lib
 from tests.tiny import frozen, tiny_config
 
 VOCAB = vocab_lib.Vocabulary(num_classes=5, num_bins=64)

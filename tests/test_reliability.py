@@ -27,7 +27,8 @@ import pytest
 
 from pix2seq_jax.evaluation import evaluator
 from pix2seq_jax.parallel import mesh as mesh_lib
-from pix2seq_jax.train import loop, preemption, step as step_lib
+from pix2seq_jax.train import loop, preemption
+from pix2seq_jax.train import step as step_lib
 from pix2seq_jax.workdir import checkpoints
 from tests.tiny import REFERENCE_STEPS as STEPS
 from tests.tiny import ROOT, killed_at_exit, main_command, main_config, run_main, tiny_config

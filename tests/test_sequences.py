@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from pix2seq_jax.data import sequences
 from pix2seq_jax.inference import detections
 from pix2seq_jax.tasks import vocab as vocab_lib
-from pix2seq_jax.data import sequences
 
 VOCAB = vocab_lib.Vocabulary(num_classes=9, num_bins=100)
 

@@ -10,16 +10,16 @@ import optax
 import pytest
 from flax import nnx
 
-from pix2seq_jax.models import tree_paths
-from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.config import checks as config_checks
 from pix2seq_jax.data import synthetic
 from pix2seq_jax.evaluation import val_loss
-from pix2seq_jax.models import build
+from pix2seq_jax.models import build, tree_paths
 from pix2seq_jax.parallel import mesh as mesh_lib
-from pix2seq_jax.train import optimizer, preemption, state as state_lib
-from pix2seq_jax.workdir import checkpoints
+from pix2seq_jax.tasks import vocab as vocab_lib
+from pix2seq_jax.train import optimizer, preemption
+from pix2seq_jax.train import state as state_lib
 from pix2seq_jax.train import step as step_lib
+from pix2seq_jax.workdir import checkpoints
 from tests import multi_device_run as multi_device_run_lib
 from tests.tiny import frozen, tiny_config
 

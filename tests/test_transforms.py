@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.data import canvas, sequences, transforms
+from pix2seq_jax.tasks import vocab as vocab_lib
 
 SEED = tf.constant([7, 11], tf.int64)
 
@@ -43,7 +43,7 @@ CASES = {
                        (_pixels(),)),
     'scale_jitter_and_crop_draws': (lambda: transforms.scale_jitter_and_crop_draws(
         tf.constant([30, 50]), 40, SEED, SEED + 1, 0.3, 2.0), ()),
-    'crop_boxes': (lambda b, l: transforms.crop_boxes(b, l, [45, 75], [5, 20], [40, 40]),
+    'crop_boxes': (lambda b, labels: transforms.crop_boxes(b, labels, [45, 75], [5, 20], [40, 40]),
                    (BOXES, LABELS)),
     'window_source': (lambda p: transforms.window_source(p, [45, 75], [5, 20], [40, 40], 40),
                       (_pixels(),)),
@@ -55,15 +55,15 @@ CASES = {
     'resize': (lambda im: transforms.resize_longest_side(im, 64), (_image(),)),
     'flip': (lambda im, b: transforms.random_horizontal_flip(im, b, SEED), (_image(), BOXES)),
     'pad': (lambda im, b: transforms.pad_to_canvas(im, b, 64), (_image(), BOXES)),
-    'shuffle': (lambda b, l: transforms.shuffle_objects(b, l, SEED), (BOXES, LABELS)),
+    'shuffle': (lambda b, labels: transforms.shuffle_objects(b, labels, SEED), (BOXES, LABELS)),
     'scale_jitter': (lambda im: transforms.random_scale_jitter(im, 64, SEED, 0.3, 2.0),
                      (_image(),)),
-    'crop': (lambda im, b, l: transforms.random_crop(im, b, l, 20, SEED),
+    'crop': (lambda im, b, labels: transforms.random_crop(im, b, labels, 20, SEED),
              (_image(), BOXES, LABELS)),
-    'sequences': (lambda b, l: sequences.build_sequences(
-        b, l, vocab_lib.Vocabulary(6, 32), max_instances=4, eos_weight=0.1), (BOXES, LABELS)),
-    'sequences_augmented': (lambda b, l: sequences.build_sequences(
-        b, l, vocab_lib.Vocabulary(6, 32), max_instances=7, eos_weight=0.1, seed=SEED,
+    'sequences': (lambda b, labels: sequences.build_sequences(
+        b, labels, vocab_lib.Vocabulary(6, 32), max_instances=4, eos_weight=0.1), (BOXES, LABELS)),
+    'sequences_augmented': (lambda b, labels: sequences.build_sequences(
+        b, labels, vocab_lib.Vocabulary(6, 32), max_instances=7, eos_weight=0.1, seed=SEED,
         noise_objects=True, corrupt_classes=True), (BOXES, LABELS)),
     'noise_boxes': (lambda b: sequences.noise_boxes(b, tf.constant(5), 6, SEED), (BOXES,)),
     'jitter_boxes': (lambda b: sequences.jitter_boxes(b, SEED), (BOXES,)),
@@ -136,7 +136,7 @@ def test_pad_keeps_pixels_and_rescales_boxes():
 
 def test_shuffle_is_a_joint_permutation():
   boxes, labels = transforms.shuffle_objects(BOXES, LABELS, SEED)
-  order = [list(LABELS.numpy()).index(l) for l in labels.numpy()]
+  order = [list(LABELS.numpy()).index(label) for label in labels.numpy()]
   assert sorted(order) == [0, 1, 2]
   np.testing.assert_array_equal(boxes.numpy(), BOXES.numpy()[order])
 

@@ -7,8 +7,8 @@ import os
 
 import ml_collections
 
-from pix2seq_jax.workdir import files as workdir_lib
 from pix2seq_jax.config import checks, default, resolve
+from pix2seq_jax.workdir import files as workdir_lib
 
 
 def load(workdir: str, decode_overrides: dict | None = None) -> ml_collections.FrozenConfigDict:

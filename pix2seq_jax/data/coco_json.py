@@ -89,7 +89,8 @@ def _read_json(path: str) -> dict:
     with open(path) as f:
       content = json.load(f)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise AnnotationFileError(f'{path}: not valid JSON ({e}). Re-export or re-download the file.')
+    raise AnnotationFileError(
+        f'{path}: not valid JSON ({e}). Re-export or re-download the file.') from e
   if not isinstance(content, dict):
     raise AnnotationFileError(f'{path}: expected a JSON object at the top level, got '
                               f'{type(content).__name__}.')
@@ -138,7 +139,7 @@ def load_split(annotations_path: str, images_dir: str,
     except (KeyError, TypeError, ValueError) as e:
       raise AnnotationFileError(
           f'{annotations_path}: images[{index}] lacks a valid id, file_name, height or '
-          f'width ({e!r}).')
+          f'width ({e!r}).') from e
     if height <= 0 or width <= 0:
       raise AnnotationFileError(
           f'{annotations_path}: images[{index}] (id {image_id}, {file_name}) has height '
@@ -156,7 +157,7 @@ def load_split(annotations_path: str, images_dir: str,
     except (KeyError, TypeError, ValueError) as e:
       raise AnnotationFileError(
           f'{annotations_path}: annotations[{index}] lacks a valid image_id, category_id '
-          f'or 4-number bbox ({e!r}).')
+          f'or 4-number bbox ({e!r}).') from e
     if image_id not in images:
       dropped['unknown_image_id'] += 1
       continue

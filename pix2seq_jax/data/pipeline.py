@@ -27,9 +27,9 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from pix2seq_jax.data import coco_json, sequences, transforms
 from pix2seq_jax.runtime import jit_cache
 from pix2seq_jax.tasks import vocab as vocab_lib
-from pix2seq_jax.data import coco_json, sequences, transforms
 
 _FLIP_OP, _ORDER_OP, _SCALE_OP, _CROP_OP, _SEQUENCE_OP = 1, 2, 3, 4, 5
 
@@ -40,7 +40,8 @@ def _record_tables(records: list[coco_json.ImageRecord]) -> dict[str, tf.Tensor]
   return {
       'image_id': tf.constant([r.image_id for r in records], tf.int64),
       'path': tf.constant([r.path for r in records]),
-      'size': tf.constant(np.array([(r.height, r.width) for r in records], np.int32).reshape(-1, 2)),
+      'size': tf.constant(
+          np.array([(r.height, r.width) for r in records], np.int32).reshape(-1, 2)),
       'orientation': tf.constant([r.orientation for r in records], tf.int32),
       'boxes': tf.RaggedTensor.from_row_lengths(
           tf.constant(np.concatenate([r.boxes for r in records]).reshape(-1, 4)), counts),

@@ -19,10 +19,9 @@ import json
 import os
 
 import jax
+import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
-
-import ml_collections
 
 from pix2seq_jax.data import coco_json, image_check, shapes, tfds_source
 

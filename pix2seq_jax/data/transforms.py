@@ -93,7 +93,8 @@ def resize_longest_side(image: tf.Tensor,
   """
   new_shape, scale = longest_side_shape(tf.shape(image)[:2], size)
   # Antialiasing only changes a downscale and costs several plain bilinear resizes
-  # (BENCHMARKS.md, input pipeline): the same pixels, faster, when not shrinking.
+  # (BENCHMARKS.md, "Input pipeline experiments"): the same pixels, faster, when not
+  # shrinking.
   resized = tf.cond(scale < 1.0,
                     lambda: tf.image.resize(image, new_shape, method='bilinear', antialias=True),
                     lambda: tf.image.resize(image, new_shape, method='bilinear'))

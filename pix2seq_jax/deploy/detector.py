@@ -24,9 +24,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.data import coco_json
 from pix2seq_jax.inference import decoding
+from pix2seq_jax.tasks import vocab as vocab_lib
 
 _SLOTS = vocab_lib.TOKENS_PER_OBJECT
 OUTPUTS = ('boxes', 'classes', 'scores', 'num_detections')

@@ -32,11 +32,11 @@ import numpy as np
 from absl import logging
 
 import pix2seq_jax
-from pix2seq_jax.runtime import precision
-from pix2seq_jax.deploy import serving
-from pix2seq_jax.deploy import detector, saved_model as saved_model_lib
+from pix2seq_jax.deploy import detector, serving
+from pix2seq_jax.deploy import saved_model as saved_model_lib
 from pix2seq_jax.inference import predictor as predictor_lib
 from pix2seq_jax.models import build
+from pix2seq_jax.runtime import precision
 
 SAVED_MODEL = 'saved_model'
 PLATFORMS = ('cpu', 'cuda')

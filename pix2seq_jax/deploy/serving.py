@@ -19,9 +19,10 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from pix2seq_jax.runtime import compilation_cache, xla_cpu_flags
 from pix2seq_jax.data import canvas
-from pix2seq_jax.inference import detections, images as images_lib
+from pix2seq_jax.inference import detections
+from pix2seq_jax.inference import images as images_lib
+from pix2seq_jax.runtime import compilation_cache, xla_cpu_flags
 
 FORMAT = 1  # the export format this module reads (deploy/export.py writes it)
 MANIFEST = 'export.json'

@@ -19,9 +19,9 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from pix2seq_jax.parallel import mesh as mesh_lib
 from pix2seq_jax.runtime import jit_cache, precision
 from pix2seq_jax.tasks import vocab as vocab_lib
-from pix2seq_jax.parallel import mesh as mesh_lib
 
 BATCH_KEYS = ('image', 'input_tokens', 'target_tokens', 'loss_weights', 'mask')
 _SUMS = ('weighted_nll', 'weight', 'nll', 'tokens', 'coord_nll', 'coord_tokens',

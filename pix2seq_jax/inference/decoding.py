@@ -49,7 +49,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from pix2seq_jax.config.default import DECODE_MODES as MODES, SCORE_MODES
+from pix2seq_jax.config.default import DECODE_MODES as MODES
+from pix2seq_jax.config.default import SCORE_MODES
 from pix2seq_jax.models.pix2seq import Pix2Seq
 from pix2seq_jax.tasks import vocab as vocab_lib
 

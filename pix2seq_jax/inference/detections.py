@@ -21,8 +21,8 @@ import dataclasses
 
 import numpy as np
 
-from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.data import coco_json
+from pix2seq_jax.tasks import vocab as vocab_lib
 
 
 @dataclasses.dataclass

@@ -11,11 +11,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from pix2seq_jax.runtime import jit_cache, precision, xla_cpu_flags
-from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.config import resolve
 from pix2seq_jax.inference import decoding
 from pix2seq_jax.parallel import mesh as mesh_lib
+from pix2seq_jax.runtime import jit_cache, precision, xla_cpu_flags
+from pix2seq_jax.tasks import vocab as vocab_lib
 
 
 class DecodeFn:

@@ -6,9 +6,9 @@ import jax
 import ml_collections
 from flax import nnx
 
+from pix2seq_jax.models import counted_rngs, pix2seq, resnet, variants
 from pix2seq_jax.runtime import jit_cache
 from pix2seq_jax.tasks import vocab as vocab_lib
-from pix2seq_jax.models import counted_rngs, pix2seq, resnet, variants
 
 
 def build_model(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,

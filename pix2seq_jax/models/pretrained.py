@@ -63,7 +63,7 @@ def _torch_name(path: tuple, stage_sizes: tuple[int, ...]) -> str:
   *module, leaf = path
   if module[0] == 'blocks':
     index, first = module[1], 0
-    for stage, size in enumerate(stage_sizes):
+    for stage, size in enumerate(stage_sizes):  # noqa: B007 (stage is read after it)
       if index < first + size:
         break
       first += size
@@ -100,7 +100,7 @@ def load_resnet(path: str, params: dict, batch_stats: dict, stage_sizes: tuple[i
   flat = {'params': traverse_util.flatten_dict(params),
           'batch_stats': traverse_util.flatten_dict(batch_stats)}  # {path tuple: array}
   missing, misshaped, used = [], [], set()
-  for collection, arrays in flat.items():
+  for arrays in flat.values():
     for module_path, current in arrays.items():
       name = _torch_name(module_path, stage_sizes)
       if name not in weights:

@@ -25,7 +25,6 @@ from typing import Literal, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 _CONV_INIT = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')

@@ -23,7 +23,8 @@ _EXPANDED = ('backbone', 'decoder')
 def parameter_counts(config: ml_collections.ConfigDict,
                      num_classes: int) -> 'OrderedDict[str, int]':
   """{module group: parameter count} in definition order."""
-  vocab = vocab_lib.for_categories(config.model.vocabulary, range(num_classes), config.data.num_bins)
+  vocab = vocab_lib.for_categories(config.model.vocabulary, range(num_classes),
+                                   config.data.num_bins)
   params = nnx.state(build.abstract_model(config, vocab), nnx.Param)
   counts: 'OrderedDict[str, int]' = OrderedDict()
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:

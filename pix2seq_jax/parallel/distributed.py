@@ -195,7 +195,7 @@ def check_device_count(devices_per_process: str, joined: bool) -> None:
       f'{plan.expected_devices} ({plan.expected_from}) and --devices_per_process='
       f'{devices_per_process}. One task per node: srun --ntasks-per-node=1 with '
       '--devices_per_process=node; one task per GPU: srun --ntasks-per-node=GPUS_PER_NODE '
-      'with --devices_per_process=task (README, "Many devices and hosts").')
+      'with --devices_per_process=task (docs/multi_gpu.md).')
 
 
 def describe_devices() -> str:

@@ -21,8 +21,9 @@ added; main.py and the benchmarks call it first thing, through `cpu_runtime.conf
 where it cannot help: not Linux with glibc 2.35+, transparent huge pages set to `never`,
 GLIBC_TUNABLES already naming `glibc.malloc.hugetlb` (the user's settings are kept), or
 PIX2SEQ_HUGEPAGE_MALLOC=0 (the opt-out). A tunable the user set is never replaced. A
-library user (a notebook) sets them before Python starts:
-`GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736 jupyter lab`.
+library user (a notebook) sets them before Python starts (one line):
+`GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:`
+`glibc.malloc.trim_threshold=68719476736 jupyter lab`.
 """
 
 from __future__ import annotations

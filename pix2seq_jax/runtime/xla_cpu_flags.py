@@ -3,7 +3,7 @@
 `--xla_cpu_multi_thread_eigen=false`: XLA:CPU does not hand dots and convolutions to
 Eigen's own intra-op thread pool. The small matrix-vector products of cached decoding
 then skip a thread hand-off per product, and the train step runs faster too
-(BENCHMARKS.md, "XLA:CPU threads": measured side by side, with the commands).
+(BENCHMARKS.md, "XLA:CPU without Eigen's thread pool": measured side by side).
 
 XLA reads XLA_FLAGS once, when JAX starts its CPU backend, so the flag is added to the
 environment before any backend starts, by the run's entry point (`cpu_runtime.configure`,

@@ -23,13 +23,13 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
-from pix2seq_jax.models import tree_paths
-from pix2seq_jax.tasks import vocab as vocab_lib
-from pix2seq_jax.workdir import files as workdir_lib
 from pix2seq_jax.config import workdir_config
 from pix2seq_jax.data import coco_json
-from pix2seq_jax.workdir import checkpoints
+from pix2seq_jax.models import tree_paths
+from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.train import state as state_lib
+from pix2seq_jax.workdir import checkpoints
+from pix2seq_jax.workdir import files as workdir_lib
 
 # Arrays whose first axis is the vocabulary.
 VOCABULARY_ARRAYS = (('decoder', 'embed', 'embedding'), ('decoder', 'output_bias'))

@@ -29,9 +29,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from pix2seq_jax.models import backbones, tree_paths, variants
 from pix2seq_jax.runtime import jit_cache
-from pix2seq_jax.models import tree_paths
-from pix2seq_jax.models import backbones, variants
 
 
 def learning_rate_schedule(train: ml_collections.ConfigDict) -> optax.Schedule:

@@ -22,12 +22,13 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx, struct
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from pix2seq_jax.runtime import jit_cache
-from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.models import backbones, build, counted_rngs, pretrained, variants
 from pix2seq_jax.parallel import mesh as mesh_lib
+from pix2seq_jax.runtime import jit_cache
+from pix2seq_jax.tasks import vocab as vocab_lib
 
 
 @struct.dataclass

@@ -33,11 +33,11 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from pix2seq_jax.runtime import jit_cache, precision
 from pix2seq_jax.config import resolve
 from pix2seq_jax.data import canvas
 from pix2seq_jax.models import counted_rngs
 from pix2seq_jax.parallel import mesh as mesh_lib
+from pix2seq_jax.runtime import jit_cache, precision
 from pix2seq_jax.train import optimizer
 from pix2seq_jax.train.state import TrainState
 
@@ -63,7 +63,8 @@ def _micro_batches(batch: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], hyperparams: dict[str, jax.Array],
-               seed_key_data: jax.Array, *, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+               seed_key_data: jax.Array, *, graphdef: nnx.GraphDef,
+               tx: optax.GradientTransformation,
                compute_dtype: jnp.dtype = jnp.float32, grad_accum_steps: int = 1,
                sharded_over: Mesh | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One AdamW step on the global batch; returns the new state and scalar metrics.

@@ -18,10 +18,9 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
 
-from pix2seq_jax.models import tree_paths
-from pix2seq_jax.tasks import vocab as vocab_lib
-from pix2seq_jax.models import build
+from pix2seq_jax.models import build, tree_paths
 from pix2seq_jax.parallel import mesh as mesh_lib
+from pix2seq_jax.tasks import vocab as vocab_lib
 
 _LIST_LIMIT = 12
 
@@ -50,8 +49,10 @@ def mismatches(step_dir: str, abstract_state, partial: bool = False) -> list[str
     saved = {k: v for k, v in saved.items() if k.split('/')[0] in wanted}
   lines = [f'{k}: checkpoint {saved[k]} vs config {expected[k]}'
            for k in sorted(saved.keys() & expected.keys()) if saved[k] != expected[k]]
-  lines += [f'{k}: only in the checkpoint {saved[k]}' for k in sorted(saved.keys() - expected.keys())]
-  lines += [f'{k}: only in the config {expected[k]}' for k in sorted(expected.keys() - saved.keys())]
+  lines += [f'{k}: only in the checkpoint {saved[k]}'
+            for k in sorted(saved.keys() - expected.keys())]
+  lines += [f'{k}: only in the config {expected[k]}'
+            for k in sorted(expected.keys() - saved.keys())]
   return lines
 
 
