@@ -3,14 +3,16 @@
   train    train (resuming from the latest checkpoint), evaluate periodically and at the end
   eval     evaluate the latest checkpoint of --workdir on the val split
   predict  detect objects in --images=GLOB, write --output=FILE.json, draw into --draw_dir
-           (the workdir's config; --config, if given, supplies only the decode settings)
+           those scored at least --draw_threshold (the workdir's config; --config, if
+           given, supplies only the decode settings)
   export   write --workdir's latest checkpoint to --output=DIR as a jax.export program and a
            TensorFlow SavedModel (pix2seq_jax/deploy/export.py; --config: decode settings)
   summary  print the model's parameters per module and `total_params=N` (no --workdir)
 
 Several hosts: run the same command on every host with --coordinator_address=HOST:PORT
 --num_processes=N --process_id=I, or under SLURM / Open MPI with nothing added: one task
-per node drives all its GPUs (--devices_per_process=task: one task per GPU; README).
+per node drives all its GPUs (--devices_per_process=task: one task per GPU;
+docs/multi_gpu.md).
 """
 
 import logging as std_logging
@@ -29,6 +31,9 @@ flags.DEFINE_string('output', None, 'predict: the JSON file to write detections 
                     'export: the folder to write the exported detector to.')
 flags.DEFINE_string('draw_dir', None, 'predict: a folder for the images with boxes drawn.')
 flags.DEFINE_float('min_score', 0.0, 'predict: drop detections scored below this.')
+flags.DEFINE_float('draw_threshold', 0.3,
+                   'predict: draw into --draw_dir only the detections scored at least this '
+                   '(in [0, 1]); the JSON keeps every detection (down to --min_score).')
 flags.DEFINE_string('coordinator_address', None,
                     'multi-host: HOST:PORT of process 0 (with --num_processes, --process_id).')
 flags.DEFINE_integer('num_processes', None, 'multi-host: how many processes take part.')
@@ -37,8 +42,7 @@ flags.DEFINE_bool('auto_distributed', True,
                   'Join the other processes when a launcher (SLURM, Open MPI) started several.')
 flags.DEFINE_enum('devices_per_process', 'node', ['node', 'task'],
                   'Under a launcher: node = one task per node driving all the GPUs it sees; '
-                  'task = one task per GPU, each driving its own (README, "Many devices '
-                  'and hosts").')
+                  'task = one task per GPU, each driving its own (docs/multi_gpu.md).')
 
 
 def _quiet_orbax(record: std_logging.LogRecord) -> bool:
@@ -58,9 +62,15 @@ def main(argv):
     raise app.UsageError('--mode=predict needs --images=GLOB and --output=FILE.json.')
   if mode == 'export' and not FLAGS.output:
     raise app.UsageError('--mode=export needs --output=DIR.')
-  for name in ('images', 'draw_dir', 'min_score'):
+  for name in ('images', 'draw_dir', 'min_score', 'draw_threshold'):
     if mode != 'predict' and FLAGS[name].present:
       raise app.UsageError(f'--{name} is a --mode=predict flag, not one of --mode={mode}.')
+  if FLAGS['draw_threshold'].present and not FLAGS.draw_dir:
+    raise app.UsageError('--draw_threshold chooses the detections drawn into --draw_dir: '
+                         'give --draw_dir=DIR too, or leave it out.')
+  if not 0.0 <= FLAGS.draw_threshold <= 1.0:
+    raise app.UsageError(f'--draw_threshold={FLAGS.draw_threshold} must be a score in [0, 1] '
+                         '(default 0.3).')
   if mode not in ('predict', 'export') and FLAGS['output'].present:
     raise app.UsageError(f'--output is a flag of --mode=predict and export, not of {mode}.')
   logging.set_verbosity(logging.INFO)
@@ -81,8 +91,8 @@ def _run(mode: str, overrides: tuple[str, ...]) -> None:
     checks.validate(FLAGS.config, mode='summary', overrides=overrides)
     print(summary.summarise(FLAGS.config, *sources.class_count(FLAGS.config.data)))
     return
-  from pix2seq_jax.runtime import compilation_cache
   from pix2seq_jax.parallel import distributed
+  from pix2seq_jax.runtime import compilation_cache
   compilation_cache.enable()  # PIX2SEQ_COMPILATION_CACHE moves it or turns it off
   joined = distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id, auto=FLAGS.auto_distributed,
@@ -101,7 +111,8 @@ def _run(mode: str, overrides: tuple[str, ...]) -> None:
   if mode == 'predict':  # no TensorFlow: the Predictor reads files with PIL
     from pix2seq_jax.inference import predictor
     predictor.predict_files(FLAGS.workdir, FLAGS.images, FLAGS.output, FLAGS.draw_dir,
-                            min_score=FLAGS.min_score, decode=decode)
+                            min_score=FLAGS.min_score, decode=decode,
+                            draw_threshold=FLAGS.draw_threshold)
     return
   if mode == 'export':
     from pix2seq_jax.deploy import export

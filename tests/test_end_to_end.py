@@ -12,6 +12,7 @@ import pytest
 from pix2seq_jax.evaluation import coco_metrics, evaluator
 from pix2seq_jax.inference import predictor
 from pix2seq_jax.train import loop
+from tests import test_drawing
 from tests.tiny import ROOT, run_main, shared_path, tiny_config
 
 VAL_LOSS_KEYS = {'val_loss', 'val_perplexity', 'val_perplexity_coord', 'val_perplexity_class'}
@@ -35,11 +36,14 @@ def test_train_resume_eval_predict_on_shapes(tiny_workdir, shapes_dir, tmp_path)
   logged = _jsonl(os.path.join(workdir, 'metrics.jsonl'))
   train_steps = [m['step'] for m in logged if 'loss' in m]
   assert train_steps == [2, 4]  # step 2 once: the second run did not restart
-  assert all({'step', 'loss', 'learning_rate', 'grad_norm'} <= set(m) for m in logged if 'loss' in m)
+  assert all({'step', 'loss', 'learning_rate', 'grad_norm'} <= set(m)
+             for m in logged if 'loss' in m)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
   assert sorted(os.listdir(os.path.join(workdir, 'eval'))) == ['step_2', 'step_3', 'step_4']
   assert any('eval/val_perplexity_coord' in m for m in logged)
   assert glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
+  drawn = test_drawing.event_images(workdir, 'eval/detections')  # each evaluation's
+  assert {step: len(images) for step, images in drawn.items()} == {2: 4, 3: 4, 4: 4}
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['train']['steps'] == 4
   with open(os.path.join(workdir, 'eval', 'step_4', 'metrics.json')) as f:
@@ -114,5 +118,6 @@ def test_summary_mode_prints_the_parameter_table(capsys):
   # 80 classes and 1000 bins (1084 tokens; the official vocabulary has 3000).
   assert abs(total - 84.7e6) / 84.7e6 < 0.03
   rows = {line.split()[0]: int(line.split()[1].replace(',', '')) for line in lines[2:-1]}
-  assert {'backbone.stem', 'backbone.blocks', 'encoder', 'decoder.layers', 'decoder.embed'} <= set(rows)
+  assert {'backbone.stem', 'backbone.blocks', 'encoder', 'decoder.layers',
+          'decoder.embed'} <= set(rows)
   assert sum(rows.values()) == total

@@ -3,8 +3,8 @@
 import os
 
 import nbformat
-from nbclient import NotebookClient
 import pytest
+from nbclient import NotebookClient
 
 from tests.tiny import ROOT, shared_path
 

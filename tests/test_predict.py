@@ -1,4 +1,5 @@
-"""The Predictor: canvases for any image size, one compilation per canvas, batching."""
+"""The Predictor: canvases for any image size, one compilation per canvas, batching;
+main.py's predict mode and its drawings."""
 
 import json
 import os
@@ -6,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pix2seq_jax.config import workdir_config
 from pix2seq_jax.data import canvas
@@ -42,6 +44,7 @@ def test_to_canvas_is_the_evaluation_pipelines_canvas(height, width, size):
   """The numpy resize against the pipeline's own TensorFlow transforms, shrinking and
   enlarging, in one process eagerly and inside a tf.data map."""
   import tensorflow as tf
+
   from pix2seq_jax.data import transforms
   image = np.random.default_rng(height).integers(0, 256, (height, width, 3), np.uint8)
 
@@ -165,3 +168,55 @@ def test_a_workdir_written_before_newer_fields_still_loads(tiny_workdir, tmp_pat
   config = workdir_config.load(old, {'temperature': 1.0, 'top_p': 0.5})
   assert config.decode.top_p == 0.5 and config.decode.max_objects == 0
   assert config.data.image_size == saved['data']['image_size']
+
+
+def test_main_draws_only_detections_above_the_threshold_and_keeps_all_in_json(
+    tiny_workdir, shapes_dir, tmp_path, monkeypatch):
+  """Through main.py: the JSON keeps every detection, the drawings only those scored at
+  least --draw_threshold (the tiny model's scores, all about 0.12, are spread out here so
+  that some fall on each side)."""
+  from pix2seq_jax.inference import drawing, images
+  from tests import tiny
+  detect = predictor_lib.Predictor.__call__
+
+  def spread_scores(self, images_):
+    found = detect(self, images_)
+    return [[dict(d, score=(i + 1) / (len(per_image) + 1)) for i, d in enumerate(per_image)]
+            for per_image in found]
+
+  monkeypatch.setattr(predictor_lib.Predictor, '__call__', spread_scores)
+  output, drawn = str(tmp_path / 'p.json'), str(tmp_path / 'drawn')
+  assert tiny.run_main('--mode=predict', f'--workdir={tiny_workdir}',
+                       f'--images={shapes_dir}/val/*.jpg', f'--output={output}',
+                       f'--draw_dir={drawn}', '--draw_threshold=0.5') == 0
+  with open(output) as f:
+    entries = json.load(f)
+  assert len(entries) == 6 == len(os.listdir(drawn))
+  scores = [d['score'] for e in entries for d in e['detections']]
+  assert min(scores) < 0.5 <= max(scores)  # all of them, below the threshold too
+  for entry in entries:
+    image = images.load_image(entry['path'])
+    above = [d for d in entry['detections'] if d['score'] >= 0.5]
+    expected = np.asarray(drawing.draw(image, above, threshold=0.0))
+    saved = np.asarray(Image.open(os.path.join(drawn, entry['file_name'][:-4] + '.png')))
+    np.testing.assert_array_equal(saved, expected)
+    if len(above) < len(entry['detections']):
+      assert not np.array_equal(saved, drawing.draw(image, entry['detections'], threshold=0.0))
+
+
+def test_main_refuses_a_bad_or_misplaced_draw_threshold(tiny_workdir, tmp_path):
+  from absl import app
+
+  from tests import tiny
+  predict = ('--mode=predict', f'--workdir={tiny_workdir}', '--images=x/*.jpg',
+             f'--output={tmp_path}/p.json')
+  with pytest.raises(app.UsageError, match=r'--draw_threshold=1.5 must be a score in \[0, 1\]'):
+    tiny.run_main(*predict, f'--draw_dir={tmp_path}/d', '--draw_threshold=1.5')
+  with pytest.raises(app.UsageError, match='give --draw_dir=DIR too'):
+    tiny.run_main(*predict, '--draw_threshold=0.5')
+  with pytest.raises(app.UsageError, match='--draw_threshold is a --mode=predict flag'):
+    tiny.run_main('--mode=eval', f'--workdir={tiny_workdir}',
+                  f'--config={tiny.ROOT}/configs/shapes.py', '--draw_threshold=0.5')
+  with pytest.raises(ValueError, match=r'draw_threshold=-1: use a score in \[0, 1\]'):
+    predictor_lib.predict_files(tiny_workdir, 'x/*.jpg', f'{tmp_path}/p.json',
+                                draw_threshold=-1)

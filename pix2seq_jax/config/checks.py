@@ -21,11 +21,11 @@ import jax
 import ml_collections
 
 from pix2seq_jax.config import default
+from pix2seq_jax.data import sources, tfds_source
+from pix2seq_jax.models import backbones, pix2seq, resnet, variants
 from pix2seq_jax.runtime import precision
 from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.workdir import files as workdir_lib
-from pix2seq_jax.data import sources, tfds_source
-from pix2seq_jax.models import backbones, pix2seq, resnet, variants
 
 MODES = ('train', 'eval', 'predict', 'summary')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
@@ -47,7 +47,8 @@ class ConfigError(ValueError):
 def ignored_in_eval(overrides: Iterable[str]) -> list[str]:
   """The overrides --mode=eval does not read (training fields), for a warning: eval runs
   usually repeat the training command."""
-  return [name for name in overrides if name.startswith('train.') or name == 'model.init_from']
+  return [name for name in overrides if name.startswith('train.')
+          or name in ('model.init_from', 'eval.num_images_drawn')]
 
 
 def validate(config: ml_collections.ConfigDict, *, mode: str = 'train',
@@ -75,6 +76,9 @@ def validate(config: ml_collections.ConfigDict, *, mode: str = 'train',
   _positive(config, 'data.image_size', 'data.max_instances', 'train.batch_size',
             'eval.batch_size', 'train.log_every', 'train.checkpoint_every',
             'train.preemption_check_every')
+  if config.eval.num_images_drawn < 0:
+    raise ConfigError(f'config.eval.num_images_drawn={config.eval.num_images_drawn} must be '
+                      '>= 0 (0 draws no val images into TensorBoard).')
   if data.num_bins < 2:
     raise ConfigError(f'config.data.num_bins={data.num_bins} must be at least 2.')
   _check_source_fields(data, overrides)

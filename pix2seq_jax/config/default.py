@@ -90,8 +90,8 @@ def get_config() -> ml_collections.ConfigDict:
   model.image_normalization = 'none'
   # DropPath (stochastic depth) rate of every encoder, memory and decoder residual branch.
   model.drop_path = 0.1
-  # Fine-tuning a ResNet as DETR and the unofficial PyTorch implementation do: 0 trains everything; 1 freezes the
-  # stem, 2 the stem and stage 1 (DETR), ... (no gradients, no updates, no decay).
+  # Fine-tuning a ResNet as DETR does: 0 trains everything; 1 freezes the stem, 2 the
+  # stem and stage 1 (DETR), ... (no gradients, no updates, no decay).
   model.frozen_backbone_stages = 0
   # Batch norms of the backbone are fixed affine maps of their running statistics, scale
   # and bias, none of which is trained (DETR's FrozenBatchNorm2d; for pretrained
@@ -162,6 +162,10 @@ def get_config() -> ml_collections.ConfigDict:
   eval_config.max_images = 0
   # Global eval batch size (padded with masked examples at the end).
   eval_config.batch_size = 32
+  # At each evaluation in training, draw this many val images (the split's first ones, the
+  # same every time) with their detections scored 0.3 or more and their ground truth into
+  # TensorBoard (tag eval/detections); 0 draws none.
+  eval_config.num_images_drawn = 4
 
   config.decode = decode = ml_collections.ConfigDict()
   # 0 decodes greedily; > 0 samples from softmax(logits / temperature).
@@ -178,7 +182,7 @@ def get_config() -> ml_collections.ConfigDict:
   # object may start) and decoding stops at EOS. 'official': the official Pix2Seq
   # inference and post-processing (no grammar, all max_objects slots decoded, its
   # nucleus rule; with temperature 1 and top_p 0.4 its COCO evaluation). See
-  # inference/decoding.py and README "Differences from the official implementation".
+  # docs/decoding.md and docs/official.md ("Differences from the official implementation").
   decode.mode = 'grammar'
   # Object score: 'class' (probability of its class token, as the official code) or
   # 'class_x_coords' (times the probabilities of its four coordinate tokens).

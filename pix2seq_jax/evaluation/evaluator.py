@@ -10,12 +10,16 @@ rows, once) brings every process's rows to process 0, which turns them into boxe
 COCOeval and writes the files. The other processes return as soon as the gather ends:
 they are not held for the scoring, but their next collective (the next train step)
 waits until process 0 has scored and joins it.
+
+Process 0 also draws the split's first `eval.num_images_drawn` images, read again from
+their files, with the detections already decoded for them and their ground truth
+(`inference/drawing.py`): the training loop writes them to TensorBoard.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import jax
 import ml_collections
@@ -26,16 +30,16 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from pix2seq_jax.tasks import vocab as vocab_lib
-from pix2seq_jax.workdir import files as workdir_lib
 from pix2seq_jax.config import checks, resolve
 from pix2seq_jax.data import coco_json, pipeline, report, sources
 from pix2seq_jax.evaluation import coco_metrics, val_loss
-from pix2seq_jax.inference import detections, sharded_decode
+from pix2seq_jax.inference import detections, drawing, sharded_decode
+from pix2seq_jax.inference import images as images_lib
 from pix2seq_jax.models import build
 from pix2seq_jax.parallel import mesh as mesh_lib
+from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.workdir import checkpoints
-
+from pix2seq_jax.workdir import files as workdir_lib
 
 _META_KEYS = ('image_id', 'scale', 'original_size', 'mask')
 
@@ -68,6 +72,38 @@ def _on_process_0(rows: list[tuple]) -> tuple:
   return jax.tree.map(in_batch_order, gathered)
 
 
+def draw_records(records: list[coco_json.ImageRecord], results: list[dict],
+                 categories: coco_json.CategoryMap,
+                 threshold: float = drawing.DEFAULT_THRESHOLD) -> np.ndarray:
+  """`records`' images with their `results` (COCO results of any images) scored at least
+  `threshold` and their ground truth drawn, as uint8 [N, H, W, 3] (padded to one size).
+  An image that cannot be read again is left out, with a warning."""
+  names = dict(zip(categories.category_ids, categories.names))
+  pictures = []
+  for record in records:
+    try:
+      image = images_lib.load_image(record.path, record.orientation,
+                                    (record.height, record.width))
+    except images_lib.UNREADABLE_IMAGE_ERRORS as e:
+      logging.warning('%s: not drawn for TensorBoard (%s)', record.path, e)
+      continue
+    found = [dict(r, category_name=names.get(r['category_id'], str(r['category_id'])))
+             for r in results if r['image_id'] == record.image_id]
+    scale = np.array([record.height, record.width] * 2, np.float64)
+    truth = [{'bbox': [x1, y1, x2 - x1, y2 - y1],
+              'category_id': int(categories.category_ids[label])}
+             for (y1, x1, y2, x2), label in zip(record.boxes * scale, record.labels)]
+    pictures.append(drawing.draw(image, found, ground_truth=truth, threshold=threshold))
+  return drawing.as_batch(pictures)
+
+
+class Evaluation(NamedTuple):
+  """What one evaluation gives process 0 (elsewhere: no metrics, no drawings)."""
+
+  metrics: dict[str, float]
+  drawings: np.ndarray | None  # uint8 [N, H, W, 3], eval.num_images_drawn val images
+
+
 class Evaluator:
   """Compiles the decoder and the validation loss once; called at every evaluation."""
 
@@ -81,6 +117,12 @@ class Evaluator:
   def __call__(self, params: nnx.State, batch_stats: nnx.State, step: int,
                workdir: str) -> dict[str, float]:
     """The metrics of (`params`, `batch_stats`) at `step` (process 0; {} elsewhere)."""
+    return self.evaluate(params, batch_stats, step, workdir, draw=False).metrics
+
+  def evaluate(self, params: nnx.State, batch_stats: nnx.State, step: int, workdir: str,
+               draw: bool = True) -> Evaluation:
+    """The metrics and, with `draw`, the first `eval.num_images_drawn` val images drawn
+    with their detections and ground truth (process 0; nothing elsewhere)."""
     config, split = self.config, self.split
     max_images = config.eval.max_images
     records = split.records[:max_images] if max_images else split.records
@@ -102,7 +144,7 @@ class Evaluator:
       rows.append(_fetched(*pending, likelihood))
     tokens, scores, meta = _on_process_0(rows)
     if jax.process_index() > 0:
-      return {}
+      return Evaluation({}, None)
     results = detections.coco_results(tokens, scores, meta, self.vocab, split.categories,
                                       config.data.image_size, config.decode.mode)
     coco_gt = coco_metrics.load_ground_truth(split.annotations_path)
@@ -114,7 +156,9 @@ class Evaluator:
     workdir_lib.write_json(os.path.join(out, 'detections.json'), results)
     logging.info('eval@%d on %d images: %s', step, len(records),
                  ' '.join(f'{k}={v:.4f}' for k, v in metrics.items()))
-    return metrics
+    shown = records[:config.eval.num_images_drawn] if draw else []
+    drawings = draw_records(shown, results, split.categories) if shown else None
+    return Evaluation(metrics, drawings if drawings is not None and len(drawings) else None)
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,

@@ -14,24 +14,26 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import nnx
-from PIL import Image, ImageDraw
 
-from pix2seq_jax.runtime import compilation_cache, precision, xla_cpu_flags
-from pix2seq_jax.tasks import vocab as vocab_lib
-from pix2seq_jax.workdir import files as workdir_lib
 from pix2seq_jax.config import workdir_config
-from pix2seq_jax.data import canvas, coco_json, image_check
-from pix2seq_jax.inference import detections, images as images_lib, sharded_decode
+from pix2seq_jax.data import canvas, coco_json
+from pix2seq_jax.inference import detections, drawing, sharded_decode
+from pix2seq_jax.inference import images as images_lib
 from pix2seq_jax.models import backbones, build, variants
 from pix2seq_jax.parallel import mesh as mesh_lib
+from pix2seq_jax.runtime import compilation_cache, precision, xla_cpu_flags
+from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.workdir import checkpoints
+from pix2seq_jax.workdir import files as workdir_lib
+
+draw = drawing.draw  # detections drawn onto an image (drawing.py)
 
 
 class Predictor:
@@ -139,30 +141,16 @@ class Predictor:
     return out
 
 
-def draw(image: np.ndarray, found: list[dict], path: str | None = None,
-         ground_truth: list[dict] | None = None) -> Image.Image:
-  """`image` with each detection's box, name and score drawn (and ground truth in green).
-
-  Detections are {bbox [x, y, w, h], category_name, score}; ground truth {bbox}.
-  Saved to `path` when given.
-  """
-  picture = Image.fromarray(image)
-  pen = ImageDraw.Draw(picture)
-  for gt in ground_truth or []:
-    x, y, w, h = gt['bbox']
-    pen.rectangle([x, y, x + w, y + h], outline=(40, 220, 80), width=1)
-  for det in found:
-    x, y, w, h = det['bbox']
-    pen.rectangle([x, y, x + w, y + h], outline=(255, 220, 0), width=2)
-    pen.text((x + 2, y + 1), f"{det['category_name']} {det['score']:.2f}", fill=(255, 220, 0))
-  if path:
-    picture.save(path)
-  return picture
-
-
 def predict_files(workdir: str, pattern: str, output: str, draw_dir: str | None = None,
-                  min_score: float = 0.0, decode: dict | None = None) -> list[dict]:
-  """Runs the predictor on every file matching `pattern`; writes JSON (and drawings)."""
+                  min_score: float = 0.0, decode: dict | None = None,
+                  draw_threshold: float = drawing.DEFAULT_THRESHOLD) -> list[dict]:
+  """Runs the predictor on every file matching `pattern`; writes JSON (and drawings).
+
+  The JSON keeps every detection scored at least `min_score`; the drawings in `draw_dir`
+  show those scored at least `draw_threshold` (in [0, 1]).
+  """
+  if not 0.0 <= draw_threshold <= 1.0:
+    raise ValueError(f'draw_threshold={draw_threshold}: use a score in [0, 1].')
   paths = sorted(glob.glob(pattern))
   if not paths:
     raise FileNotFoundError(f'No image matches --images={pattern!r}.')
@@ -184,8 +172,8 @@ def predict_files(workdir: str, pattern: str, output: str, draw_dir: str | None 
                       'height': image.shape[0], 'width': image.shape[1], 'detections': found})
       if draw_dir:
         os.makedirs(draw_dir, exist_ok=True)
-        draw(image, found, os.path.join(draw_dir, os.path.splitext(os.path.basename(path))[0]
-                                        + '.png'))
+        name = os.path.splitext(os.path.basename(path))[0] + '.png'
+        drawing.draw(image, found, os.path.join(draw_dir, name), threshold=draw_threshold)
   if os.path.dirname(output):
     os.makedirs(os.path.dirname(output), exist_ok=True)
   with open(output, 'w') as f:

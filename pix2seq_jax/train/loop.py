@@ -27,17 +27,17 @@ from flax import nnx
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from pix2seq_jax.tasks import vocab as vocab_lib
-from pix2seq_jax.workdir import files as workdir_lib
 from pix2seq_jax.config import checks, resolve
 from pix2seq_jax.data import pipeline, report, sources
 from pix2seq_jax.evaluation import evaluator as evaluator_lib
 from pix2seq_jax.models import build
 from pix2seq_jax.parallel import mesh as mesh_lib
+from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.train import init_from, metrics_log, optimizer, preemption
-from pix2seq_jax.workdir import checkpoints
 from pix2seq_jax.train import state as state_lib
 from pix2seq_jax.train import step as step_lib
+from pix2seq_jax.workdir import checkpoints
+from pix2seq_jax.workdir import files as workdir_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,8 +155,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   last_log = (start_step, time.perf_counter())
   progress = tqdm(total=train.steps, initial=start_step, desc='train',
                   disable=jax.process_index() > 0)
-  evaluate = lambda state: setup.evaluator(state.params, state.batch_stats, int(state.step),
-                                           workdir)
+
+  def evaluate(state: state_lib.TrainState) -> dict[str, float]:
+    """Evaluates `state`, logs its metrics and drawn val images at its step, returns them."""
+    step = int(state.step)
+    result = setup.evaluator.evaluate(state.params, state.batch_stats, step, workdir)
+    log.write(step, {f'eval/{k}': v for k, v in result.metrics.items()})
+    if result.drawings is not None:
+      log.write_images(step, {'eval/detections': result.drawings})
+    return result.metrics
+
   agree = preemption.SignalAgreement(train.preemption_check_every, jax.process_count())
 
   def log_agreements(step: int) -> None:
@@ -201,13 +209,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         logging.warning(message)
         raise preemption.Preempted(message, signum)
       if train.eval_every and step % train.eval_every == 0 and not last:
-        log.write(step, {f'eval/{k}': v for k, v in evaluate(state).items()})
+        evaluate(state)
   progress.close()
   log_agreements(train.steps)
   if manager.latest_step() != int(state.step):
     checkpoints.save(manager, int(state.step), state)
   final = evaluate(state)
-  log.write(int(state.step), {f'eval/{k}': v for k, v in final.items()})
   log.close()
   manager.close()
   return final

@@ -1,4 +1,5 @@
-"""Scalars to TensorBoard (clu) and to `<workdir>/metrics.jsonl`, from process 0 only."""
+"""Scalars to TensorBoard (clu) and to `<workdir>/metrics.jsonl`, and images to
+TensorBoard, from process 0 only."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 
 import jax
+import numpy as np
 from clu import metric_writers
 
 from pix2seq_jax.workdir import files as workdir_lib
@@ -26,6 +28,11 @@ class MetricsLog:
     if self.enabled:
       with open(self.path, 'a') as f:
         f.write(json.dumps({'step': int(step), **scalars}) + '\n')
+
+  def write_images(self, step: int, images: dict[str, np.ndarray]) -> None:
+    """uint8 [N, H, W, 3] images per tag, to TensorBoard (process 0)."""
+    if self.enabled:
+      self.writer.write_images(step, images)
 
   def close(self) -> None:
     self.writer.flush()
