@@ -4,7 +4,7 @@ The subpackages follow the data's journey:
 
   config/      the default config, its checks, and the frozen config a run uses
   data/        sources -> tf.data transforms -> token sequences (the only TensorFlow user)
-  tasks/       the token vocabulary the sequences are made of
+  tasks/       the token vocabulary the sequences are made of, and the tasks that read them
   models/      backbones, transformer encoder/decoder, Pix2Seq; building one from a config
   workdir/     what a run writes where, and its checkpoints
   train/       train state, the sharded train step, optimizer, the loop

@@ -267,10 +267,10 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
   if model.vocabulary not in vocab_lib.LAYOUTS:
     raise ConfigError(f'config.model.vocabulary={model.vocabulary!r} is unknown; use one of '
                       f'{list(vocab_lib.LAYOUTS)}.')
-  room = vocab_lib.OFFICIAL_SIZE - vocab_lib.OFFICIAL_COORD_OFFSET
-  if model.vocabulary == 'official' and config.data.num_bins > room:
-    raise ConfigError(f'config.data.num_bins={config.data.num_bins}: the official vocabulary '
-                      f'holds at most {room} coordinate bins.')
+  room = vocab_lib.OFFICIAL_TEXT_OFFSET - vocab_lib.OFFICIAL_COORD_OFFSET
+  if model.vocabulary in vocab_lib.OFFICIAL_LAYOUTS and config.data.num_bins > room:
+    raise ConfigError(f'config.data.num_bins={config.data.num_bins}: the {model.vocabulary} '
+                      f'vocabulary holds at most {room} coordinate bins.')
   needed = vocab_lib.sequence_length(config.data.max_instances)
   if model.max_seq_len and model.max_seq_len < needed:
     raise ConfigError(

@@ -68,9 +68,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = model = ml_collections.ConfigDict()
   # Model sizes: 'tiny' (CPU), or the official variants 'r50', 'r50_c4', 'vit_b', 'vit_l'.
   model.variant = 'r50'
-  # Token ids (vocab.py): 'compact' (4 specials + classes + bins, for training from
-  # scratch) or 'official' (the official Pix2Seq's 3000 ids, class token = 100 + COCO
-  # category id; what converted official checkpoints use, and fine-tuning from them).
+  # Token ids (tasks/vocab.py): 'compact' (4 specials + classes + bins, for training from
+  # scratch), 'official' (the official Pix2Seq's 3000 ids, class token = 100 + COCO
+  # category id; what converted official checkpoints use, and fine-tuning from them) or
+  # 'official_multitask' (the official multi-task model's 35000 ids: the same, plus the
+  # prompts 10-13 of detection / segmentation / keypoints / captioning, separator 40,
+  # invisible point 41 and text tokens 3000 + piece id).
   model.vocabulary = 'compact'
   # Learned decoder positions; 0: exactly the sequence (5 * data.max_instances + 1).
   # Converted official checkpoints have 512.

@@ -9,9 +9,9 @@ can be exported (`export.py`) and run without the model code:
   scores          [B, K] float32     (0 past the last)
   num_detections  [B] int32          how many of the K rows are detections, which come first
 
-K is decode.max_objects (or data.max_instances). `read_objects` is the in-graph twin of
-`inference/detections.parse_tokens` (grammar) and `parse_official` (official): the same
-objects in the same order (tests/test_deploy.py checks it against them).
+K is decode.max_objects (or data.max_instances). `read_objects` (`tasks/detection.py`) is the
+in-graph twin of the detection task's `parse_tokens` (grammar) and `parse_official`
+(official): the same objects in the same order (tests/test_deploy.py checks it against them).
 """
 
 from __future__ import annotations
@@ -26,36 +26,13 @@ from flax import nnx
 
 from pix2seq_jax.data import coco_json
 from pix2seq_jax.inference import decoding
+from pix2seq_jax.tasks import detection
 from pix2seq_jax.tasks import vocab as vocab_lib
 
-_SLOTS = vocab_lib.TOKENS_PER_OBJECT
 OUTPUTS = ('boxes', 'classes', 'scores', 'num_detections')
 
 
-def read_objects(tokens: jax.Array, scores: jax.Array, vocab: vocab_lib.Vocabulary,
-                 mode: str = 'grammar') -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-  """`decoding.detection_outputs` [B, L] -> (boxes [B, K, 4], labels [B, K], scores [B, K],
-  valid [B, K] bool) for K = L // 5 object slots, as `detections.parse` reads them."""
-  batch, length = tokens.shape
-  objects = length // _SLOTS
-  slots = tokens[:, :objects * _SLOTS].reshape(batch, objects, _SLOTS)  # [B, K, 5]
-  object_scores = scores[:, 4:objects * _SLOTS:_SLOTS]  # [B, K]
-  table = np.full(vocab.size, -1, np.int32)
-  table[vocab.class_tokens] = np.arange(vocab.num_classes)
-  labels = jnp.asarray(table)[jnp.clip(slots[:, :, 4], 0, vocab.size - 1)]  # [B, K]
-  labels = jnp.where((slots[:, :, 4] >= 0) & (slots[:, :, 4] < vocab.size), labels, -1)
-  coords = vocab.bin_to_coord((slots[:, :, :4] - vocab.coord_offset).astype(jnp.float32))
-  if mode == 'official':  # every slot, coordinates clipped, corners as decoded
-    boxes = jnp.clip(coords, 0.0, 1.0)
-    valid = labels >= 0
-  else:  # whole objects before the first EOS / padding, corners in order
-    stop = (slots == vocab.eos) | (slots == vocab.padding)  # [B, K, 5]
-    before_stop = jnp.cumsum(jnp.any(stop, axis=-1), axis=1) == 0  # [B, K]
-    ymin, xmin, ymax, xmax = (coords[:, :, i] for i in range(4))
-    boxes = jnp.stack([jnp.minimum(ymin, ymax), jnp.minimum(xmin, xmax),
-                       jnp.maximum(ymin, ymax), jnp.maximum(xmin, xmax)], axis=-1)
-    valid = before_stop & jnp.all(vocab.is_coord(slots[:, :, :4]), axis=-1) & (labels >= 0)
-  return boxes, labels, object_scores, valid
+read_objects = detection.read_objects  # the detection task's in-graph parser
 
 
 def first_valid(boxes: jax.Array, labels: jax.Array, scores: jax.Array, valid: jax.Array,
@@ -83,14 +60,15 @@ def detector_fn(config: ml_collections.FrozenConfigDict, graphdef: nnx.GraphDef,
   dec = config.decode
   length = vocab_lib.sequence_length(dec.max_objects or config.data.max_instances)
   category_ids = np.asarray(categories.category_ids, np.int32)
+  task = detection.DetectionTask(vocab, dec.mode, dec.score)
 
   def detect(params, batch_stats, canvases):
     model = nnx.merge(graphdef, params, batch_stats)
     rng = jax.random.fold_in(jax.random.key(config.seed), step)
-    state = decoding.decode(model, canvases, vocab, length=length,
+    state = decoding.decode(model, canvases, task, length=length,
                             temperature=dec.temperature, top_k=dec.top_k, top_p=dec.top_p,
                             rng=rng, mode=dec.mode)
-    tokens, scores = decoding.detection_outputs(state, vocab, dec.score, dec.mode)
+    tokens, scores = task.outputs(state.tokens, state.token_probs, state.task_state)
     return first_valid(*read_objects(tokens, scores, vocab, dec.mode), category_ids)
 
   return detect

@@ -1,5 +1,5 @@
-"""Inference: cached autoregressive decoding under a token grammar (`decoding.py`), its
-jitted and sharded form (`sharded_decode.py`), tokens -> detections (`detections.py`),
+"""Inference: cached autoregressive decoding under a task's hooks (`decoding.py`), its
+jitted and sharded form (`sharded_decode.py`), detections in pixels (`detections.py`),
 image files read as training reads them (`images.py`) and the Predictor for any image.
 
 Nothing here imports TensorFlow.

@@ -6,31 +6,25 @@ its self-attention projections side by side, the output embedding transposed);
 self-attention keys/values live in an explicit cache pytree that the loop carries in a
 small `DecodeState`. The core loop, `sample`, only sees a
 `logits_fn(last_token, position, cache) -> (logits, cache)`, so tests can drive it with
-a fake model whose output is known.
-
-A per-row grammar masks the logits so that every sequence parses: slot 0 of an object
-takes a coordinate or EOS, slots 1 and 3 a coordinate, slot 2 (ymax) a coordinate not
-below the object's ymin, slot 3 (xmax) one not below its xmin, slot 4 a class or "n/a";
-the last position (after `max_objects` objects) can only be EOS. The loop stops as soon
-as every row has emitted EOS.
+a fake model whose output is known, and a task (`tasks/task.py`): the loop keeps the
+tokens, their probabilities, the done flags and the cache, and leaves to the task's hooks
+what the tokens mean: its constraint on the logits at each position (detection: a
+grammar under which every sequence parses), its own per-row state (detection: the best
+real class at each class slot and its probability) and its outputs (detection:
+`DetectionTask.outputs`, the tokens and per-object scores its parsers read).
+Functions that take a `Vocabulary` in place of a task decode detection
+(`tasks/detection.py`). The loop stops as soon as every row has emitted the EOS token.
 
 Sampling: `temperature` 0 is greedy; otherwise tokens are drawn from
 softmax(logits / temperature), restricted to the `top_k` most likely tokens (0: all)
 and to the smallest set whose probability reaches `top_p` (nucleus; 1: all).
 
-Scores (`detection_outputs`): an object's class is the most likely real class at its
-class slot and its score that class's probability under the grammar-masked softmax
-('class', as the official code), optionally times the probabilities of its four
-coordinate tokens ('class_x_coords'). Objects whose class slot emitted "n/a" are kept
-the same way, as the official code does: a model trained with noise objects says "n/a"
-where it is unsure, and its best real class then comes with a low score.
-
-`mode='official'` reproduces the official Pix2Seq inference instead: no grammar and no
-stop at EOS (all `length` tokens are sampled from the unmasked logits), the official
-nucleus rule (keep the tokens whose cumulative probability, their own included, stays
-within top_p, and always the most likely one), and every 5-token slot is an object whose
-class is the most likely class token at its class position under the full softmax,
-scored by that probability (`detections.parse_official`).
+`mode='official'` reproduces the official Pix2Seq inference instead: no stop at EOS (all
+`length` tokens are sampled), the official nucleus rule (keep the tokens whose cumulative
+probability, their own included, stays within top_p, and always the most likely one),
+and, for detection, no grammar and every 5-token slot an object whose class is the most
+likely class token at its class position under the full softmax, scored by that
+probability (`detection.parse_official`).
 
 The cached loop attends only over the filled prefix, in blocks: the self-attention cache
 starts `prefix_block` positions long and the loop runs once per block, the cache growing
@@ -50,15 +44,16 @@ import jax.numpy as jnp
 from flax import struct
 
 from pix2seq_jax.config.default import DECODE_MODES as MODES
-from pix2seq_jax.config.default import SCORE_MODES
 from pix2seq_jax.models.pix2seq import Pix2Seq
+from pix2seq_jax.tasks import detection
+from pix2seq_jax.tasks import task as task_lib
 from pix2seq_jax.tasks import vocab as vocab_lib
 
-NEG_INF = -1e30
-_SLOTS = vocab_lib.TOKENS_PER_OBJECT
+NEG_INF = task_lib.NEG_INF
 # Positions per block of the self-attention cache (see the module docstring); 0: one loop
 # over a cache of the full length.
 PREFIX_BLOCK = 64
+grammar_mask = detection.grammar_mask  # detection's constraint (tasks/detection.py)
 
 # (last token [B], position [], cache) -> (logits [B, V], cache)
 LogitsFn = Callable[[jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
@@ -68,29 +63,29 @@ LogitsFn = Callable[[jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
 class DecodeState:
   position: jax.Array  # [] int32: the position being generated
   tokens: jax.Array  # [B, L] int32: emitted tokens, PADDING where not yet generated
-  token_probs: jax.Array  # [B, L] float32: probability of each emitted token (grammar-masked)
-  class_tokens: jax.Array  # [B, L] int32: best real class token at class slots, else PADDING
-  class_probs: jax.Array  # [B, L] float32: its probability at class slots, else 0
+  token_probs: jax.Array  # [B, L] float32: probability of each emitted token (constrained)
   done: jax.Array  # [B] bool: the row has emitted EOS
   cache: Any  # the logits function's cache (per-layer self-attention K/V)
   rng: jax.Array
+  task_state: Any  # the task's per-row state (`Task.init_state`, `Task.update`)
   logits: jax.Array | None = None  # [B, L, V] float32, only when asked for
 
+  @property
+  def class_tokens(self) -> jax.Array:
+    """[B, L] detection's best real class token at class slots (its task state)."""
+    return self.task_state.class_tokens
 
-def grammar_mask(position: jax.Array, tokens: jax.Array, vocab: vocab_lib.Vocabulary,
-                 length: int) -> jax.Array:
-  """[B, V] bool: the tokens each row may take at `position`, given its `tokens` [B, L]."""
-  ids = jnp.arange(vocab.size)
-  slot = position % _SLOTS
-  # ymax (slot 2) and xmax (slot 3) may not fall below ymin / xmin, two tokens back.
-  lower = jax.lax.dynamic_index_in_dim(tokens, jnp.maximum(position - 2, 0), axis=1,
-                                       keepdims=True)  # [B, 1]
-  lower = jnp.where((slot == 2) | (slot == 3), lower, vocab.coord_offset)
-  coord = vocab.is_coord(ids) & (ids >= lower)  # [B, V]
-  label = vocab.is_class(ids) | (ids == vocab.noise_class)
-  eos = ids == vocab.eos
-  allowed = jnp.where(slot == 0, coord | eos, jnp.where(slot == 4, label, coord))
-  return jnp.where(position == length - 1, eos, allowed)
+  @property
+  def class_probs(self) -> jax.Array:
+    """[B, L] detection's best real class probability at class slots (its task state)."""
+    return self.task_state.class_probs
+
+
+def as_task(task: task_lib.Task | vocab_lib.Vocabulary, mode: str = 'grammar') -> task_lib.Task:
+  """`task`, or for a vocabulary the detection task of `mode`."""
+  if isinstance(task, vocab_lib.Vocabulary):
+    return detection.DetectionTask(task, mode)
+  return task
 
 
 def filter_logits(logits: jax.Array, *, top_k: int = 0, top_p: float = 1.0,
@@ -126,12 +121,12 @@ def choose_tokens(logits: jax.Array, rng: jax.Array, *, temperature: float, top_
   return jax.random.categorical(rng, filtered, axis=-1)
 
 
-def sample(logits_fn: LogitsFn, cache: Any, batch: int, vocab: vocab_lib.Vocabulary, *,
-           length: int, rng: jax.Array, temperature: float = 0.0, top_k: int = 0,
-           top_p: float = 1.0, return_logits: bool = False,
-           mode: str = 'grammar', block_ends: Sequence[int] = (),
+def sample(logits_fn: LogitsFn, cache: Any, batch: int,
+           task: task_lib.Task | vocab_lib.Vocabulary, *, length: int, rng: jax.Array,
+           temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+           return_logits: bool = False, mode: str = 'grammar', block_ends: Sequence[int] = (),
            grow_cache: Callable[[Any, int], Any] | None = None) -> DecodeState:
-  """The decoding loop: [B, length] response tokens from `logits_fn`.
+  """The decoding loop: [B, length] response tokens from `logits_fn` under `task`'s hooks.
 
   With `block_ends` (increasing positions < length), the loop stops at each of them and
   `grow_cache(cache, next_end)` enlarges the cache before it goes on (the last block
@@ -140,24 +135,23 @@ def sample(logits_fn: LogitsFn, cache: Any, batch: int, vocab: vocab_lib.Vocabul
   if mode not in MODES:
     raise ValueError(f'decode.mode must be one of {MODES}, got {mode!r}.')
   official = mode == 'official'
-  real_class = vocab.is_class(jnp.arange(vocab.size))  # [V]
+  task = as_task(task, mode)
+  vocab = task.vocab
 
   def body(state: DecodeState) -> DecodeState:
-    last = jnp.where(state.position == 0, vocab.start,
+    last = jnp.where(state.position == 0, task.prompt,
                      jax.lax.dynamic_index_in_dim(state.tokens, state.position - 1, axis=1,
                                                   keepdims=False))
     logits, cache = logits_fn(last, state.position, state.cache)
     logits = logits.astype(jnp.float32)  # [B, V]
-    masked = logits if official else jnp.where(
-        grammar_mask(state.position, state.tokens, vocab, length), logits, NEG_INF)
+    allowed = task.allowed(state.position, state.tokens, state.task_state)  # [B, V] | None
+    masked = logits if allowed is None else jnp.where(allowed, logits, NEG_INF)
     rng, sample_rng = jax.random.split(state.rng)
     token = choose_tokens(masked, sample_rng, temperature=temperature, top_k=top_k,
                           top_p=top_p, nucleus='official' if official else 'reach')
     token = jnp.where(state.done, vocab.padding, token).astype(jnp.int32)
     probs = jax.nn.softmax(masked, axis=-1)  # [B, V]
-    pick = lambda t: jnp.take_along_axis(probs, t[:, None], axis=1)[:, 0]
-    is_class_slot = (state.position % _SLOTS == 4) & ~state.done
-    best_class = jnp.argmax(jnp.where(real_class, masked, NEG_INF), axis=-1).astype(jnp.int32)
+    token_prob = jnp.take_along_axis(probs, token[:, None], axis=1)[:, 0]  # [B]
     write = lambda array, value: jax.lax.dynamic_update_slice_in_dim(
         array, value[:, None], state.position, axis=1)
     new_logits = state.logits
@@ -166,12 +160,12 @@ def sample(logits_fn: LogitsFn, cache: Any, batch: int, vocab: vocab_lib.Vocabul
     return DecodeState(
         position=state.position + 1,
         tokens=write(state.tokens, token),
-        token_probs=write(state.token_probs, jnp.where(state.done, 0.0, pick(token))),
-        class_tokens=write(state.class_tokens,
-                           jnp.where(is_class_slot, best_class, vocab.padding)),
-        class_probs=write(state.class_probs, jnp.where(is_class_slot, pick(best_class), 0.0)),
+        token_probs=write(state.token_probs, jnp.where(state.done, 0.0, token_prob)),
         done=state.done if official else state.done | (token == vocab.eos),
-        cache=cache, rng=rng, logits=new_logits)
+        cache=cache, rng=rng,
+        task_state=task.update(state.task_state, state.position, masked, probs, token,
+                               state.done),
+        logits=new_logits)
 
   def cond(end: int) -> Callable[[DecodeState], jax.Array]:
     return lambda state: (state.position < end) & ~jnp.all(state.done)
@@ -180,10 +174,8 @@ def sample(logits_fn: LogitsFn, cache: Any, batch: int, vocab: vocab_lib.Vocabul
       position=jnp.zeros((), jnp.int32),
       tokens=jnp.full((batch, length), vocab.padding, jnp.int32),
       token_probs=jnp.zeros((batch, length), jnp.float32),
-      class_tokens=jnp.full((batch, length), vocab.padding, jnp.int32),
-      class_probs=jnp.zeros((batch, length), jnp.float32),
       done=jnp.zeros((batch,), bool),
-      cache=cache, rng=rng,
+      cache=cache, rng=rng, task_state=task.init_state(batch, length),
       logits=jnp.zeros((batch, length, vocab.size), jnp.float32) if return_logits else None)
   ends = [*block_ends, length]
   if ends != sorted(set(ends)) or ends[0] < 1:
@@ -196,14 +188,15 @@ def sample(logits_fn: LogitsFn, cache: Any, batch: int, vocab: vocab_lib.Vocabul
   return state
 
 
-def decode(model: Pix2Seq, images: jax.Array, vocab: vocab_lib.Vocabulary, *,
+def decode(model: Pix2Seq, images: jax.Array, task: task_lib.Task | vocab_lib.Vocabulary, *,
            length: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
            rng: jax.Array | None = None, step: str = 'cached',
            return_logits: bool = False, mode: str = 'grammar',
            prefix_block: int = PREFIX_BLOCK) -> DecodeState:
   """Generates [B, length] response tokens for images [B, H, W, 3] (call inside jit).
 
-  `length` is `vocab.sequence_length(max_objects)` and at most the decoder's
+  `task`: the task's hooks, or a vocabulary for detection under `mode`. `length` is
+  `vocab.sequence_length(max_objects)` for detection and at most the decoder's
   `max_seq_len`. `prefix_block`: positions per block of the cache (0: one block).
   """
   if step not in ('cached', 'recompute'):
@@ -225,14 +218,14 @@ def decode(model: Pix2Seq, images: jax.Array, vocab: vocab_lib.Vocabulary, *,
     def logits_fn(last, position, cache):
       return model.decoder.step(last, position, cache, weights)
   else:
-    cache = jnp.full((batch, length), vocab.start, jnp.int32)  # the input prefix
+    cache = jnp.full((batch, length), as_task(task, mode).prompt, jnp.int32)  # input prefix
 
     def logits_fn(last, position, prefix):
       prefix = jax.lax.dynamic_update_slice_in_dim(prefix, last[:, None], position, axis=1)
       full = model.decoder(prefix, memory)  # [B, length, V]; later positions are masked
       return jax.lax.dynamic_index_in_dim(full, position, axis=1, keepdims=False), prefix
 
-  return sample(logits_fn, cache, batch, vocab, length=length,
+  return sample(logits_fn, cache, batch, task, length=length,
                 rng=jax.random.key(0) if rng is None else rng, temperature=temperature,
                 top_k=top_k, top_p=top_p, return_logits=return_logits, mode=mode,
                 block_ends=block_ends, grow_cache=grow_cache)
@@ -240,25 +233,6 @@ def decode(model: Pix2Seq, images: jax.Array, vocab: vocab_lib.Vocabulary, *,
 
 def detection_outputs(state: DecodeState, vocab: vocab_lib.Vocabulary,
                       score: str = 'class', mode: str = 'grammar') -> tuple[jax.Array, jax.Array]:
-  """(tokens [B, L], scores [B, L]) for `detections.parse_tokens` / `parse_official`.
-
-  At each class slot where a real class or "n/a" was emitted (official mode: at every
-  class slot), the token becomes the most likely real class and the score that object's
-  score; EOS and padding stay as emitted.
-  """
-  if score not in SCORE_MODES:
-    raise ValueError(f'decode.score must be one of {SCORE_MODES}, got {score!r}.')
-  tokens = state.tokens
-  batch, length = tokens.shape
-  if mode == 'official':
-    label_slot = (jnp.arange(length) % _SLOTS == 4)[None]
-  else:
-    label_slot = vocab.is_class(tokens) | (tokens == vocab.noise_class)
-  tokens = jnp.where(label_slot, state.class_tokens, tokens)
-  objects = length // _SLOTS  # length is 5 * objects + 1
-  per_object = state.token_probs[:, :objects * _SLOTS].reshape(batch, objects, _SLOTS)
-  object_scores = state.class_probs[:, 4:objects * _SLOTS:_SLOTS]  # [B, objects]
-  if score == 'class_x_coords':
-    object_scores = object_scores * jnp.prod(per_object[:, :, :4], axis=-1)
-  scores = jnp.zeros((batch, length), jnp.float32)
-  return tokens, scores.at[:, 4:objects * _SLOTS:_SLOTS].set(object_scores)
+  """(tokens [B, L], scores [B, L]) of a detection decode: `DetectionTask.outputs`."""
+  task = detection.DetectionTask(vocab, mode, score)
+  return task.outputs(state.tokens, state.token_probs, state.task_state)

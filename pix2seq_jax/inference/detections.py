@@ -1,99 +1,24 @@
-"""Token sequences back to detections: boxes, labels and scores (numpy, no TF/JAX), and
-those as dicts in original pixels with the annotation file's category ids.
+"""Detections in original pixels with the annotation file's category ids: the evaluation
+and Predictor glue around the detection task's parsers (numpy, no TF/JAX).
 
-Parsing never fails on a malformed sequence. `parse_tokens` (decode.mode 'grammar')
-reads whole 5-token objects from the start and stops at the first EOS or padding token.
-An object is dropped if it is cut off by the end of the sequence, has a non-coordinate
-token in a coordinate slot, or a non-class token (including "n/a") in its class slot.
-Reversed corners are swapped, and boxes are clipped to the original image.
-
-`parse_official` (decode.mode 'official') is the official Pix2Seq post-processing:
-every 5-token slot of the sequence is an object (no stop at EOS); coordinates are
-dequantised and clipped to [0, 1] of the canvas whatever their token, corners are kept
-as decoded, and boxes are not clipped to the original image; an object is dropped only
-when its class token names no category of the dataset (the official code drops
-category 0).
+The parsers (`parse_tokens` for decode.mode 'grammar', `parse_official` for 'official',
+`parse` by mode, and their `Detections`) are the detection task's (`tasks/detection.py`,
+which says how each reads a sequence); they are re-exported here. With the official
+post-processing boxes are not clipped to the original image.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from pix2seq_jax.data import coco_json
+from pix2seq_jax.tasks import detection
 from pix2seq_jax.tasks import vocab as vocab_lib
 
-
-@dataclasses.dataclass
-class Detections:
-  """Detections of one image. boxes: [K, 4] as (ymin, xmin, ymax, xmax)."""
-
-  boxes: np.ndarray  # [K, 4] float32
-  labels: np.ndarray  # [K] int32, contiguous labels
-  scores: np.ndarray  # [K] float32
-
-
-def parse_tokens(tokens: np.ndarray, vocab: vocab_lib.Vocabulary,
-                 scores: np.ndarray | None = None) -> Detections:
-  """Parses one token sequence ([L] ints) into detections with normalised boxes.
-
-  Args:
-    tokens: the generated response tokens, without the start token.
-    vocab: the vocabulary the tokens were produced with.
-    scores: optional [L] per-token scores; an object's score is the score at
-      its class token. Defaults to 1.
-  """
-  tokens = np.asarray(tokens).reshape(-1).astype(np.int64)
-  if scores is None:
-    scores = np.ones(tokens.shape, np.float32)
-  scores = np.asarray(scores, np.float32).reshape(-1)
-  stops = np.flatnonzero((tokens == vocab.eos) | (tokens == vocab.padding))
-  end = int(stops[0]) if stops.size else tokens.size
-  num_objects = end // vocab_lib.TOKENS_PER_OBJECT
-  objects = tokens[:num_objects * vocab_lib.TOKENS_PER_OBJECT].reshape(
-      num_objects, vocab_lib.TOKENS_PER_OBJECT)
-  object_scores = scores[:num_objects * vocab_lib.TOKENS_PER_OBJECT].reshape(
-      num_objects, vocab_lib.TOKENS_PER_OBJECT)[:, 4]
-  coord_tokens, class_tokens = objects[:, :4], objects[:, 4]
-  labels = vocab.label_of_token(class_tokens)
-  valid = vocab.is_coord(coord_tokens).all(axis=1) & (labels >= 0)
-  coords = vocab.bin_to_coord(coord_tokens[valid] - vocab.coord_offset).astype(np.float32)
-  coords = coords.reshape(-1, 4)
-  boxes = np.stack([
-      np.minimum(coords[:, 0], coords[:, 2]), np.minimum(coords[:, 1], coords[:, 3]),
-      np.maximum(coords[:, 0], coords[:, 2]), np.maximum(coords[:, 1], coords[:, 3]),
-  ], axis=1)
-  return Detections(
-      boxes=boxes.astype(np.float32),
-      labels=labels[valid].astype(np.int32),
-      scores=object_scores[valid].astype(np.float32))
-
-
-def parse_official(tokens: np.ndarray, vocab: vocab_lib.Vocabulary,
-                   scores: np.ndarray | None = None) -> Detections:
-  """Parses one sequence ([L] ints, class slots holding the best class token, as
-  `decoding.detection_outputs` in official mode) as the official post-processing."""
-  tokens = np.asarray(tokens).reshape(-1).astype(np.int64)
-  scores = (np.ones(tokens.shape, np.float32) if scores is None
-            else np.asarray(scores, np.float32).reshape(-1))
-  num_objects = tokens.size // vocab_lib.TOKENS_PER_OBJECT
-  objects = tokens[:num_objects * vocab_lib.TOKENS_PER_OBJECT].reshape(num_objects, -1)
-  object_scores = scores[:num_objects * vocab_lib.TOKENS_PER_OBJECT].reshape(
-      num_objects, -1)[:, 4]
-  labels = vocab.label_of_token(objects[:, 4])
-  coords = np.clip(vocab.bin_to_coord((objects[:, :4] - vocab.coord_offset).astype(np.float32)),
-                   0.0, 1.0)
-  valid = labels >= 0
-  return Detections(boxes=coords[valid].astype(np.float32),
-                    labels=labels[valid].astype(np.int32),
-                    scores=object_scores[valid].astype(np.float32))
-
-
-def parse(tokens: np.ndarray, vocab: vocab_lib.Vocabulary, scores: np.ndarray | None = None,
-          mode: str = 'grammar') -> Detections:
-  """`parse_tokens` or `parse_official` by `decode.mode`."""
-  return (parse_official if mode == 'official' else parse_tokens)(tokens, vocab, scores)
+Detections = detection.Detections
+parse_tokens = detection.parse_tokens
+parse_official = detection.parse_official
+parse = detection.parse
 
 
 def to_original_pixels(boxes: np.ndarray, canvas_size: int, scale: float,
@@ -122,7 +47,7 @@ def detections_in_pixels(tokens: np.ndarray, scores: np.ndarray, vocab: vocab_li
                          decimals: int | None = 2) -> list[dict]:
   """One decoded row -> [{category_id, category_name, bbox [x, y, w, h] px, score}].
 
-  `tokens`, `scores`: [L] from `decoding.detection_outputs`; `scale` and `original_size`
+  `tokens`, `scores`: [L] from `DetectionTask.outputs`; `scale` and `original_size`
   say how the image was put on its canvas (`data/canvas.py`). Category ids are the
   annotation file's; boxes are rounded to `decimals` digits of a pixel (None: not rounded).
   """

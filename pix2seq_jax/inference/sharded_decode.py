@@ -15,13 +15,14 @@ from pix2seq_jax.config import resolve
 from pix2seq_jax.inference import decoding
 from pix2seq_jax.parallel import mesh as mesh_lib
 from pix2seq_jax.runtime import jit_cache, precision, xla_cpu_flags
+from pix2seq_jax.tasks import detection
 from pix2seq_jax.tasks import vocab as vocab_lib
 
 
 class DecodeFn:
   """(params, batch_stats, images [B, H, W, 3], step) -> (tokens [B, L], scores [B, L]).
 
-  The outputs are `decoding.detection_outputs`, ready for `detections.parse`,
+  The outputs are the detection task's (`DetectionTask.outputs`), ready for `detections.parse`,
   sharded over the batch like the images. Parameters may come replicated or sharded
   (train.shard_params): they are gathered inside. Each new image shape is compiled once,
   ahead of time, for the parameters' placement at that first call (with the inference
@@ -65,12 +66,14 @@ class DecodeFn:
 def _jitted_decode(graphdef: nnx.GraphDef, vocab: vocab_lib.Vocabulary, mesh: Mesh,
                    length: int, temperature: float, top_k: int, top_p: float,
                    score: str, mode: str, matmul_precision: str) -> Callable:
+  task = detection.DetectionTask(vocab, mode, score)
+
   def run(params, batch_stats, images, rng):
     params, batch_stats = mesh_lib.gathered((params, batch_stats), mesh)
     model = nnx.merge(graphdef, params, batch_stats)
-    state = decoding.decode(model, images, vocab, length=length, temperature=temperature,
+    state = decoding.decode(model, images, task, length=length, temperature=temperature,
                             top_k=top_k, top_p=top_p, rng=rng, mode=mode)
-    return decoding.detection_outputs(state, vocab, score, mode)
+    return task.outputs(state.tokens, state.token_probs, state.task_state)
 
   return jax.jit(precision.traced(run, matmul_precision),
                  in_shardings=(None, None, mesh_lib.batch_sharded(mesh),

@@ -1,6 +1,6 @@
 """The token vocabulary: the one definition shared by the data pipeline and the decoder.
 
-Two layouts (`config.model.vocabulary`):
+Three layouts (`config.model.vocabulary`):
 
 'compact' (training from scratch; ids):
   0                      padding
@@ -17,6 +17,15 @@ Two layouts (`config.model.vocabulary`):
   100 + category id      class tokens: 100 .. 999 (the dataset's own category ids)
   1000 + bin             coordinate bins 0..B-1 (B <= 2000)
   1000 + B .. 2999       unused here (the official text tokens start at 3000)
+
+'official_multitask' (the official multi-task model's, `configs/config_multi_task.py`:
+`vocab_size=35000`, `coord_vocab_shift=1000`, `text_vocab_shift=3000`; 35000 ids): the
+official layout above, and
+  10 / 11 / 12 / 13      the prompts of object detection / instance segmentation /
+                         keypoint detection / captioning (`prompt(task)`)
+  40                     the separator (between polygons of an instance)
+  41                     the invisible point (a keypoint that is not visible)
+  3000 + piece id        text tokens (sentencepiece ids 0 .. 31999)
 
 An object is 5 tokens: ``ymin xmin ymax xmax class``; coordinates are normalised
 to the padded square canvas and quantised as ``round(v * (B - 1))``. A target
@@ -40,20 +49,37 @@ NOISE_CLASS = 3
 CLASS_OFFSET = 4
 TOKENS_PER_OBJECT = 5
 
-LAYOUTS = ('compact', 'official')
+LAYOUTS = ('compact', 'official', 'official_multitask')
+# The layouts that share the official code's ids (padding ends a sequence, class = 100 + id).
+OFFICIAL_LAYOUTS = ('official', 'official_multitask')
 # The official layout (the official code's vocab.py and config_det_finetune.py).
 OFFICIAL_PROMPT = 10
 OFFICIAL_FAKE_CLASS = 30
 OFFICIAL_CLASS_OFFSET = 100
 OFFICIAL_COORD_OFFSET = 1000
 OFFICIAL_SIZE = 3000
+# The official multi-task layout (vocab.py and configs/config_multi_task.py's vocab_id,
+# vocab_size and text_vocab_shift).
+OFFICIAL_PROMPTS = {'object_detection': OFFICIAL_PROMPT, 'instance_segmentation': 11,
+                    'keypoint_detection': 12, 'captioning': 13}
+OFFICIAL_SEPARATOR = 40
+OFFICIAL_INVISIBLE = 41
+OFFICIAL_TEXT_OFFSET = 3000
+OFFICIAL_MULTITASK_SIZE = 35000
+# In-graph point arrays (data/geometry.py, data/instance_sequences.py) mark what is not a
+# coordinate with these floats, as the official code does: padding after an object's
+# last point, the separator between two polygons of one object, an invisible keypoint
+# (they become the padding, separator and invisible tokens).
+POINT_PADDING = -1.0
+POINT_SEPARATOR = -2.0
+POINT_INVISIBLE = -3.0
 
 
 @dataclasses.dataclass(frozen=True)
 class Vocabulary:
   """Token ids for a dataset with `num_classes` classes and `num_bins` coordinate bins.
 
-  `layout='official'` needs `category_ids` (the category id of each contiguous label,
+  The official layouts need `category_ids` (the category id of each contiguous label,
   each in [0, 900)): label l's class token is 100 + category_ids[l].
   """
 
@@ -69,7 +95,7 @@ class Vocabulary:
       raise ValueError(f'num_bins must be >= 2, got {self.num_bins}.')
     if self.layout not in LAYOUTS:
       raise ValueError(f'config.model.vocabulary={self.layout!r}: use one of {LAYOUTS}.')
-    if self.layout == 'official':
+    if self.official:
       room = OFFICIAL_COORD_OFFSET - OFFICIAL_CLASS_OFFSET
       if len(self.category_ids) != self.num_classes:
         raise ValueError(f'The official vocabulary needs the {self.num_classes} classes\' '
@@ -79,13 +105,19 @@ class Vocabulary:
         raise ValueError(f'The official vocabulary has class tokens for category ids 0..'
                          f'{room - 1} only; this dataset has {bad[:5]}: use '
                          '--config.model.vocabulary=compact.')
-      if OFFICIAL_COORD_OFFSET + self.num_bins > OFFICIAL_SIZE:
+      if OFFICIAL_COORD_OFFSET + self.num_bins > OFFICIAL_TEXT_OFFSET:
         raise ValueError(f'The official vocabulary holds at most '
-                         f'{OFFICIAL_SIZE - OFFICIAL_COORD_OFFSET} bins, not {self.num_bins}.')
+                         f'{OFFICIAL_TEXT_OFFSET - OFFICIAL_COORD_OFFSET} bins, not '
+                         f'{self.num_bins}.')
 
   @property
   def official(self) -> bool:
-    return self.layout == 'official'
+    """Either official layout: their ids below 3000 mean the same."""
+    return self.layout in OFFICIAL_LAYOUTS
+
+  @property
+  def multitask(self) -> bool:
+    return self.layout == 'official_multitask'
 
   @property
   def padding(self) -> int:
@@ -113,7 +145,42 @@ class Vocabulary:
 
   @property
   def size(self) -> int:
+    if self.multitask:
+      return OFFICIAL_MULTITASK_SIZE
     return OFFICIAL_SIZE if self.official else self.coord_offset + self.num_bins
+
+  def prompt(self, task: str) -> int:
+    """The start token of `task` ('object_detection', 'instance_segmentation',
+    'keypoint_detection', 'captioning'); the other layouts have detection's only."""
+    if task not in OFFICIAL_PROMPTS:
+      raise ValueError(f'Unknown task {task!r}: use one of {list(OFFICIAL_PROMPTS)}.')
+    if task != 'object_detection' and not self.multitask:
+      raise ValueError(f'The {self.layout} vocabulary has no {task} prompt: use '
+                       '--config.model.vocabulary=official_multitask.')
+    return OFFICIAL_PROMPTS[task] if self.official else START
+
+  def _multitask_only(self, name: str) -> None:
+    if not self.multitask:
+      raise ValueError(f'The {self.layout} vocabulary has no {name}: use '
+                       '--config.model.vocabulary=official_multitask.')
+
+  @property
+  def separator(self) -> int:
+    """The token between the polygons of one instance (official_multitask)."""
+    self._multitask_only('separator token')
+    return OFFICIAL_SEPARATOR
+
+  @property
+  def invisible(self) -> int:
+    """The token of a keypoint that is not visible (official_multitask)."""
+    self._multitask_only('invisible-point token')
+    return OFFICIAL_INVISIBLE
+
+  @property
+  def text_offset(self) -> int:
+    """Text token = text_offset + sentencepiece id (official_multitask)."""
+    self._multitask_only('text tokens')
+    return OFFICIAL_TEXT_OFFSET
 
   @property
   def class_tokens(self) -> np.ndarray:
@@ -159,7 +226,7 @@ class Vocabulary:
 def for_categories(layout: str, category_ids, num_bins: int) -> Vocabulary:
   """The vocabulary of `layout` for a dataset with these category ids (label order)."""
   ids = tuple(int(c) for c in category_ids)
-  return Vocabulary(len(ids), num_bins, layout, ids if layout == 'official' else ())
+  return Vocabulary(len(ids), num_bins, layout, ids if layout in OFFICIAL_LAYOUTS else ())
 
 
 def sequence_length(max_instances: int) -> int:
