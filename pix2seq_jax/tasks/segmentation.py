@@ -1,0 +1,142 @@
+"""Instance segmentation (Pix2Seq-v2, prompt 11): response tokens -> polygons -> masks.
+
+The official post-processing (google-research/pix2seq `tasks/instance_segmentation.py`,
+`tasks/task_utils.py`), in numpy (no TensorFlow):
+  1. tokens -> floats: (t - 1000) / (bins - 1); tokens 0, 40, 41 -> -1, -2, -3 (padding,
+     separator, invisible); only the first 2 * max_points tokens count;
+  2. (y, x) normalised to the padded canvas -> original pixels: times
+     canvas_hw / unpadded_hw * orig_hw (float32, in that order), reserved values kept;
+     plus the crop offset (y, x) in pixels where the image was cropped;
+  3. split into polygons, pairs read as (x, y): stop at the first pair holding -1, start a
+     new polygon at a pair holding -2, drop empty polygons (-3 is kept as a coordinate);
+  4. each polygon -> RLE by pycocotools' `frPoly` (not `frPyObjects`, which would read a
+     4-number polygon as a box), the union of the object's polygons; no polygon -> an
+     all-zero mask;
+  5. ensembling: the mean of an object's k sampled masks, >= threshold (0.5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from pycocotools import _mask as coco_mask_ext
+from pycocotools import mask as coco_mask
+
+from pix2seq_jax.tasks import vocab as vocab_lib
+
+# The ids and point markers (tasks/vocab.py), and the official multi-task config's
+# settings of the task (configs/config_multi_task.py).
+PADDING_TOKEN = vocab_lib.PADDING
+SEPARATOR_TOKEN = vocab_lib.OFFICIAL_SEPARATOR
+INVISIBLE_TOKEN = vocab_lib.OFFICIAL_INVISIBLE
+PADDING_FLOAT = vocab_lib.POINT_PADDING
+SEPARATOR_FLOAT = vocab_lib.POINT_SEPARATOR
+INVISIBLE_FLOAT = vocab_lib.POINT_INVISIBLE
+COORD_SHIFT = vocab_lib.OFFICIAL_COORD_OFFSET
+QUANTIZATION_BINS = 1000
+MAX_POINTS = 128
+ENSEMBLE_NUM_SAMPLES = 8
+ENSEMBLE_THRESHOLD = 0.5
+
+_TOKEN_TO_FLOAT = ((PADDING_TOKEN, PADDING_FLOAT), (SEPARATOR_TOKEN, SEPARATOR_FLOAT),
+                   (INVISIBLE_TOKEN, INVISIBLE_FLOAT))
+_RESERVED = (PADDING_FLOAT, SEPARATOR_FLOAT, INVISIBLE_FLOAT)
+
+
+def tokens_to_points(tokens: np.ndarray, bins: int = QUANTIZATION_BINS,
+                     coord_shift: int = COORD_SHIFT) -> np.ndarray:
+  """Int tokens [..., K] -> float32 [..., K] normalised coordinates or -1/-2/-3."""
+  tokens = np.asarray(tokens).astype(np.int64)
+  points = (tokens - coord_shift).astype(np.float32) / np.float32(bins - 1)
+  for token, value in _TOKEN_TO_FLOAT:
+    points = np.where(tokens == token, np.float32(value), points)
+  return points.astype(np.float32)
+
+
+def _keep_reserved(new: np.ndarray, old: np.ndarray) -> np.ndarray:
+  for value in _RESERVED:
+    new = np.where(old == value, np.float32(value), new)
+  return new.astype(np.float32)
+
+
+def rescale_points(points: np.ndarray, canvas_hw: Sequence[int], unpadded_hw: Sequence[int],
+                   orig_hw: Sequence[int],
+                   crop_offset: Sequence[int] | None = None) -> np.ndarray:
+  """[..., 2P] (y, x) on the padded canvas -> original pixels (float32), reserved kept.
+
+  The sizes and offset are [2] or [..., 2] (one per row of `points`).
+
+  canvas_hw: the padded canvas (e.g. 640, 640); unpadded_hw: the resized image on it;
+  orig_hw: the image the model saw before resizing (the crop for cropped images);
+  crop_offset: (y, x) pixels of that crop in the full image, or None.
+  """
+  points = np.asarray(points, np.float32)
+  scale = (np.asarray(canvas_hw, np.float32) / np.asarray(unpadded_hw, np.float32)
+           * np.asarray(orig_hw, np.float32))  # [..., 2] (y, x)
+  pairs = points.reshape(points.shape[:-1] + (-1, 2))  # [..., P, 2]
+  scaled = _keep_reserved((pairs * scale[..., None, :]).reshape(points.shape), points)
+  if crop_offset is not None:
+    offset = np.asarray(crop_offset, np.float32)[..., None, :]  # [..., 1, 2]
+    shifted = scaled.reshape(pairs.shape) + offset
+    scaled = _keep_reserved(shifted.reshape(points.shape), scaled)
+  return scaled
+
+
+def split_polygons(points_yx: np.ndarray) -> list[list[float]]:
+  """Flat (y, x) points (pixels, -1/-2 markers) -> polygons as flat [x y x y ...] lists."""
+  pts = np.asarray(points_yx, np.float32).reshape(-1, 2)[:, ::-1]  # [P, 2] (x, y)
+  polygons: list[list[float]] = [[]]
+  for x, y in pts.tolist():
+    if x == PADDING_FLOAT or y == PADDING_FLOAT:
+      break
+    if x == SEPARATOR_FLOAT or y == SEPARATOR_FLOAT:
+      polygons.append([])
+    else:
+      polygons[-1] += [x, y]
+  return [p for p in polygons if p]
+
+
+def polygons_to_rle(polygons: list[list[float]], height: int, width: int) -> dict:
+  """Polygons (pixels, [x y ...]) -> one COCO RLE, the union; {'size': [0, 0]} if none."""
+  rles = coco_mask_ext.frPoly(polygons, height, width)
+  return coco_mask.merge(rles)
+
+
+def rle_to_mask(rle: dict, height: int, width: int) -> np.ndarray:
+  """COCO RLE -> uint8 [height, width]; the empty RLE of no polygon -> zeros."""
+  mask = coco_mask.decode(rle)
+  if mask.shape[0] == 0:
+    return np.zeros([height, width], np.uint8)
+  return mask.astype(np.uint8)
+
+
+def decode_instance_mask(tokens: np.ndarray, canvas_hw: Sequence[int],
+                         unpadded_hw: Sequence[int], orig_hw: Sequence[int],
+                         mask_hw: Sequence[int] | None = None,
+                         crop_offset: Sequence[int] | None = None,
+                         max_points: int = MAX_POINTS, bins: int = QUANTIZATION_BINS,
+                         coord_shift: int = COORD_SHIFT) -> tuple[dict, list[list[float]]]:
+  """One sampled response (tokens after the 6-token prompt) -> (RLE, polygons in pixels).
+
+  mask_hw: the mask's size (the full image's); defaults to orig_hw.
+  """
+  points = tokens_to_points(np.asarray(tokens)[:2 * max_points], bins, coord_shift)
+  pixels = rescale_points(points, canvas_hw, unpadded_hw, orig_hw, crop_offset)
+  polygons = split_polygons(pixels)
+  h, w = (orig_hw if mask_hw is None else mask_hw)
+  return polygons_to_rle(polygons, int(h), int(w)), polygons
+
+
+def ensemble_masks(masks: Sequence[np.ndarray], num_samples: int = ENSEMBLE_NUM_SAMPLES,
+                   threshold: float = ENSEMBLE_THRESHOLD) -> list[np.ndarray]:
+  """Masks [objects * num_samples] (an object's samples adjacent) -> bool mask per object:
+  mean of its samples >= threshold."""
+  if len(masks) % num_samples:
+    raise ValueError(f'{len(masks)} masks is not a multiple of {num_samples} samples')
+  out = []
+  for start in range(0, len(masks), num_samples):
+    group = masks[start:start + num_samples]
+    total = np.sum([np.asarray(m, np.float64) for m in group], axis=0)
+    out.append(total / float(num_samples) >= threshold)
+  return out
