@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from pix2seq_jax.data import coco_json, geometry, instance_annotations, transforms
+from tests import tiny
 from tests.tiny import shared_path
 
 SEED = tf.constant([7, 11], tf.int64)
@@ -68,13 +69,7 @@ CASES = {
 
 @pytest.mark.parametrize('name', sorted(CASES))
 def test_eager_equals_in_dataset(name):
-  fn, args = CASES[name]
-  eager = fn(*args)
-  if args:
-    ds = tf.data.Dataset.from_tensors(args).map(lambda *a: fn(*a))
-  else:
-    ds = tf.data.Dataset.range(1).map(lambda _: fn())
-  in_dataset = next(iter(ds))
+  eager, in_dataset = tiny.eager_and_in_dataset(*CASES[name])
   tf.nest.map_structure(lambda a, b: np.testing.assert_array_equal(a.numpy(), b.numpy()),
                         eager, in_dataset)
 

@@ -18,6 +18,7 @@ from pycocotools import mask as coco_mask
 from pix2seq_jax.data import instance_sequences as iseq
 from pix2seq_jax.tasks import keypoints as kp_task
 from pix2seq_jax.tasks import segmentation as seg_task
+from pix2seq_jax.tasks import vocab as vocab_lib
 from tests.tiny import ROOT
 
 FIXTURE = os.path.join(ROOT, 'tests', 'fixtures', 'official_tasks')
@@ -42,16 +43,16 @@ def kp():
 
 def test_constants_match_official(official):
   v, m = official['vocab'], official['model']
-  assert (iseq.PADDING_TOKEN, iseq.SEPARATOR_TOKEN, iseq.INVISIBLE_TOKEN, iseq.CLASS_SHIFT) \
-      == (v['PADDING_TOKEN'], v['SEPARATOR_TOKEN'], v['INVISIBLE_TOKEN'], v['BASE_VOCAB_SHIFT'])
-  assert (iseq.PADDING_FLOAT, iseq.SEPARATOR_FLOAT, iseq.INVISIBLE_FLOAT) \
+  assert (vocab_lib.PADDING, vocab_lib.OFFICIAL_SEPARATOR, vocab_lib.OFFICIAL_INVISIBLE,
+          vocab_lib.OFFICIAL_CLASS_OFFSET) == (v['PADDING_TOKEN'], v['SEPARATOR_TOKEN'],
+                                               v['INVISIBLE_TOKEN'], v['BASE_VOCAB_SHIFT'])
+  assert (vocab_lib.POINT_PADDING, vocab_lib.POINT_SEPARATOR, vocab_lib.POINT_INVISIBLE) \
       == (v['PADDING_FLOAT'], v['SEPARATOR_FLOAT'], v['INVISIBLE_FLOAT'])
-  assert (iseq.COORD_SHIFT, iseq.TEXT_SHIFT, iseq.VOCAB_SIZE) \
-      == (m['coord_vocab_shift'], m['text_vocab_shift'], m['vocab_size'])
+  assert (vocab_lib.OFFICIAL_COORD_OFFSET, vocab_lib.OFFICIAL_TEXT_OFFSET,
+          vocab_lib.OFFICIAL_MULTITASK_SIZE) == (m['coord_vocab_shift'], m['text_vocab_shift'],
+                                                 m['vocab_size'])
   ids = official['task_vocab_ids']
-  assert (iseq.PROMPT_DETECTION, iseq.PROMPT_SEGMENTATION, iseq.PROMPT_KEYPOINTS,
-          iseq.PROMPT_CAPTIONING) == (ids['object_detection'], ids['instance_segmentation'],
-                                      ids['keypoint_detection'], ids['captioning'])
+  assert vocab_lib.OFFICIAL_PROMPTS == {name: ids[name] for name in vocab_lib.OFFICIAL_PROMPTS}
   s, k = official['segmentation'], official['keypoints']
   assert (iseq.QUANTIZATION_BINS, iseq.SEGMENTATION_MAX_POINTS, iseq.SEGMENTATION_EOS_WEIGHT) \
       == (s['quantization_bins'], s['max_points_per_object'], s['eos_token_weight'])
@@ -115,7 +116,7 @@ def test_keypoint_sequences_eager_and_corrupted(kp):
   drawn, _, _ = iseq.build_keypoint_sequences(*args, corrupt=True)
   changed = np.asarray(drawn) != kp['input_seq']
   assert not changed[..., :iseq.PROMPT_LEN].any()
-  assert (np.asarray(drawn)[changed] == iseq.INVISIBLE_TOKEN).all()
+  assert (np.asarray(drawn)[changed] == vocab_lib.OFFICIAL_INVISIBLE).all()
 
 
 def test_keypoint_sequences_in_dataset_map(kp):
@@ -134,9 +135,9 @@ def test_planted_errors_are_caught(seg, monkeypatch):
   _, target, _ = iseq.build_segmentation_sequences(
       tf.constant(seg['bbox']), tf.constant(seg['label']), tf.constant(swapped))
   assert not np.array_equal(np.asarray(target), seg['target_seq'])
-  monkeypatch.setattr(iseq, '_FLOAT_TO_TOKEN', ((iseq.PADDING_FLOAT, 0),
-                                                 (iseq.SEPARATOR_FLOAT, 39),
-                                                 (iseq.INVISIBLE_FLOAT, 41)))
+  monkeypatch.setattr(iseq, '_FLOAT_TO_TOKEN', ((vocab_lib.POINT_PADDING, 0),
+                                                 (vocab_lib.POINT_SEPARATOR, 39),
+                                                 (vocab_lib.POINT_INVISIBLE, 41)))
   _, target, _ = iseq.build_segmentation_sequences(
       tf.constant(seg['bbox']), tf.constant(seg['label']), tf.constant(seg['polygon']))
   assert not np.array_equal(np.asarray(target), seg['target_seq'])

@@ -10,6 +10,7 @@ from PIL import Image
 
 from pix2seq_jax.data import canvas, sequences, transforms
 from pix2seq_jax.tasks import vocab as vocab_lib
+from tests import tiny
 
 SEED = tf.constant([7, 11], tf.int64)
 
@@ -74,13 +75,7 @@ CASES = {
 
 @pytest.mark.parametrize('name', sorted(CASES))
 def test_eager_equals_in_dataset(name):
-  fn, args = CASES[name]
-  eager = fn(*args)
-  if args:
-    ds = tf.data.Dataset.from_tensors(args).map(lambda *a: fn(*a))
-  else:
-    ds = tf.data.Dataset.range(1).map(lambda _: fn())
-  in_dataset = next(iter(ds))
+  eager, in_dataset = tiny.eager_and_in_dataset(*CASES[name])
   tf.nest.map_structure(lambda a, b: np.testing.assert_allclose(a.numpy(), b.numpy()),
                         eager, in_dataset)
 

@@ -156,3 +156,15 @@ def run_main(*argv: str) -> int:
   except SystemExit as stop:
     return stop.code
   return 0
+
+
+def eager_and_in_dataset(fn, args: tuple):
+  """(fn(*args) run eagerly, the same inside a tf.data map): each tf.data transform is
+  tested both ways. `args` () runs fn in a one-element dataset of no inputs."""
+  import tensorflow as tf  # noqa: PLC0415 (only the tf.data tests need it)
+  eager = fn(*args)
+  if args:
+    ds = tf.data.Dataset.from_tensors(args).map(lambda *a: fn(*a))
+  else:
+    ds = tf.data.Dataset.range(1).map(lambda _: fn())
+  return eager, next(iter(ds))

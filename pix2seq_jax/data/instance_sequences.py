@@ -21,12 +21,13 @@ In-graph representation (the official one; what augmentations must keep):
   label       int [..., n]         the COCO category id (1 = person); 0 = padding object;
   polygon     float32 [..., n, 2 * 128]  flat (y, x) pairs normalised like bbox, the
               object's COCO polygons one after another, a pair (-2, -2) between two
-              polygons (SEPARATOR_FLOAT), then (-1, -1) padding (PADDING_FLOAT) up to 128
-              pairs; longer objects are cut at 256 floats (no subsampling, possibly
-              mid-polygon). Padding objects (rows added to reach n) are all 0.0, the
-              official `truncate_or_pad_to_max_instances` / `padded_batch` value.
+              polygons, then (-1, -1) padding up to 128 pairs (tasks/vocab.py's
+              POINT_SEPARATOR and POINT_PADDING); longer objects are cut at 256
+              floats (no subsampling, possibly mid-polygon). Padding objects (rows
+              added to reach n) are all 0.0, the official
+              `truncate_or_pad_to_max_instances` / `padded_batch` value.
   keypoints   float32 [..., n, 2 * 17]   flat (y, x) pairs normalised like bbox; a point
-              labelled v = 0 in COCO is (-3, -3) (INVISIBLE_FLOAT); v = 1 and v = 2 both
+              labelled v = 0 in COCO is (-3, -3) (POINT_INVISIBLE); v = 1 and v = 2 both
               keep their coordinates. A person without keypoint annotation is all -1.
 Reserved values (-1, -2, -3) are never scaled or shifted: a geometric transform must
 restore them from the untransformed tensor (the official `preserve_reserved_tokens`).
@@ -50,21 +51,6 @@ import tensorflow as tf
 
 from pix2seq_jax.tasks import vocab as vocab_lib
 
-# The multi-task vocabulary's ids and point markers (defined in tasks/vocab.py).
-PROMPT_DETECTION = vocab_lib.OFFICIAL_PROMPTS['object_detection']
-PROMPT_SEGMENTATION = vocab_lib.OFFICIAL_PROMPTS['instance_segmentation']
-PROMPT_KEYPOINTS = vocab_lib.OFFICIAL_PROMPTS['keypoint_detection']
-PROMPT_CAPTIONING = vocab_lib.OFFICIAL_PROMPTS['captioning']
-PADDING_TOKEN = vocab_lib.PADDING
-SEPARATOR_TOKEN = vocab_lib.OFFICIAL_SEPARATOR
-INVISIBLE_TOKEN = vocab_lib.OFFICIAL_INVISIBLE
-CLASS_SHIFT = vocab_lib.OFFICIAL_CLASS_OFFSET
-COORD_SHIFT = vocab_lib.OFFICIAL_COORD_OFFSET
-TEXT_SHIFT = vocab_lib.OFFICIAL_TEXT_OFFSET
-VOCAB_SIZE = vocab_lib.OFFICIAL_MULTITASK_SIZE
-PADDING_FLOAT = vocab_lib.POINT_PADDING
-SEPARATOR_FLOAT = vocab_lib.POINT_SEPARATOR
-INVISIBLE_FLOAT = vocab_lib.POINT_INVISIBLE
 # The official multi-task config's settings of the two tasks
 # (configs/config_multi_task.py).
 QUANTIZATION_BINS = 1000
@@ -75,8 +61,10 @@ KEYPOINTS_EOS_WEIGHT = 0.0  # configs/config_multi_task.py:131
 KEYPOINTS_INVISIBLE_WEIGHT = 0.1  # configs/config_multi_task.py:130
 PROMPT_LEN = 6  # prompt, 4 box tokens, class
 
-_FLOAT_TO_TOKEN = ((PADDING_FLOAT, PADDING_TOKEN), (SEPARATOR_FLOAT, SEPARATOR_TOKEN),
-                   (INVISIBLE_FLOAT, INVISIBLE_TOKEN))
+# Point markers -> the tokens they become (tasks/vocab.py).
+_FLOAT_TO_TOKEN = ((vocab_lib.POINT_PADDING, vocab_lib.PADDING),
+                   (vocab_lib.POINT_SEPARATOR, vocab_lib.OFFICIAL_SEPARATOR),
+                   (vocab_lib.POINT_INVISIBLE, vocab_lib.OFFICIAL_INVISIBLE))
 
 
 def coco_polygon_points(segmentation: Sequence[Sequence[float]], height: int, width: int,
@@ -89,14 +77,14 @@ def coco_polygon_points(segmentation: Sequence[Sequence[float]], height: int, wi
   flat: list[float] = []
   for i, poly in enumerate(segmentation):
     if i:
-      flat += [SEPARATOR_FLOAT, SEPARATOR_FLOAT]
+      flat += [vocab_lib.POINT_SEPARATOR, vocab_lib.POINT_SEPARATOR]
     flat += list(poly)
-  xy = np.full([2 * max_points], PADDING_FLOAT, np.float32)
+  xy = np.full([2 * max_points], vocab_lib.POINT_PADDING, np.float32)
   flat_np = np.asarray(flat[:2 * max_points], np.float32)
   xy[:flat_np.shape[0]] = flat_np
   yx = xy.reshape(max_points, 2)[:, ::-1]  # [max_points, 2] (y, x)
   scaled = yx * (np.float32(1.0) / np.array([height, width], np.float32))
-  reserved = (yx == PADDING_FLOAT) | (yx == SEPARATOR_FLOAT)
+  reserved = (yx == vocab_lib.POINT_PADDING) | (yx == vocab_lib.POINT_SEPARATOR)
   return np.where(reserved, yx, scaled).reshape(-1).astype(np.float32)
 
 
@@ -107,10 +95,10 @@ def coco_keypoint_points(keypoints: Sequence[float] | None, height: int,
   `None` (a person without keypoint annotation) -> all -1, as the official TFRecord.
   """
   if keypoints is None:
-    return np.full([2 * KEYPOINTS_MAX_POINTS], PADDING_FLOAT, np.float32)
+    return np.full([2 * KEYPOINTS_MAX_POINTS], vocab_lib.POINT_PADDING, np.float32)
   kp = np.asarray(keypoints, np.float32).reshape(-1, 3)  # [17, 3] (x, y, v)
   yx = kp[:, [1, 0]] * (np.float32(1.0) / np.array([height, width], np.float32))
-  yx = np.where(kp[:, 2:3] == 0, np.float32(INVISIBLE_FLOAT), yx)
+  yx = np.where(kp[:, 2:3] == 0, np.float32(vocab_lib.POINT_INVISIBLE), yx)
   return yx.reshape(-1).astype(np.float32)
 
 
@@ -122,11 +110,11 @@ def quantize(coords: tf.Tensor, bins: int = QUANTIZATION_BINS) -> tf.Tensor:
 
 def build_instance_prompt(prompt: int, bbox: tf.Tensor, label: tf.Tensor,
                           bins: int = QUANTIZATION_BINS,
-                          coord_shift: int = COORD_SHIFT) -> tf.Tensor:
+                          coord_shift: int = vocab_lib.OFFICIAL_COORD_OFFSET) -> tf.Tensor:
   """[..., n, 4] boxes, [..., n] labels -> int64 [..., n, 6] (prompt, box, class); 0 if pad."""
   label = tf.cast(label, tf.int64)
   box = quantize(bbox, bins) + coord_shift  # [..., n, 4]
-  cls = (label + CLASS_SHIFT)[..., tf.newaxis]  # [..., n, 1]
+  cls = (label + vocab_lib.OFFICIAL_CLASS_OFFSET)[..., tf.newaxis]  # [..., n, 1]
   head = tf.zeros_like(cls) + prompt
   seq = tf.concat([head, box, cls], -1)  # [..., n, 6]
   return tf.where((label == 0)[..., tf.newaxis], tf.zeros_like(seq), seq)
@@ -134,7 +122,7 @@ def build_instance_prompt(prompt: int, bbox: tf.Tensor, label: tf.Tensor,
 
 def build_points_response(points: tf.Tensor, label: tf.Tensor,
                           bins: int = QUANTIZATION_BINS,
-                          coord_shift: int = COORD_SHIFT) -> tf.Tensor:
+                          coord_shift: int = vocab_lib.OFFICIAL_COORD_OFFSET) -> tf.Tensor:
   """[..., n, K] flat (y, x) points -> int64 [..., n, K] tokens; reserved floats -> 0/40/41."""
   tokens = quantize(points, bins) + coord_shift
   for value, token in _FLOAT_TO_TOKEN:
@@ -163,20 +151,21 @@ def _build(prompt: int, bbox, label, points, bins, coord_shift, max_points, eos_
   weights = tf.concat([tf.zeros_like(prompt_seq[..., 1:], tf.float32),
                        tf.ones_like(response, tf.float32)], -1)  # [..., n, 5 + K]
   if invisible_weight is not None:
-    weights = tf.where(target_seq[..., :weights.shape[-1]] == INVISIBLE_TOKEN,
+    weights = tf.where(target_seq[..., :weights.shape[-1]] == vocab_lib.OFFICIAL_INVISIBLE,
                        tf.cast(invisible_weight, tf.float32), weights)
   real = (tf.cast(label, tf.int64) > 0)[..., tf.newaxis]
   weights = tf.where(real, weights, tf.zeros_like(weights))
   weights = _pad_last(weights, max_seq_len)
-  weights = tf.where(target_seq == PADDING_TOKEN, tf.cast(eos_weight, tf.float32), weights)
+  weights = tf.where(target_seq == vocab_lib.PADDING, tf.cast(eos_weight, tf.float32), weights)
   return prompt_seq, response, input_seq, target_seq, weights
 
 
 def build_segmentation_sequences(
     bbox: tf.Tensor, label: tf.Tensor, polygon: tf.Tensor, *,
-    bins: int = QUANTIZATION_BINS, coord_shift: int = COORD_SHIFT,
+    bins: int = QUANTIZATION_BINS, coord_shift: int = vocab_lib.OFFICIAL_COORD_OFFSET,
     max_points: int = SEGMENTATION_MAX_POINTS, eos_weight: float = SEGMENTATION_EOS_WEIGHT,
-    prompt: int = PROMPT_SEGMENTATION) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    prompt: int = vocab_lib.OFFICIAL_PROMPTS['instance_segmentation'],
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
   """bbox [..., n, 4], label [..., n], polygon [..., n, 2 * max_points] -> (input int64,
   target int64, weights float32), each [..., n, 5 + 2 * max_points]."""
   _, _, input_seq, target_seq, weights = _build(
@@ -192,16 +181,17 @@ def corrupt_keypoint_input(input_seq: tf.Tensor, ratio: tf.Tensor,
   """
   keep = tf.zeros_like(input_seq[..., :PROMPT_LEN], tf.bool)
   mask = tf.concat([keep, noise < tf.cast(ratio, noise.dtype)], -1)  # [..., n, L]
-  return tf.where(mask, tf.constant(INVISIBLE_TOKEN, input_seq.dtype), input_seq)
+  return tf.where(mask, tf.constant(vocab_lib.OFFICIAL_INVISIBLE, input_seq.dtype), input_seq)
 
 
 def build_keypoint_sequences(
     bbox: tf.Tensor, label: tf.Tensor, keypoints: tf.Tensor, *,
-    bins: int = QUANTIZATION_BINS, coord_shift: int = COORD_SHIFT,
+    bins: int = QUANTIZATION_BINS, coord_shift: int = vocab_lib.OFFICIAL_COORD_OFFSET,
     max_points: int = KEYPOINTS_MAX_POINTS, eos_weight: float = KEYPOINTS_EOS_WEIGHT,
     invisible_weight: float = KEYPOINTS_INVISIBLE_WEIGHT, corrupt: bool = False,
     ratio: tf.Tensor | None = None, noise: tf.Tensor | None = None,
-    prompt: int = PROMPT_KEYPOINTS) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    prompt: int = vocab_lib.OFFICIAL_PROMPTS['keypoint_detection'],
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
   """bbox [..., n, 4], label [..., n], keypoints [..., n, 2 * max_points] -> (input,
   target, weights), each [..., n, 5 + 2 * max_points].
 

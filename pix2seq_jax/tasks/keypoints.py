@@ -25,10 +25,8 @@ import numpy as np
 from pix2seq_jax.tasks import segmentation
 from pix2seq_jax.tasks import vocab as vocab_lib
 
-# The invisible point's marker (tasks/vocab.py), and the official multi-task config's
-# settings of the task (configs/config_multi_task.py: max_points_per_object,
-# points_score_weight).
-INVISIBLE_FLOAT = vocab_lib.POINT_INVISIBLE
+# The official multi-task config's settings of the task (configs/config_multi_task.py:
+# max_points_per_object, points_score_weight).
 NUM_KEYPOINTS = 17
 POINTS_SCORE_WEIGHT = 1.0
 PERSON_CLASS = 1
@@ -38,7 +36,7 @@ def decode_keypoints(tokens: np.ndarray, box_yxyx: np.ndarray, canvas_hw: Sequen
                      unpadded_hw: Sequence[int], orig_hw: Sequence[int],
                      crop_offset: Sequence[int] | None = None,
                      bins: int = segmentation.QUANTIZATION_BINS,
-                     coord_shift: int = segmentation.COORD_SHIFT) -> np.ndarray:
+                     coord_shift: int = vocab_lib.OFFICIAL_COORD_OFFSET) -> np.ndarray:
   """Response tokens [..., >= 34] and boxes [..., 4] (ymin, xmin, ymax, xmax, normalised
   to the canvas) -> float32 [..., 17, 3] (x, y, v) in original pixels."""
   tokens = np.asarray(tokens)[..., :2 * NUM_KEYPOINTS]
@@ -47,10 +45,10 @@ def decode_keypoints(tokens: np.ndarray, box_yxyx: np.ndarray, canvas_hw: Sequen
   centre = np.stack([(box[..., 2] + box[..., 0]) / np.float32(2),
                      (box[..., 3] + box[..., 1]) / np.float32(2)], -1)  # [..., 2]
   centre = np.tile(centre, NUM_KEYPOINTS)  # [..., 34]
-  points = np.where(points == INVISIBLE_FLOAT, centre, points).astype(np.float32)
+  points = np.where(points == vocab_lib.POINT_INVISIBLE, centre, points).astype(np.float32)
   pixels = segmentation.rescale_points(points, canvas_hw, unpadded_hw, orig_hw, crop_offset)
   yx = pixels.reshape(pixels.shape[:-1] + (NUM_KEYPOINTS, 2))
-  hidden = np.any(yx == INVISIBLE_FLOAT, axis=-1, keepdims=True)
+  hidden = np.any(yx == vocab_lib.POINT_INVISIBLE, axis=-1, keepdims=True)
   v = np.where(hidden, np.float32(0), np.float32(1))
   return np.concatenate([yx[..., 1:2], yx[..., 0:1], v], -1).astype(np.float32)
 
@@ -69,7 +67,7 @@ def keypoint_scores(tokens: np.ndarray, logits: np.ndarray, box_scores: np.ndarr
   probs = np.exp(shifted)
   probs /= probs.sum(-1, keepdims=True)  # [n, T, V]
   chosen = np.take_along_axis(probs, tokens[..., None], -1)[..., 0]  # [n, T]
-  weight = (tokens != segmentation.PADDING_TOKEN).astype(np.float32)
+  weight = (tokens != vocab_lib.PADDING).astype(np.float32)
   points_score = (chosen * weight).sum(-1) / weight.sum(-1)
   scores = (points_score_weight * points_score
             + (1 - points_score_weight) * np.asarray(box_scores, np.float32))

@@ -25,27 +25,21 @@ from pycocotools import mask as coco_mask
 
 from pix2seq_jax.tasks import vocab as vocab_lib
 
-# The ids and point markers (tasks/vocab.py), and the official multi-task config's
-# settings of the task (configs/config_multi_task.py).
-PADDING_TOKEN = vocab_lib.PADDING
-SEPARATOR_TOKEN = vocab_lib.OFFICIAL_SEPARATOR
-INVISIBLE_TOKEN = vocab_lib.OFFICIAL_INVISIBLE
-PADDING_FLOAT = vocab_lib.POINT_PADDING
-SEPARATOR_FLOAT = vocab_lib.POINT_SEPARATOR
-INVISIBLE_FLOAT = vocab_lib.POINT_INVISIBLE
-COORD_SHIFT = vocab_lib.OFFICIAL_COORD_OFFSET
+# The official multi-task config's settings of the task (configs/config_multi_task.py).
 QUANTIZATION_BINS = 1000
 MAX_POINTS = 128
 ENSEMBLE_NUM_SAMPLES = 8
 ENSEMBLE_THRESHOLD = 0.5
 
-_TOKEN_TO_FLOAT = ((PADDING_TOKEN, PADDING_FLOAT), (SEPARATOR_TOKEN, SEPARATOR_FLOAT),
-                   (INVISIBLE_TOKEN, INVISIBLE_FLOAT))
-_RESERVED = (PADDING_FLOAT, SEPARATOR_FLOAT, INVISIBLE_FLOAT)
+# Tokens -> the point markers they stand for (tasks/vocab.py).
+_TOKEN_TO_FLOAT = ((vocab_lib.PADDING, vocab_lib.POINT_PADDING),
+                   (vocab_lib.OFFICIAL_SEPARATOR, vocab_lib.POINT_SEPARATOR),
+                   (vocab_lib.OFFICIAL_INVISIBLE, vocab_lib.POINT_INVISIBLE))
+_RESERVED = (vocab_lib.POINT_PADDING, vocab_lib.POINT_SEPARATOR, vocab_lib.POINT_INVISIBLE)
 
 
 def tokens_to_points(tokens: np.ndarray, bins: int = QUANTIZATION_BINS,
-                     coord_shift: int = COORD_SHIFT) -> np.ndarray:
+                     coord_shift: int = vocab_lib.OFFICIAL_COORD_OFFSET) -> np.ndarray:
   """Int tokens [..., K] -> float32 [..., K] normalised coordinates or -1/-2/-3."""
   tokens = np.asarray(tokens).astype(np.int64)
   points = (tokens - coord_shift).astype(np.float32) / np.float32(bins - 1)
@@ -88,9 +82,9 @@ def split_polygons(points_yx: np.ndarray) -> list[list[float]]:
   pts = np.asarray(points_yx, np.float32).reshape(-1, 2)[:, ::-1]  # [P, 2] (x, y)
   polygons: list[list[float]] = [[]]
   for x, y in pts.tolist():
-    if x == PADDING_FLOAT or y == PADDING_FLOAT:
+    if x == vocab_lib.POINT_PADDING or y == vocab_lib.POINT_PADDING:
       break
-    if x == SEPARATOR_FLOAT or y == SEPARATOR_FLOAT:
+    if x == vocab_lib.POINT_SEPARATOR or y == vocab_lib.POINT_SEPARATOR:
       polygons.append([])
     else:
       polygons[-1] += [x, y]
@@ -116,7 +110,8 @@ def decode_instance_mask(tokens: np.ndarray, canvas_hw: Sequence[int],
                          mask_hw: Sequence[int] | None = None,
                          crop_offset: Sequence[int] | None = None,
                          max_points: int = MAX_POINTS, bins: int = QUANTIZATION_BINS,
-                         coord_shift: int = COORD_SHIFT) -> tuple[dict, list[list[float]]]:
+                         coord_shift: int = vocab_lib.OFFICIAL_COORD_OFFSET,
+                         ) -> tuple[dict, list[list[float]]]:
   """One sampled response (tokens after the 6-token prompt) -> (RLE, polygons in pixels).
 
   mask_hw: the mask's size (the full image's); defaults to orig_hw.
