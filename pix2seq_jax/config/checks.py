@@ -5,6 +5,8 @@ Besides values out of range, a config may not set a field that the run would ign
   data paths of another source (coco_dir with source 'shapes', tfds_data_dir with
       'coco_files', coco_dir together with the explicit train/val paths it replaces)
   decode.top_k / decode.top_p with decode.temperature 0 (greedy decoding ignores them)
+  data.noise_objects / data.corrupt_classes with task 'instance_segmentation' (detection's
+      sequence augmentation)
 and, for fields whose defaults cannot tell "set" from "unset", a command-line override
 (`overrides`: the dotted names given as --config.X=...) that the run does not read:
   shapes_* with another source, scale_min/max without scale_jitter, noise weights
@@ -31,7 +33,7 @@ MODES = ('train', 'eval', 'predict', 'summary')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 SCHEDULES = ('linear', 'cosine')
 # What each mode reads; overrides outside these sections are refused.
-_MODE_READS = {'predict': ('decode.',), 'summary': ('data.', 'model.')}
+_MODE_READS = {'predict': ('decode.',), 'summary': ('data.', 'model.', 'task')}
 _SOURCE_FIELDS = {
     'coco_files': ('coco_dir', 'train_images', 'train_annotations', 'val_images',
                    'val_annotations'),
@@ -82,6 +84,7 @@ def validate(config: ml_collections.ConfigDict, *, mode: str = 'train',
   if data.num_bins < 2:
     raise ConfigError(f'config.data.num_bins={data.num_bins} must be at least 2.')
   _check_source_fields(data, overrides)
+  _check_task(config, mode, overrides)
   _check_decode(config, overrides)
   _check_augmentation(data, overrides)
   _check_train(config)
@@ -271,12 +274,14 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
   if model.vocabulary in vocab_lib.OFFICIAL_LAYOUTS and config.data.num_bins > room:
     raise ConfigError(f'config.data.num_bins={config.data.num_bins}: the {model.vocabulary} '
                       f'vocabulary holds at most {room} coordinate bins.')
-  needed = vocab_lib.sequence_length(config.data.max_instances)
+  needed = default.sequence_length(config)
   if model.max_seq_len and model.max_seq_len < needed:
+    of = (f'data.max_points={config.data.max_points}'
+          if config.task == 'instance_segmentation'
+          else f'data.max_instances={config.data.max_instances}')
     raise ConfigError(
         f'config.model.max_seq_len={model.max_seq_len} is shorter than the sequences of '
-        f'data.max_instances={config.data.max_instances} ({needed} tokens); raise it or set '
-        '0 (exactly the sequence length).')
+        f'{of} ({needed} tokens); raise it or set 0 (exactly the sequence length).')
   if model.init_from and model.pretrained_backbone:
     raise ConfigError('config.model.init_from and config.model.pretrained_backbone both set: '
                       'init_from loads every parameter, the backbone included; keep one.')
@@ -285,6 +290,39 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
       if not os.path.exists(os.path.join(model.init_from, name)):
         raise ConfigError(f'config.model.init_from={model.init_from!r} has no {name}: give a '
                           'training workdir or one written by pix2seq_jax.official.convert.')
+
+
+def _check_task(config: ml_collections.ConfigDict, mode: str,
+                overrides: tuple[str, ...]) -> None:
+  """config.task is one the vocabulary can prompt, with the settings its sequences read."""
+  task, data = config.task, config.data
+  if task not in default.TASKS:
+    raise ConfigError(f'config.task={task!r} is unknown; use one of {list(default.TASKS)}.')
+  if task == 'object_detection':
+    if 'data.max_points' in overrides:
+      raise ConfigError('config.data.max_points is read only with '
+                        "task='instance_segmentation'; remove it or set "
+                        '--config.task=instance_segmentation.')
+    return
+  if config.model.vocabulary != 'official_multitask':
+    raise ConfigError(
+        f'config.task={task!r} needs a prompt token per task, which only the official '
+        f'multi-task vocabulary has (model.vocabulary={config.model.vocabulary!r}); set '
+        '--config.model.vocabulary=official_multitask.')
+  if data.max_points < 1:
+    raise ConfigError(f'config.data.max_points={data.max_points} must be positive (official: '
+                      f'{default.SEGMENTATION_MAX_POINTS}).')
+  for switch in ('noise_objects', 'corrupt_classes'):
+    if data[switch]:
+      raise ConfigError(
+          f'config.data.{switch}=True is object detection\'s sequence augmentation, which '
+          f'the {task} sequences (one per object, as the official) do not have; set '
+          f'--config.data.{switch}=False.')
+  if mode in ('eval', 'predict'):
+    raise ConfigError(
+        f'--mode={mode} with config.task={task!r}: decoding and scoring polygons are not '
+        'implemented yet; training logs the teacher-forced val loss (eval/val_loss) at each '
+        'evaluation. Use --mode=train.')
 
 
 def _check_decode(config: ml_collections.ConfigDict, overrides: tuple[str, ...]) -> None:

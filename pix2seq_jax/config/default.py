@@ -11,12 +11,38 @@ import ml_collections
 # The values decode.mode and decode.score take (inference/decoding.py implements them).
 DECODE_MODES = ('grammar', 'official')
 SCORE_MODES = ('class', 'class_x_coords')
+# The values config.task takes: what the model is trained to write for each image.
+TASKS = ('object_detection', 'instance_segmentation')
+# The official multi-task model's setting of each instance task
+# (google-research/pix2seq configs/config_multi_task.py).
+SEGMENTATION_MAX_POINTS = 128  # config_multi_task.py:83, max_points_per_object
+SEGMENTATION_MAX_INSTANCES = 10  # config_multi_task.py:81, max_instances_per_image
+SEGMENTATION_EOS_WEIGHT = 1.0  # config_multi_task.py:93, eos_token_weight
+SEGMENTATION_SCALE_MAX = 1.0  # transform_configs.py:86, jitter_scale_max of segmentation
+
+
+def sequence_length(config: ml_collections.ConfigDict) -> int:
+  """Tokens in one decoder input (and target) sequence of `config.task`.
+
+  object_detection: 5 per object of `data.max_instances`, plus EOS (one sequence per
+  image); instance_segmentation: prompt-conditioned box and class (5 targets) then 2 per
+  polygon point of `data.max_points` (one sequence per object, the official
+  `max_seq_len = 5 + 2 * max_points_per_object`).
+  """
+  if config.get('task', TASKS[0]) == 'instance_segmentation':
+    return 5 + 2 * config.data.max_points
+  return 5 * config.data.max_instances + 1
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # Seed of parameter init, data order, augmentation and dropout.
   config.seed = 0
+  # What the model learns to write: 'object_detection' (one sequence of boxes and classes
+  # per image) or 'instance_segmentation' (Pix2Seq-v2: one sequence per object, its
+  # polygon given its box and class; needs model.vocabulary='official_multitask' and
+  # COCO polygons; the image is encoded once for all its objects' sequences).
+  config.task = 'object_detection'
 
   config.data = data = ml_collections.ConfigDict()
   # Where the data comes from: 'shapes' (synthetic, generated on first use),
@@ -43,10 +69,17 @@ def get_config() -> ml_collections.ConfigDict:
   # Side of the square canvas images are resized (longest side) and padded to.
   data.image_size = 640
   # Most objects in one sequence; more are dropped (after shuffling, when training).
+  # instance_segmentation: the objects (each its own sequence) per image, padded with
+  # empty sequences up to it (the official multi-task config has 10).
   data.max_instances = 100
+  # instance_segmentation: polygon points per object at most (an object's polygons one
+  # after another, a separator point between two); longer ones are cut, as the official.
+  data.max_points = SEGMENTATION_MAX_POINTS
   # Coordinate quantisation bins.
   data.num_bins = 1000
   # Loss weight of the EOS target token (real objects' tokens weigh 1, padding 0).
+  # instance_segmentation: of every padding target (the end of a polygon, and the
+  # padding objects' sequences); the official multi-task config has 1.0.
   data.eos_weight = 0.1
   # Training augmentation (all off for evaluation). Scale jitter: resize the longest
   # side to image_size * U[scale_min, scale_max], then crop a random image_size window
@@ -59,6 +92,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Sequence augmentation (data/sequences.py): top each sequence up to max_instances
   # objects with "n/a" noise objects (duplicates and bad boxes of the real ones), and
   # replace every class token of the decoder input by a random class or "n/a".
+  # Detection only (instance_segmentation's sequences have neither: set both False).
   data.noise_objects = True
   data.corrupt_classes = True
   # Loss weights of noise objects' coordinate tokens and class token (real objects: 1).

@@ -29,6 +29,8 @@ In-graph representation (the official one; what augmentations must keep):
   keypoints   float32 [..., n, 2 * 17]   flat (y, x) pairs normalised like bbox; a point
               labelled v = 0 in COCO is (-3, -3) (POINT_INVISIBLE); v = 1 and v = 2 both
               keep their coordinates. A person without keypoint annotation is all -1.
+`official_objects` turns the per-object fields of `geometry.py` (any number of objects,
+contiguous labels 0..C-1, only real objects) into this representation, in one place.
 Reserved values (-1, -2, -3) are never scaled or shifted: a geometric transform must
 restore them from the untransformed tensor (the official `preserve_reserved_tokens`).
 A keypoint that a crop moves out of the frame (y or x <= 0 or >= 1) becomes (-3, -3) as
@@ -100,6 +102,33 @@ def coco_keypoint_points(keypoints: Sequence[float] | None, height: int,
   yx = kp[:, [1, 0]] * (np.float32(1.0) / np.array([height, width], np.float32))
   yx = np.where(kp[:, 2:3] == 0, np.float32(vocab_lib.POINT_INVISIBLE), yx)
   return yx.reshape(-1).astype(np.float32)
+
+
+def official_objects(objects: dict[str, tf.Tensor], category_ids: Sequence[int],
+                     max_instances: int, points: str = 'polygons'
+                     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """geometry.py's objects -> (bbox, label, points) of the official representation.
+
+  `objects`: boxes float32 [N, 4], labels int32 [N] (contiguous labels, index into
+  `category_ids`), objects[points] float32 [N, K] (geometry's rows: PADDING-padded flat
+  (y, x) points; every object real). Returns bbox float32 [n, 4], label int64 [n] (the
+  category id, 0 on padding objects) and points float32 [n, K] for n = max_instances: the
+  first n objects, then padding objects whose rows are all 0.0 (the official
+  `truncate_or_pad_to_max_instances` value; their tokens are 0 whatever the row holds).
+  A category id 0 would read as padding: the official vocabulary's ids start at 1.
+  """
+  boxes = objects['boxes'][:max_instances]  # [m, 4], m <= n
+  ids = tf.constant(np.asarray(category_ids, np.int64).reshape(-1))
+  label = tf.gather(ids, objects['labels'][:max_instances])  # [m]
+  rows = objects[points][:max_instances]  # [m, K]
+  pad = max_instances - tf.shape(boxes)[0]
+  bbox = tf.pad(boxes, [[0, pad], [0, 0]])
+  label = tf.pad(label, [[0, pad]])
+  rows = tf.pad(rows, [[0, pad], [0, 0]])
+  bbox.set_shape([max_instances, 4])
+  label.set_shape([max_instances])
+  rows.set_shape([max_instances, objects[points].shape[-1]])
+  return bbox, label, rows
 
 
 def quantize(coords: tf.Tensor, bins: int = QUANTIZATION_BINS) -> tf.Tensor:

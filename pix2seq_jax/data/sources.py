@@ -10,6 +10,12 @@ The train split's categories fix the label map for both splits. Every image file
 checked once (image_check.py), by every process, which then agree: a file any process
 cannot read is left out of the split on all of them, named in `skipped_images`, so a
 bad file never stops a run mid-epoch and every process keeps the same records.
+
+For `task='instance_segmentation'` both splits also carry their objects' polygons
+(`Splits.instances`, from `instance_annotations`): objects without a usable polygon are
+left out of the records and counted (`left_out` in data_report.json, names prefixed
+`segmentation_`), and so are train images left without objects (the official training
+filters images without annotations).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from pix2seq_jax.data import coco_json, image_check, shapes, tfds_source
+from pix2seq_jax.data import coco_json, image_check, instance_annotations, shapes, tfds_source
 
 SOURCES = ('shapes', 'coco_files', 'tfds')
 
@@ -32,6 +38,8 @@ SOURCES = ('shapes', 'coco_files', 'tfds')
 class Splits:
   train: coco_json.CocoSplit
   val: coco_json.CocoSplit
+  # Instance tasks: {'train': ..., 'val': ...} polygons aligned with each split's records.
+  instances: dict[str, instance_annotations.InstanceTargets] | None = None
 
   @property
   def categories(self) -> coco_json.CategoryMap:
@@ -99,6 +107,54 @@ def check_images(split: coco_json.CocoSplit, max_instances: int) -> coco_json.Co
                              skipped_images=report.skipped)
 
 
+def _count_over_max(fixed: dict[str, int], records: list[coco_json.ImageRecord],
+                    max_instances: int) -> dict[str, int]:
+  """`fixed` with the images over `max_instances` objects (and their extra objects)
+  counted anew for `records`."""
+  fixed = {k: v for k, v in fixed.items() if not k.endswith('_over_max_instances')}
+  counts = np.array([len(r.labels) for r in records], np.int64)
+  if (counts > max_instances).any():
+    fixed['images_over_max_instances'] = int((counts > max_instances).sum())
+    fixed['objects_over_max_instances'] = int(np.maximum(counts - max_instances, 0).sum())
+  return fixed
+
+
+def with_polygons(split: coco_json.CocoSplit, data: ml_collections.ConfigDict, *,
+                  training: bool
+                  ) -> tuple[coco_json.CocoSplit, instance_annotations.InstanceTargets]:
+  """`split` (checked) with only its objects that have a polygon, and their polygons
+  (`data.max_points` points each); with `training`, without the images left with no
+  object. What is left out or repaired is counted in the split's `dropped` / `fixed`
+  under `segmentation_<reason>`."""
+  targets = instance_annotations.load_instance_targets(split, data.max_points)
+  keep = [targets.has_polygon(i) for i in range(len(split.records))]
+  split, targets = instance_annotations.keep_objects(split, targets, keep)
+  if 0 in split.categories.category_ids:
+    raise coco_json.AnnotationFileError(
+        f'{split.annotations_path}: category id 0 reads as a padding object in the '
+        'official instance sequences; renumber the categories from 1.')
+  dropped, fixed = dict(split.dropped), dict(split.fixed)
+  relevant = lambda reason: reason != 'crowd' and 'keypoint' not in reason  # crowd: counted
+  dropped.update({f'segmentation_{k}': v for k, v in targets.dropped.items() if relevant(k)})
+  fixed.update({f'segmentation_{k}': v for k, v in targets.fixed.items() if relevant(k)})
+  if training:
+    has_objects = [i for i, r in enumerate(split.records) if len(r.labels)]
+    if len(has_objects) < len(split.records):
+      dropped['segmentation_images_without_polygons'] = len(split.records) - len(has_objects)
+    if not has_objects:
+      raise coco_json.AnnotationFileError(
+          f'{split.annotations_path}: no image has an object with a polygon to train '
+          'instance segmentation on; give an instances file with COCO polygons.')
+    records = [split.records[i] for i in has_objects]
+    targets = dataclasses.replace(
+        targets, polygons=[targets.polygons[i] for i in has_objects],
+        keypoints=[targets.keypoints[i] for i in has_objects],
+        num_keypoints=[targets.num_keypoints[i] for i in has_objects])
+    split = dataclasses.replace(split, records=records)
+  fixed = _count_over_max(fixed, split.records, data.max_instances)
+  return dataclasses.replace(split, dropped=dropped, fixed=fixed), targets
+
+
 def _every_process(codes: np.ndarray, annotations_path: str) -> np.ndarray:
   """[processes, files, 2]: every process's verdict codes (image_check.verdict_codes),
   gathered once the processes have agreed that they checked the same number of files."""
@@ -115,13 +171,18 @@ def _shapes_paths(data: ml_collections.ConfigDict) -> dict[str, tuple[str, str]]
                                num_train=data.shapes_num_train, num_val=data.shapes_num_val)
 
 
-def load_splits(data: ml_collections.ConfigDict) -> Splits:
-  """Both splits, their image files checked; the train split's categories label both."""
+def load_splits(data: ml_collections.ConfigDict, task: str = 'object_detection') -> Splits:
+  """Both splits, their image files checked; the train split's categories label both;
+  for an instance `task`, with their polygons (`with_polygons`)."""
   paths = split_paths(data)
   train = coco_json.load_split(paths['train'][1], paths['train'][0])
   val = coco_json.load_split(paths['val'][1], paths['val'][0], categories=train.categories)
-  return Splits(train=check_images(train, data.max_instances),
-                val=check_images(val, data.max_instances))
+  train, val = check_images(train, data.max_instances), check_images(val, data.max_instances)
+  if task == 'object_detection':
+    return Splits(train=train, val=val)
+  train, train_targets = with_polygons(train, data, training=True)
+  val, val_targets = with_polygons(val, data, training=False)
+  return Splits(train=train, val=val, instances={'train': train_targets, 'val': val_targets})
 
 
 COCO_CLASSES = 80

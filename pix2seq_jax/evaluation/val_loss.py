@@ -5,7 +5,9 @@
   val_perplexity       exp(mean CE) over every target token with a weight (objects, EOS)
   val_perplexity_coord the same over coordinate tokens only
   val_perplexity_class the same over class tokens only
-Padding examples (eval `mask` False) count for nothing.
+Padding examples (eval `mask` False) count for nothing. Instance tasks' batches ([B, n, L]
+tokens, `config.task`) count every token of every sequence; their class targets weigh 0
+(the official), so val_perplexity_class is NaN there.
 """
 
 from __future__ import annotations
@@ -36,10 +38,11 @@ def make_val_loss_fn(graphdef: nnx.GraphDef, vocab: vocab_lib.Vocabulary, mesh: 
   def sums(params, batch_stats, batch):
     params, batch_stats = mesh_lib.gathered((params, batch_stats), mesh)
     model = nnx.merge(graphdef, params, batch_stats)
-    logits = model(batch['image'], batch['input_tokens'], train=False)  # [B, L, V]
+    logits = model(batch['image'], batch['input_tokens'], train=False)  # [B, (n,) L, V]
     nll = optax.softmax_cross_entropy_with_integer_labels(
-        logits.astype(jnp.float32), batch['target_tokens'])  # [B, L]
-    weights = batch['loss_weights'] * batch['mask'][:, None]
+        logits.astype(jnp.float32), batch['target_tokens'])  # [B, (n,) L]
+    mask = batch['mask'].reshape(batch['mask'].shape + (1,) * (nll.ndim - 1))
+    weights = batch['loss_weights'] * mask
     counted = weights > 0
     coord = counted & vocab.is_coord(batch['target_tokens'])
     label = counted & vocab.is_class(batch['target_tokens'])

@@ -6,6 +6,7 @@ import jax
 import ml_collections
 from flax import nnx
 
+from pix2seq_jax.config import default
 from pix2seq_jax.models import counted_rngs, pix2seq, resnet, variants
 from pix2seq_jax.runtime import jit_cache
 from pix2seq_jax.tasks import vocab as vocab_lib
@@ -13,13 +14,14 @@ from pix2seq_jax.tasks import vocab as vocab_lib
 
 def build_model(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,
                 rngs: nnx.Rngs | counted_rngs.CountedRngs) -> pix2seq.Pix2Seq:
-  """The model of `config.model` for `vocab`, with positions for `data.max_instances`;
+  """The model of `config.model` for `vocab`, with positions for the sequences of
+  `config.task` (`default.sequence_length`: `data.max_instances` objects in detection);
   `rngs` gives the parameters' keys (CountedRngs when building inside a trace); its
   convolutions compute as `model.conv_impl` means on JAX's default backend."""
   model = config.model
   built = pix2seq.Pix2Seq(
       variants.get_spec(model.variant), vocab.size,
-      model.max_seq_len or vocab_lib.sequence_length(config.data.max_instances),
+      model.max_seq_len or default.sequence_length(config),
       dropout=model.dropout, drop_path=model.drop_path,
       image_normalization=model.image_normalization,
       frozen_backbone_stages=model.frozen_backbone_stages,
@@ -29,7 +31,7 @@ def build_model(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,
 
 
 def _key(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary) -> tuple:
-  return tuple(sorted(config.model.items())), config.data.max_instances, vocab
+  return tuple(sorted(config.model.items())), default.sequence_length(config), vocab
 
 
 def abstract_model(config: ml_collections.ConfigDict,

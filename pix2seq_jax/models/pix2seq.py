@@ -110,11 +110,26 @@ class Decoder(nnx.Module):
     """Cross-attention keys/values of every layer, computed once per image."""
     return [layer.cross_attn.project_kv(memory) for layer in self.layers]
 
+  def _repeated(self, kv: transformer.KeyValue, repeats: int) -> transformer.KeyValue:
+    """Keys/values ([B*H, S, K],) * 2 of B images -> ([B*repeats*H, S, K],) * 2: each
+    image's `repeats` times in a row (the official `utils.tile_along_batch`)."""
+    def repeat(x: jax.Array) -> jax.Array:
+      per_image = x.reshape(-1, self.heads, *x.shape[1:])  # [B, H, S, K]
+      return jnp.repeat(per_image, repeats, axis=0).reshape(-1, *x.shape[1:])
+    return repeat(kv[0]), repeat(kv[1])
+
   def __call__(self, tokens: jax.Array, memory: jax.Array,
-               rngs: nnx.Rngs | None = None) -> jax.Array:
-    """tokens [B, T] (T <= max_seq_len), memory [B, S, D] -> logits [B, T, V]."""
+               rngs: nnx.Rngs | None = None, repeats: int = 1) -> jax.Array:
+    """tokens [B*repeats, T] (T <= max_seq_len), memory [B, S, D] -> logits
+    [B*repeats, T, V]; token rows [b*repeats, (b+1)*repeats) attend to image b.
+
+    Each image's cross-attention keys/values are projected once and then repeated: the
+    same values as the official, which repeats the memory before projecting it.
+    """
     x = self._embed(tokens) + self.positions[:tokens.shape[1]]
     for layer, kv in zip(self.layers, self.memory_kv(memory)):
+      if repeats > 1:
+        kv = self._repeated(kv, repeats)
       x = layer(x, kv, rngs)
     return self._logits(x)
 
@@ -154,7 +169,9 @@ IMAGE_NORMALIZATIONS = ('none', 'imagenet')
 
 
 class Pix2Seq(nnx.Module):
-  """Images [B, S, S, 3] in [0, 1] and input tokens [B, T] -> next-token logits [B, T, V].
+  """Images [B, S, S, 3] in [0, 1] and input tokens [B, T] -> next-token logits [B, T, V];
+  or input tokens [B, n, T], n sequences per image (Pix2Seq-v2's instance tasks: one per
+  object) -> logits [B, n, T, V], each image encoded once for its n sequences.
 
   `image_normalization='imagenet'` standardises the images with ImageNet's channel mean
   and std before the backbone (what ImageNet-pretrained ResNets expect); 'none' feeds
@@ -210,4 +227,12 @@ class Pix2Seq(nnx.Module):
 
   def __call__(self, images: jax.Array, input_tokens: jax.Array, *, train: bool,
                rngs: nnx.Rngs | None = None) -> jax.Array:
-    return self.decoder(input_tokens, self.encode(images, train=train, rngs=rngs), rngs)
+    """images [B, S, S, 3], input_tokens [B, T] or [B, n, T] -> logits [B, T, V] or
+    [B, n, T, V] (the official `ar_model.Model.call` with its `_tile_vis_output`)."""
+    memory = self.encode(images, train=train, rngs=rngs)  # [B, S', D]
+    if input_tokens.ndim == 2:
+      return self.decoder(input_tokens, memory, rngs)
+    batch, instances, length = input_tokens.shape
+    logits = self.decoder(input_tokens.reshape(batch * instances, length), memory, rngs,
+                          repeats=instances)  # [B*n, T, V]
+    return logits.reshape(batch, instances, length, logits.shape[-1])

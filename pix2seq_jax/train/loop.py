@@ -30,6 +30,7 @@ from tqdm import tqdm
 from pix2seq_jax.config import checks, resolve
 from pix2seq_jax.data import pipeline, report, sources
 from pix2seq_jax.evaluation import evaluator as evaluator_lib
+from pix2seq_jax.evaluation import instance_evaluator
 from pix2seq_jax.models import build
 from pix2seq_jax.parallel import mesh as mesh_lib
 from pix2seq_jax.tasks import vocab as vocab_lib
@@ -51,7 +52,7 @@ class Setup:
   graphdef: nnx.GraphDef
   tx: optax.GradientTransformation
   train_step: step_lib.TrainStep  # (state, batch, 0-based step) -> (state, metrics)
-  evaluator: evaluator_lib.Evaluator
+  evaluator: evaluator_lib.Evaluator | instance_evaluator.InstanceEvaluator
 
   def create_state(self) -> state_lib.TrainState:
     return state_lib.create_train_state(self.config, self.vocab, self.mesh, self.tx)
@@ -65,7 +66,8 @@ class Setup:
         self.splits.train, self.config.data, self.vocab, seed=self.config.seed,
         local_batch_size=self.config.train.batch_size // jax.process_count(),
         start_step=start_step, process_index=jax.process_index(),
-        process_count=jax.process_count())
+        process_count=jax.process_count(), task=self.config.task,
+        targets=self.splits.instances and self.splits.instances['train'])
 
 
 def make_setup(config: ml_collections.ConfigDict, *, overrides: Iterable[str] = (),
@@ -77,7 +79,7 @@ def make_setup(config: ml_collections.ConfigDict, *, overrides: Iterable[str] = 
   """
   mesh = mesh_lib.make_mesh() if mesh is None else mesh
   checks.validate(config, mode='train', overrides=overrides, devices=mesh.size)
-  splits = sources.load_splits(config.data)
+  splits = sources.load_splits(config.data, config.task)
   report.log_data_report(splits)
   frozen = resolve.resolve(config, len(splits.train.records))
   if config.train.epochs > 0 or config.train.warmup_epochs > 0:
@@ -89,9 +91,13 @@ def make_setup(config: ml_collections.ConfigDict, *, overrides: Iterable[str] = 
                                    frozen.data.num_bins)
   graphdef = build.model_graphdef(frozen, vocab)
   tx = optimizer.make_optimizer(frozen)
+  if frozen.task == 'object_detection':
+    evaluator = evaluator_lib.Evaluator(frozen, splits.val, vocab, graphdef, mesh)
+  else:  # the teacher-forced val loss of the task's sequences (no decoding yet)
+    evaluator = instance_evaluator.InstanceEvaluator(frozen, splits.val, splits.instances['val'],
+                                                     vocab, graphdef, mesh)
   return Setup(frozen, splits, vocab, mesh, graphdef, tx,
-               step_lib.train_step_for(frozen, graphdef, mesh, tx),
-               evaluator_lib.Evaluator(frozen, splits.val, vocab, graphdef, mesh))
+               step_lib.train_step_for(frozen, graphdef, mesh, tx), evaluator)
 
 
 def _check_finite(scalars: dict, step: int, manager, workdir: str) -> None:

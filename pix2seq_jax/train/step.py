@@ -14,6 +14,11 @@ share), sums the weighted token losses, their weights and gradients, and normali
 once: the same update as one step on the whole batch, except that batch norm sees the
 statistics of each micro-batch.
 
+Instance tasks (`config.task='instance_segmentation'`) bring n sequences per image,
+tokens and weights [B, n, L]: the model encodes each image once for its n sequences and
+the loss is the same weighted mean over every token of the batch (the official
+`ar_model.Model.compute_loss`); the batch still splits over devices along B.
+
 The step's inputs besides state and batch are host values (numpy scalars and the seed's
 key data), made without device work, and its random key is derived inside from the
 state's step counter: the host dispatches step after step without waiting for the device.
@@ -84,7 +89,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], hyperparams: dict
     model = nnx.merge(graphdef, cast_floats(params, compute_dtype), batch_stats,
                       copy=True)  # fresh Variables in this trace
     logits = model(canvas.model_images(micro), micro['input_tokens'], train=True,
-                   rngs=counted_rngs.CountedRngs(micro_rng))  # [b, L, V]
+                   rngs=counted_rngs.CountedRngs(micro_rng))  # [b, L, V] or [b, n, L, V]
     total, weight = weighted_cross_entropy(logits, micro['target_tokens'],
                                            micro['loss_weights'])
     return total, (weight, nnx.state(model, nnx.BatchStat))

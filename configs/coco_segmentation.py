@@ -1,0 +1,69 @@
+"""COCO instance segmentation (Pix2Seq-v2) with the R50 model at 640 px: the official
+multi-task config's segmentation task trained on its own.
+
+google-research/pix2seq `configs/config_multi_task.py` (task 'instance_segmentation'):
+prompt 11 in the 35000-id multi-task vocabulary, one sequence per object (its box and
+class, then its polygon: 128 points at most), 10 objects per image, EOS/padding weight
+1.0, scale jitter [0.3, 1.0], crop and flip, no sequence augmentation; batch 128, AdamW
+lr 1e-4 decaying linearly to 1e-6, weight decay 0.05, b2 0.95. Each image is encoded once
+and its memory repeated for its 10 sequences. Point it at COCO-format data as
+configs/coco.py (`--config.data.coco_dir=/path/to/coco`, or the explicit
+`--config.data.{train,val}_{images,annotations}` paths of instances files with polygons):
+
+  python main.py --config=configs/coco_segmentation.py --workdir=workdirs/coco_segm \\
+      --config.data.coco_dir=/path/to/coco \\
+      --config.model.pretrained_backbone=resnet50.safetensors
+
+Evaluation during training is the teacher-forced val loss (decoding polygons and COCO segm
+metrics are not implemented yet). A CPU-sized memorisation trial on the 80 train images of
+coco_mini (../shared/data/README.md), the tiny model at 128 px without augmentation:
+
+  python main.py --config=configs/coco_segmentation.py --workdir=workdirs/segm_mini \\
+      --config.data.coco_dir=../shared/data/coco_mini --config.model.variant=tiny \\
+      --config.data.image_size=128 --config.data.max_points=32 \\
+      --config.data.scale_jitter=False --config.data.random_flip=False \\
+      --config.model.dropout=0 --config.model.drop_path=0 --config.train.compute_dtype=float32 \\
+      --config.train.epochs=0 --config.train.steps=3000 --config.train.warmup_epochs=0 \\
+      --config.train.warmup_steps=100 --config.train.batch_size=8 \\
+      --config.train.learning_rate=1e-3 --config.train.log_every=50 \\
+      --config.train.checkpoint_every=500 --config.eval.batch_size=8
+"""
+
+from pix2seq_jax.config import default
+
+
+def get_config():
+  config = default.get_config()
+  config.task = 'instance_segmentation'
+  data, model, train = config.data, config.model, config.train
+  data.source = 'coco_files'
+  data.coco_dir = ''  # the COCO 2017 folder (train2017/, val2017/, annotations/)
+  data.image_size = 640  # config_multi_task.py:41
+  data.max_instances = default.SEGMENTATION_MAX_INSTANCES  # 10 sequences per image
+  data.max_points = default.SEGMENTATION_MAX_POINTS  # 128 points: 261 tokens a sequence
+  data.num_bins = 1000  # quantization_bins
+  data.eos_weight = default.SEGMENTATION_EOS_WEIGHT  # 1.0 on every padding target
+  data.scale_max = default.SEGMENTATION_SCALE_MAX  # jitter [0.3, 1.0], then crop and flip
+  data.noise_objects = False  # detection's sequence augmentation: not in these sequences
+  data.corrupt_classes = False
+  model.vocabulary = 'official_multitask'  # prompts 10-13, separator 40: 35000 ids
+  model.variant = 'r50'
+  model.pretrained_backbone = ''  # torchvision/timm ResNet-50 (.safetensors or .npz)
+  model.image_normalization = 'imagenet'  # what ImageNet weights expect
+  model.dropout = 0.1  # drop_units
+  model.drop_path = 0.1
+  train.batch_size = 128  # global, over all devices and processes
+  train.steps = 0  # the length is set in epochs:
+  train.epochs = 100
+  train.warmup_steps = 0  # likewise the warmup:
+  train.warmup_epochs = 10
+  train.learning_rate = 1e-4
+  train.end_lr_factor = 0.01
+  train.schedule = 'linear'
+  train.weight_decay = 0.05
+  train.b2 = 0.95
+  train.compute_dtype = 'bfloat16'  # f32 parameters and optimizer state
+  train.eval_every = 5000
+  train.checkpoint_every = 1000
+  config.eval.batch_size = 64
+  return config
