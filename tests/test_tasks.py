@@ -182,3 +182,167 @@ def test_the_config_accepts_the_official_multitask_vocabulary(shapes_dir):
   config.data.num_bins = 2001
   with pytest.raises(config_checks.ConfigError, match='official_multitask vocabulary holds'):
     config_checks.validate(config, mode='train')
+
+
+# The instance tasks (prompts [R, 6], official_multitask ids) through the same loop.
+MULTI = vocab_lib.for_categories('official_multitask', (1, 2, 90), 1000)
+SEP, INVISIBLE, PAD = vocab_lib.OFFICIAL_SEPARATOR, vocab_lib.OFFICIAL_INVISIBLE, 0
+
+
+def _recorded_sample(logits_fn, task, prompt, length, **kwargs):
+  """`_sample` with a prompt; also returns the (decoder position, row 0's token read)
+  pairs that `logits_fn(last, position) -> [R, V]` saw, in order."""
+  seen = []
+
+  def fn(last, position):
+    jax.debug.callback(lambda p, t: seen.append((int(p), [int(x) for x in t])), position,
+                       last, ordered=True)
+    return logits_fn(last, position)
+
+  state = _sample(fn, prompt.shape[0], task, length=length, prompt=prompt, **kwargs)
+  jax.effects_barrier()
+  return state, seen
+
+
+def test_instance_prompts_are_the_official_box_and_class_tokens():
+  from pix2seq_jax.tasks import segmentation
+  task = segmentation.SegmentationTask(MULTI, num_samples=2)
+  boxes = jnp.asarray([[[0.1, 0.2, 0.5, 0.9], [0.0, 0.0, 1.0, 1.0]]])  # [1, 2, 4]
+  rows = np.asarray(task.prompts(boxes, jnp.asarray([[90, 0]])))
+  # round(v * 999), half to even (0.5 * 999 = 499.5 -> 500); class 100 + category id; a
+  # padding object (class 0) all zeros; each object's row twice (its samples, adjacent).
+  np.testing.assert_array_equal(rows, [[11, 1100, 1200, 1500, 1899, 190]] * 2
+                                + [[0] * 6] * 2)
+  assert task.prompt_length == 6 == task_lib.prompt_length(task)
+  assert task_lib.prompt_length(detection.DetectionTask(VOCAB)) == 1
+  with pytest.raises(ValueError, match='6-token prompt'):
+    decoding.sample(lambda *a: None, None, 2, task, length=8, rng=jax.random.key(0))
+  with pytest.raises(ValueError, match=r'must be \[2, 6\]'):
+    decoding.sample(lambda *a: None, None, 2, task, length=8, rng=jax.random.key(0),
+                    prompt=jnp.zeros((2, 5), jnp.int32))
+  with pytest.raises(ValueError, match='official_multitask'):
+    segmentation.SegmentationTask(vocab_lib.for_categories('official', (1,), 1000))
+
+
+def test_segmentation_task_reads_its_prompt_then_samples_polygons_under_its_grammar():
+  """Known logits (greedy): the 6-token prompt is fed at decoder positions 0..5, response
+  position t at t + 5; row r's polygon then separator, then padding (the end). The
+  padding token is the most likely at every x slot: 'grammar' keeps the pairs whole,
+  'official' (unconstrained, as the official) takes it and samples every position."""
+  from pix2seq_jax.tasks import segmentation
+  c = lambda *bins: [MULTI.coord_offset + b for b in bins]
+  targets = np.array([c(100, 200, 100, 600, 500, 600) + [SEP, SEP]
+                      + c(700, 700, 700, 900, 900, 900) + [PAD] * 2,
+                      c(600, 100, 600, 400, 900, 400) + [PAD] * 10])  # [2 samples, 16]
+  task = segmentation.SegmentationTask(MULTI, mode='grammar', max_points=8, num_samples=2)
+  prompt = task.prompts(jnp.asarray([[0.1, 0.2, 0.3, 0.4]]), jnp.asarray([1]))  # [2, 6]
+
+  def logits_fn(last, position):
+    want = jnp.asarray(targets)[:, jnp.clip(position - 5, 0, 15)]  # [2]
+    x_slot = position % 2 == 0  # odd response positions
+    logits = jnp.zeros((2, MULTI.size)).at[:, PAD].set(jnp.where(x_slot, 6.0, 0.0))
+    return logits.at[jnp.arange(2), want].set(5.0)
+
+  state, seen = _recorded_sample(logits_fn, task, prompt, task.length, mode='grammar')
+  assert [p for p, _ in seen] == list(range(5 + 15))  # stopped after row 0's end
+  np.testing.assert_array_equal([t[0] for _, t in seen[:7]],
+                                list(np.asarray(prompt[0])) + [targets[0, 0]])
+  assert int(state.position) == 15
+  np.testing.assert_array_equal(state.tokens, targets)
+  points = np.asarray(task.outputs(state.tokens, state.token_probs, state.task_state))
+  np.testing.assert_array_equal(points, segmentation.tokens_to_points(state.tokens))
+  # Host: the two samples -> one mask (mean >= 0.5 of 2: their union), the official way.
+  hw = (20, 20)
+  mask, = segmentation.instance_masks(points, hw, hw, hw, num_samples=2)
+  singles = [segmentation.instance_masks(p[None], hw, hw, hw, num_samples=1)[0]
+             for p in points]
+  np.testing.assert_array_equal(mask, singles[0] | singles[1])
+  assert mask.sum() > singles[0].sum() > 0
+
+  official = segmentation.SegmentationTask(MULTI, max_points=8, num_samples=2)
+  assert official.sampling() == dict(temperature=1.0, top_k=0, top_p=0.8, mode='official')
+  state, _ = _recorded_sample(logits_fn, official, prompt, official.length, mode='official')
+  assert int(state.position) == 16 and int(state.cache) == 5 + 16
+  assert (np.asarray(state.tokens)[:, 1::2] == PAD).all()  # x slots unconstrained
+
+
+def test_keypoint_task_redraws_the_invisible_token_as_the_official_eval():
+  """41 is the most likely token everywhere (0.6, then the target 0.3): with the official
+  settings (top_p 0.1: only the top token), the model reads the drawn 41 but the output
+  is the redraw without it (the target, probability 0.3 / 0.4), as the official eval's
+  `eval_suppress_invisible_token`; 'grammar' masks 41 before the draw."""
+  from pix2seq_jax.tasks import keypoints
+  target = np.arange(34) * 20 + MULTI.coord_offset + 5  # [34]
+  boxes = jnp.asarray([[0.2, 0.2, 0.6, 0.8], [0.1, 0.1, 0.3, 0.3]])
+  task = keypoints.KeypointTask(MULTI)
+  prompt = task.prompts(boxes, jnp.asarray([1, 2]))  # [2, 6]: a person, a bicycle
+
+  def logits_fn(last, position):
+    want = jnp.asarray(target)[jnp.clip(position - 5, 0, 33)]
+    logits = jnp.full((2, MULTI.size), -1e9).at[:, MULTI.coord_offset].set(jnp.log(0.1))
+    return logits.at[:, want].set(jnp.log(0.3)).at[:, INVISIBLE].set(jnp.log(0.6))
+
+  assert task.sampling() == dict(temperature=1.0, top_k=0, top_p=0.1, mode='official')
+  assert task.suppress_tokens == (INVISIBLE,)
+  state, seen = _recorded_sample(logits_fn, task, prompt, task.length, **task.sampling())
+  np.testing.assert_array_equal(state.tokens, np.stack([target] * 2))
+  assert [t[0] for _, t in seen[6:]] == [INVISIBLE] * 33  # the model read the 41s
+  np.testing.assert_allclose(state.token_probs, 0.75, rtol=1e-5)
+  out = task.outputs(state.tokens, state.token_probs, state.task_state)
+  np.testing.assert_allclose(out.points_score, [0.75, 0.75], rtol=1e-5)
+  np.testing.assert_allclose(out.points, np.stack([(target - 1000) / np.float32(999)] * 2),
+                             rtol=1e-6)
+  scores = keypoints.combine_scores(out.points_score, np.array([0.9, 0.9]), np.array([1, 2]))
+  np.testing.assert_allclose(scores, [0.75, 0.0], rtol=1e-5)
+  # Host: [17, 3] (x, y, v) in original pixels (canvas 640 holding a 320x480 image).
+  kps = keypoints.decode_keypoints(np.asarray(out.tokens), np.asarray(boxes), (640, 640),
+                                   (320, 480), (320, 480))
+  assert kps.shape == (2, 17, 3) and (kps[..., 2] == 1).all()
+  np.testing.assert_allclose(kps[0, 0, :2], [(25 - 0) / 999 * 640 / 480 * 480,
+                                             5 / 999 * 640], rtol=1e-5)
+
+  grammar, seen = _recorded_sample(logits_fn, keypoints.KeypointTask(MULTI, mode='grammar'),
+                                   prompt, 34, temperature=1.0, top_p=0.1, mode='grammar')
+  np.testing.assert_array_equal(grammar.tokens, state.tokens)
+  assert [t[0] for _, t in seen[6:]] == list(target[:33])  # it read what it emitted
+  kept = keypoints.KeypointTask(MULTI, suppress_invisible=False)
+  state, _ = _recorded_sample(logits_fn, kept, prompt, 34, **kept.sampling())
+  assert (np.asarray(state.tokens) == INVISIBLE).all()
+  kps = keypoints.decode_keypoints(np.asarray(state.tokens), np.asarray(boxes), (640, 640),
+                                   (640, 640), (640, 640))
+  np.testing.assert_allclose(kps[0, :, :2], [[0.5 * 640, 0.4 * 640]] * 17, rtol=1e-6)
+
+
+def test_a_prompt_fills_the_cache_as_teacher_forcing():
+  """A tiny random model: after a 6-token prompt, every response position's logits equal
+  one teacher-forced forward over prompt + response (cached in blocks of 8, which grow
+  by the prompt's offset, and recomputed); 2 images with 2 objects each (4 rows)."""
+  from flax import nnx
+
+  from pix2seq_jax.models import pix2seq, variants
+  from pix2seq_jax.tasks import keypoints
+  model = pix2seq.Pix2Seq(variants.get_spec('vit_nano'), MULTI.size, 40, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model)
+  task = keypoints.KeypointTask(MULTI, mode='grammar')
+  images = jax.random.uniform(jax.random.key(1), (2, 64, 64, 3))
+  boxes = jax.random.uniform(jax.random.key(2), (2, 2, 4))
+  prompt = task.prompts(boxes, jnp.asarray([[1, 1], [1, 2]]))  # [4, 6]
+
+  @jax.jit
+  def run(params, images, prompt):
+    model = nnx.merge(graphdef, params)
+    states = [decoding.decode(model, images, task, length=34, rng=jax.random.key(3),
+                              return_logits=True, prompt=prompt, step=step, prefix_block=8,
+                              **dict(task.sampling(), temperature=0.0))
+              for step in ('cached', 'recompute')]
+    seq = jnp.concatenate([prompt, states[0].tokens[:, :-1]], axis=1)  # [4, 39]
+    forced = model(jnp.repeat(images, 2, axis=0), seq, train=False)[:, 5:]  # [4, 34, V]
+    return states, forced
+
+  (cached, recomputed), forced = run(params, images, prompt)
+  assert int(cached.position) == 34
+  np.testing.assert_array_equal(cached.tokens, recomputed.tokens)
+  for state in (cached, recomputed):
+    np.testing.assert_allclose(state.logits, forced, atol=2e-5, rtol=2e-5)
+  with pytest.raises(ValueError, match='40 positions'):
+    decoding.decode(model, images, task, length=36, prompt=prompt)

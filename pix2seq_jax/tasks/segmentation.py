@@ -13,23 +13,49 @@ The official post-processing (google-research/pix2seq `tasks/instance_segmentati
      4-number polygon as a box), the union of the object's polygons; no polygon -> an
      all-zero mask;
   5. ensembling: the mean of an object's k sampled masks, >= threshold (0.5).
+Step 1 runs in the graph too (`tokens_to_points(..., xp=jnp)`, `SegmentationTask.outputs`);
+steps 2-5 stay on the host (`instance_masks`: an object's k sampled rows -> one mask).
+
+Decoding (`SegmentationTask`, the `task.Task` hooks): each row is one sample of one
+object, prompted [11, box, class] (`task.instance_prompts`; the official infer conditions
+on the detection task's boxes of the same model, or, as its multi-task config does
+(`use_gt_box_at_test=True`), on the ground-truth boxes); the response is 2 * 128 tokens
+(the official infer's `max_seq_len = 2 * max_points + 6` counts the prompt), sampled at
+temperature 1, top_k 0, top_p 0.8 with the official nucleus rule, 8 samples per object
+(`prompts` repeats each object's row, samples adjacent, as the official
+`tile_along_batch`). By `mode`:
+  'official'  no constraint: the official samples from the unmasked logits, and (as
+              `decode`'s official mode) every position is sampled; parsing stops at the
+              first padding token (step 3), so what follows it is never read.
+  'grammar'   points come in (y, x) pairs: a pair starts with a coordinate, the separator
+              40 or the end (padding 0, which stops the row); a coordinate is followed by
+              a coordinate, the separator by the separator.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from pycocotools import _mask as coco_mask_ext
 from pycocotools import mask as coco_mask
 
+from pix2seq_jax.tasks import task as task_lib
 from pix2seq_jax.tasks import vocab as vocab_lib
 
 # The official multi-task config's settings of the task (configs/config_multi_task.py).
-QUANTIZATION_BINS = 1000
-MAX_POINTS = 128
-ENSEMBLE_NUM_SAMPLES = 8
-ENSEMBLE_THRESHOLD = 0.5
+QUANTIZATION_BINS = 1000  # :80
+MAX_POINTS = 128  # :83 max_points_per_object
+ENSEMBLE_NUM_SAMPLES = 8  # :95
+ENSEMBLE_THRESHOLD = 0.5  # :96
+TEMPERATURE = 1.0  # :91
+TOP_K = 0  # :89
+TOP_P = 0.8  # :90
+MODES = ('grammar', 'official')
 
 # Tokens -> the point markers they stand for (tasks/vocab.py).
 _TOKEN_TO_FLOAT = ((vocab_lib.PADDING, vocab_lib.POINT_PADDING),
@@ -39,13 +65,16 @@ _RESERVED = (vocab_lib.POINT_PADDING, vocab_lib.POINT_SEPARATOR, vocab_lib.POINT
 
 
 def tokens_to_points(tokens: np.ndarray, bins: int = QUANTIZATION_BINS,
-                     coord_shift: int = vocab_lib.OFFICIAL_COORD_OFFSET) -> np.ndarray:
-  """Int tokens [..., K] -> float32 [..., K] normalised coordinates or -1/-2/-3."""
-  tokens = np.asarray(tokens).astype(np.int64)
-  points = (tokens - coord_shift).astype(np.float32) / np.float32(bins - 1)
+                     coord_shift: int = vocab_lib.OFFICIAL_COORD_OFFSET, xp: Any = np):
+  """Int tokens [..., K] -> float32 [..., K] normalised coordinates or -1/-2/-3.
+
+  `xp`: numpy (the host) or jax.numpy (in the graph); the same float32 arithmetic.
+  """
+  tokens = xp.asarray(tokens).astype(xp.int32)
+  points = (tokens - coord_shift).astype(xp.float32) / xp.float32(bins - 1)
   for token, value in _TOKEN_TO_FLOAT:
-    points = np.where(tokens == token, np.float32(value), points)
-  return points.astype(np.float32)
+    points = xp.where(tokens == token, xp.float32(value), points)
+  return points.astype(xp.float32)
 
 
 def _keep_reserved(new: np.ndarray, old: np.ndarray) -> np.ndarray:
@@ -117,6 +146,14 @@ def decode_instance_mask(tokens: np.ndarray, canvas_hw: Sequence[int],
   mask_hw: the mask's size (the full image's); defaults to orig_hw.
   """
   points = tokens_to_points(np.asarray(tokens)[:2 * max_points], bins, coord_shift)
+  return points_to_rle(points, canvas_hw, unpadded_hw, orig_hw, mask_hw, crop_offset)
+
+
+def points_to_rle(points: np.ndarray, canvas_hw: Sequence[int], unpadded_hw: Sequence[int],
+                  orig_hw: Sequence[int], mask_hw: Sequence[int] | None = None,
+                  crop_offset: Sequence[int] | None = None,
+                  ) -> tuple[dict, list[list[float]]]:
+  """One sample's points [2P] (`tokens_to_points`) -> (RLE, polygons in pixels)."""
   pixels = rescale_points(points, canvas_hw, unpadded_hw, orig_hw, crop_offset)
   polygons = split_polygons(pixels)
   h, w = (orig_hw if mask_hw is None else mask_hw)
@@ -135,3 +172,92 @@ def ensemble_masks(masks: Sequence[np.ndarray], num_samples: int = ENSEMBLE_NUM_
     total = np.sum([np.asarray(m, np.float64) for m in group], axis=0)
     out.append(total / float(num_samples) >= threshold)
   return out
+
+
+def instance_masks(points: np.ndarray, canvas_hw: Sequence[int], unpadded_hw: Sequence[int],
+                   orig_hw: Sequence[int], mask_hw: Sequence[int] | None = None,
+                   crop_offset: Sequence[int] | None = None,
+                   num_samples: int = ENSEMBLE_NUM_SAMPLES,
+                   threshold: float = ENSEMBLE_THRESHOLD,
+                   max_points: int = MAX_POINTS) -> list[np.ndarray]:
+  """One image's sampled rows -> one bool mask [H, W] per object (the official ensemble).
+
+  points [n * num_samples, >= 2 * max_points]: `SegmentationTask.outputs` of the image's
+  n objects, an object's samples adjacent; each sample -> polygons -> RLE -> mask
+  (`points_to_rle`, sizes as there, the mask `mask_hw`, default orig_hw), then
+  `ensemble_masks`.
+  """
+  h, w = (orig_hw if mask_hw is None else mask_hw)
+  masks = []
+  for row in np.asarray(points, np.float32)[:, :2 * max_points]:
+    rle, _ = points_to_rle(row, canvas_hw, unpadded_hw, orig_hw, mask_hw, crop_offset)
+    masks.append(rle_to_mask(rle, int(h), int(w)))
+  return ensemble_masks(masks, num_samples, threshold)
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentationTask:
+  """Instance segmentation's decoding hooks (`task.Task`; the module docstring) for the
+  official_multitask `vocab`, with the official multi-task config's sampling settings."""
+
+  vocab: vocab_lib.Vocabulary
+  mode: str = 'official'  # 'official': unconstrained, as the official; 'grammar'
+  temperature: float = TEMPERATURE
+  top_k: int = TOP_K
+  top_p: float = TOP_P
+  max_points: int = MAX_POINTS  # the response is 2 * max_points tokens
+  num_samples: int = ENSEMBLE_NUM_SAMPLES  # rows per object (`prompts`)
+  threshold: float = ENSEMBLE_THRESHOLD  # of the mean of an object's sampled masks
+  prompt_length: ClassVar[int] = task_lib.INSTANCE_PROMPT_LENGTH
+  suppress_tokens: ClassVar[tuple[int, ...]] = ()
+
+  def __post_init__(self):
+    if self.mode not in MODES:
+      raise ValueError(f'The segmentation mode must be one of {MODES}, got {self.mode!r}.')
+    self.vocab.prompt('instance_segmentation')  # raises unless official_multitask
+
+  @property
+  def prompt(self) -> int:
+    """The task token (11), the first of each row's prompt."""
+    return self.vocab.prompt('instance_segmentation')
+
+  @property
+  def length(self) -> int:
+    """The response tokens: 2 * max_points (256)."""
+    return 2 * self.max_points
+
+  def sampling(self) -> dict[str, Any]:
+    """`decode`'s sampling keyword arguments: the official config's, under `mode`."""
+    return dict(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                mode=self.mode)
+
+  def prompts(self, boxes: jax.Array, classes: jax.Array) -> jax.Array:
+    """boxes [..., n, 4] (normalised ymin, xmin, ymax, xmax), classes [..., n] (category
+    ids; 0: padding object) -> [prod(...) * n * num_samples, 6]: each object's prompt
+    repeated num_samples times (adjacent)."""
+    rows = task_lib.instance_prompts(self.prompt, boxes, classes, self.vocab)
+    return jnp.repeat(rows, self.num_samples, axis=0)
+
+  def init_state(self, batch: int, length: int) -> tuple:
+    return ()
+
+  def allowed(self, position: jax.Array, tokens: jax.Array, state: tuple) -> jax.Array | None:
+    if self.mode == 'official':
+      return None
+    ids = jnp.arange(self.vocab.size)
+    coord = self.vocab.is_coord(ids)  # [V]
+    separator = ids == self.vocab.separator
+    pair_start = coord | separator | (ids == self.vocab.eos)  # [V]
+    previous = jax.lax.dynamic_index_in_dim(tokens, jnp.maximum(position - 1, 0), axis=1,
+                                            keepdims=True)  # [B, 1]
+    second = jnp.where(previous == self.vocab.separator, separator, coord)  # [B, V]
+    return jnp.where(position % 2 == 0, pair_start[None], second)
+
+  def update(self, state: tuple, position: jax.Array, logits: jax.Array, probs: jax.Array,
+             token: jax.Array, done: jax.Array) -> tuple:
+    return state
+
+  def outputs(self, tokens: jax.Array, token_probs: jax.Array, state: tuple) -> jax.Array:
+    """[R, L] float32 points: (y, x) normalised to the canvas, -1 / -2 / -3 for padding,
+    separator and invisible (`tokens_to_points`); `instance_masks` reads them."""
+    return tokens_to_points(tokens, self.vocab.num_bins, self.vocab.coord_offset, xp=jnp)

@@ -19,23 +19,36 @@ flags, the model's cache and the sampling key) and calls the task's hooks, as t5
                        the jitted program (detection: tokens and per-object scores that its
                        parsers read into boxes, classes and scores).
 
+Two optional attributes (absent: detection's behaviour; `prompt_length` and
+`suppress_tokens` below read them):
+  `prompt_length`    P, the tokens of each row's prompt (default 1: `prompt` alone); a
+                     task with P > 1 is decoded with a prompt array [R, P] (the instance
+                     tasks: `instance_prompts`, the object's box and class);
+  `suppress_tokens`  token ids that, when drawn, the model still reads at the next
+                     position but the output replaces by a second draw from the logits
+                     without them (the official keypoint eval's
+                     `eval_suppress_invisible_token`; default none).
+
 The loop's sampler settings (temperature, top-k/top-p, `decode.mode`'s nucleus rule and
-whether a row stops at `task.vocab.eos`) are the decoder's, not the task's.
+whether a row stops at `task.vocab.eos`) are the decoder's, not the task's; the instance
+tasks carry the official config's as defaults (`sampling()`: `decode`'s keyword
+arguments).
 
 The rest of a task's life is wired by its callers, so that this folder imports neither
 TensorFlow nor the later stages: its tf.data sequence builder and loss weights live in
 `data/sequences.py`, its metric in `evaluation/`, its drawing in `inference/drawing.py`.
-The tasks: `detection.DetectionTask` (object detection).
+The tasks: `detection.DetectionTask` (object detection), `segmentation.SegmentationTask`
+(instance segmentation) and `keypoints.KeypointTask` (keypoint detection).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
 
 from pix2seq_jax.tasks import vocab as vocab_lib
-
-if TYPE_CHECKING:
-  import jax
 
 # The logit of a token a constraint rules out (t5x's NEG_INF: finite, so softmax is exact).
 NEG_INF = -1e30
@@ -68,3 +81,34 @@ class Task(Protocol):
     """The task's outputs from the final tokens [B, L], their probabilities [B, L] and
     state (inside the jitted program)."""
 
+
+
+def prompt_length(task: Task) -> int:
+  """The tokens of each row's prompt: the task's `prompt_length`, else 1 (`prompt`)."""
+  return int(getattr(task, 'prompt_length', 1))
+
+
+def suppress_tokens(task: Task) -> tuple[int, ...]:
+  """The tokens the task has redrawn for the output (its `suppress_tokens`, else none)."""
+  return tuple(int(t) for t in getattr(task, 'suppress_tokens', ()))
+
+
+# An instance task's prompt: its task token, the object's 4 box tokens, its class token.
+INSTANCE_PROMPT_LENGTH = 6
+
+
+def instance_prompts(task_token: int, boxes: jax.Array, classes: jax.Array,
+                     vocab: vocab_lib.Vocabulary) -> jax.Array:
+  """The instance tasks' prompts (the official `task_utils.build_instance_prompt_seq`).
+
+  boxes [..., 4] (ymin, xmin, ymax, xmax) normalised to the canvas; classes [...] the
+  objects' category ids (the official label; 0: a padding object) -> [prod(...), 6] int32
+  rows [task_token, q(ymin), q(xmin), q(ymax), q(xmax), 100 + class], q(v) =
+  coord_offset + clip(round(v * (bins - 1)), 0, bins - 1); a padding object's row is 0s.
+  """
+  boxes = jnp.asarray(boxes, jnp.float32).reshape(-1, 4)  # [R, 4]
+  classes = jnp.asarray(classes, jnp.int32).reshape(-1)  # [R]
+  coords = vocab.coord_to_bin(boxes, jnp).astype(jnp.int32) + vocab.coord_offset
+  rows = jnp.concatenate([jnp.full_like(classes[:, None], task_token), coords,
+                          classes[:, None] + vocab_lib.OFFICIAL_CLASS_OFFSET], axis=1)
+  return jnp.where(classes[:, None] == 0, 0, rows).astype(jnp.int32)  # [R, 6]
