@@ -29,41 +29,22 @@ coco_mini (../shared/data/README.md), the tiny model at 128 px without augmentat
       --config.train.checkpoint_every=500 --config.eval.batch_size=8
 """
 
+from configs import coco
 from pix2seq_jax.config import default
 
 
 def get_config():
-  config = default.get_config()
+  """configs/coco.py's recipe with the segmentation task's data and schedule."""
+  config = coco.get_config()
   config.task = 'instance_segmentation'
-  data, model, train = config.data, config.model, config.train
-  data.source = 'coco_files'
-  data.coco_dir = ''  # the COCO 2017 folder (train2017/, val2017/, annotations/)
-  data.image_size = 640  # config_multi_task.py:41
+  data, train = config.data, config.train
   data.max_instances = default.SEGMENTATION_MAX_INSTANCES  # 10 sequences per image
   data.max_points = default.SEGMENTATION_MAX_POINTS  # 128 points: 261 tokens a sequence
-  data.num_bins = 1000  # quantization_bins
   data.eos_weight = default.SEGMENTATION_EOS_WEIGHT  # 1.0 on every padding target
   data.scale_max = default.SEGMENTATION_SCALE_MAX  # jitter [0.3, 1.0], then crop and flip
   data.noise_objects = False  # detection's sequence augmentation: not in these sequences
   data.corrupt_classes = False
-  model.vocabulary = 'official_multitask'  # prompts 10-13, separator 40: 35000 ids
-  model.variant = 'r50'
-  model.pretrained_backbone = ''  # torchvision/timm ResNet-50 (.safetensors or .npz)
-  model.image_normalization = 'imagenet'  # what ImageNet weights expect
-  model.dropout = 0.1  # drop_units
-  model.drop_path = 0.1
-  train.batch_size = 128  # global, over all devices and processes
-  train.steps = 0  # the length is set in epochs:
+  config.model.vocabulary = 'official_multitask'  # prompts 10-13, separator 40: 35000 ids
   train.epochs = 100
-  train.warmup_steps = 0  # likewise the warmup:
   train.warmup_epochs = 10
-  train.learning_rate = 1e-4
-  train.end_lr_factor = 0.01
-  train.schedule = 'linear'
-  train.weight_decay = 0.05
-  train.b2 = 0.95
-  train.compute_dtype = 'bfloat16'  # f32 parameters and optimizer state
-  train.eval_every = 5000
-  train.checkpoint_every = 1000
-  config.eval.batch_size = 64
   return config

@@ -14,6 +14,7 @@ from flax import nnx
 
 from pix2seq_jax.inference import decoding, detections
 from pix2seq_jax.models import build
+from pix2seq_jax.tasks import detection
 from pix2seq_jax.tasks import vocab as vocab_lib
 from tests.tiny import tiny_config
 
@@ -71,7 +72,7 @@ def test_cached_equals_recompute_tokens_logits_and_probabilities(shapes_dir):
   np.testing.assert_allclose(cached.logits[:, :steps], full.logits[:, :steps], atol=1e-5,
                              rtol=1e-5)
   np.testing.assert_allclose(cached.token_probs, full.token_probs, atol=1e-5)
-  np.testing.assert_allclose(cached.class_probs, full.class_probs, atol=1e-5)
+  np.testing.assert_allclose(cached.task_state.class_probs, full.task_state.class_probs, atol=1e-5)
 
 
 def test_step_weights_equal_the_projections_and_the_embedding_they_replace(shapes_dir):
@@ -107,7 +108,8 @@ def test_the_cache_grows_by_blocks_and_equals_one_block_and_recompute(shapes_dir
                 _run(model, images, step='recompute', return_logits=True)):
     np.testing.assert_array_equal(blocked.tokens, other.tokens)
     np.testing.assert_allclose(blocked.logits, other.logits, atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(blocked.class_probs, other.class_probs, atol=1e-5)
+    np.testing.assert_allclose(blocked.task_state.class_probs, other.task_state.class_probs,
+                               atol=1e-5)
   assert [c['k'].shape[1] for c in model.decoder.grow_cache(
       model.decoder.init_cache(2, 8), 16)] == [16] * len(model.decoder.layers)
   with pytest.raises(ValueError, match='must increase'):
@@ -180,7 +182,7 @@ def test_known_logits_give_the_known_sequence_and_scores():
   expected[:len(target)] = target
   np.testing.assert_array_equal(state.tokens, np.stack([expected] * 2))
   assert int(state.position) == len(target) == int(state.cache)  # stopped after EOS
-  np.testing.assert_allclose(state.class_probs[0, [4, 9]], [0.7, 0.7], rtol=1e-5)
+  np.testing.assert_allclose(state.task_state.class_probs[0, [4, 9]], [0.7, 0.7], rtol=1e-5)
   tokens, scores = decoding.detection_outputs(state, VOCAB, 'class')
   found = detections.parse_tokens(np.asarray(tokens[0]), VOCAB, np.asarray(scores[0]))
   np.testing.assert_array_equal(found.labels, [2, 0])
@@ -288,7 +290,7 @@ def test_filters_keep_the_nucleus_and_the_top_k():
 def test_grammar_mask_by_slot():
   tokens = jnp.full((1, LENGTH), vocab_lib.PADDING).at[0, :2].set(jnp.asarray([coord(7),
                                                                               coord(9)]))
-  mask = lambda p: np.asarray(decoding.grammar_mask(jnp.int32(p), tokens, VOCAB, LENGTH))[0]
+  mask = lambda p: np.asarray(detection.grammar_mask(jnp.int32(p), tokens, VOCAB, LENGTH))[0]
   coords = np.zeros(VOCAB.size, bool)
   coords[VOCAB.coord_offset:] = True
   np.testing.assert_array_equal(mask(1), coords)

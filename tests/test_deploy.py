@@ -18,6 +18,7 @@ from pix2seq_jax.deploy import detector, export, serving
 from pix2seq_jax.inference import detections
 from pix2seq_jax.inference import images as images_lib
 from pix2seq_jax.inference.predictor import Predictor
+from pix2seq_jax.tasks import detection
 from pix2seq_jax.tasks import vocab as vocab_lib
 from tests import tiny
 from tests.test_official_parity import FIXTURE
@@ -217,7 +218,7 @@ def test_reading_objects_in_the_graph_equals_parsing_with_numpy(layout, mode):
     tokens.append(seq)
   tokens = np.asarray(tokens, np.int32)
   scores = rng.random(tokens.shape).astype(np.float32)
-  out = detector.first_valid(*detector.read_objects(tokens, scores, vocab, mode),
+  out = detector.first_valid(*detection.read_objects(tokens, scores, vocab, mode),
                              np.asarray(ids, np.int32))
   for row in range(len(tokens)):
     want = detections.parse(tokens[row], vocab, scores[row], mode)

@@ -47,7 +47,7 @@ def test_detection_task_hooks_give_what_the_vocabulary_gives():
     for a, b in zip(jax.tree.leaves(by_task.replace(rng=keys(by_task.rng))),
                     jax.tree.leaves(by_vocab.replace(rng=keys(by_vocab.rng)))):
       np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(by_task.task_state.class_probs, by_vocab.class_probs)
+    np.testing.assert_array_equal(by_task.task_state.class_probs, by_vocab.task_state.class_probs)
     outputs = task.outputs(by_task.tokens, by_task.token_probs, by_task.task_state)
     for a, b in zip(outputs, decoding.detection_outputs(by_vocab, VOCAB, 'class_x_coords',
                                                        mode)):
@@ -88,8 +88,8 @@ def test_official_detection_task_has_no_constraint():
   assert official.allowed(jnp.int32(3), tokens, official.init_state(2, LENGTH)) is None
   grammar = detection.DetectionTask(VOCAB)
   mask = grammar.allowed(jnp.int32(4), tokens, grammar.init_state(2, LENGTH))
-  np.testing.assert_array_equal(mask, decoding.grammar_mask(jnp.int32(4), tokens, VOCAB,
-                                                            LENGTH))
+  np.testing.assert_array_equal(mask, detection.grammar_mask(jnp.int32(4), tokens, VOCAB,
+                                                             LENGTH))
   with pytest.raises(ValueError, match='decode.score'):
     detection.DetectionTask(VOCAB, 'grammar', 'coords')
   with pytest.raises(ValueError, match='decode.mode'):

@@ -173,12 +173,18 @@ def crop_objects(objects: dict[str, tf.Tensor], shape: tf.Tensor, offset: tf.Ten
 def mirror_objects(objects: dict[str, tf.Tensor], flip: tf.Tensor) -> dict[str, tf.Tensor]:
   """Flips the boxes, polygons and keypoints of `objects` left-right where `flip` (bool
   []) holds; other fields are unchanged."""
-  out = dict(objects)
   # random_mirror with probability 1 always flips (its draw is in [0, 1)): the box flip.
   mirrored = transforms.random_mirror(
       objects['boxes'], tf.constant(transforms.IDENTITY_RESAMPLE), 1,
       tf.zeros([2], tf.int64), probability=1.0)[0]
+  out = _mirror_points(objects, flip)
   out['boxes'] = tf.where(flip, mirrored, objects['boxes'])
+  return out
+
+
+def _mirror_points(objects: dict[str, tf.Tensor], flip: tf.Tensor) -> dict[str, tf.Tensor]:
+  """`objects` with its polygons and keypoints flipped left-right where `flip` holds."""
+  out = dict(objects)
   for name, (_, mirror) in _POINT_MAPS.items():
     if name in objects:
       out[name] = tf.cond(flip, lambda v=objects[name], m=mirror: m(v),
@@ -199,7 +205,7 @@ def random_mirror_objects(objects: dict[str, tf.Tensor], resample: tf.Tensor,
   keypoints flipped together, and the columns' resample [2, 2] run backwards."""
   boxes, resample = transforms.random_mirror(objects['boxes'], resample, width, seed,
                                              probability)
-  out = mirror_objects(objects, flip_draw(seed, probability))
+  out = _mirror_points(objects, flip_draw(seed, probability))
   out['boxes'] = boxes
   return out, resample
 

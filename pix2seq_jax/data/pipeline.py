@@ -110,66 +110,36 @@ def preprocess(record: dict[str, tf.Tensor], data: ml_collections.ConfigDict,
   """
   if task != 'object_detection':
     return preprocess_instances(record, data, vocab, seed, task)
-  boxes, labels = record['boxes'], record['labels']
-  pixels = transforms.decode_pixels(tf.io.read_file(record['path']))
-  pixels = transforms.apply_exif_orientation(pixels, record['orientation'])
-  # float32 [0, 1] for evaluation, uint8 for training; resize_to is a no-op unless
-  # image_check found the file at another size.
-  image = transforms.resize_to(pixels if seed is not None else transforms.to_float(pixels),
-                               record['size'])
-  original_size = tf.shape(image)[:2]
-  size = data.image_size
+  objects, example, extent = _placed(record, data, seed,
+                                     {'boxes': record['boxes'], 'labels': record['labels']})
   augment = seed is not None
-  if augment:
-    fold = lambda op: tf.random.experimental.stateless_fold_in(seed, op)
-    if data.scale_jitter:
-      new_shape, scale, offset, extent = transforms.scale_jitter_and_crop_draws(
-          original_size, size, fold(_SCALE_OP), fold(_CROP_OP), data.scale_min,
-          data.scale_max)
-      boxes, labels = transforms.crop_boxes(boxes, labels, new_shape, offset, extent)
-    else:
-      new_shape, scale = transforms.longest_side_shape(original_size, size)
-      offset, extent = tf.zeros([2], tf.int32), new_shape
-    image, resample = transforms.window_source(image, new_shape, offset, extent, size)
-    if data.random_flip:
-      boxes, resample = transforms.random_mirror(boxes, resample, extent[1], fold(_FLIP_OP))
-    boxes, labels = transforms.shuffle_objects(boxes, labels, fold(_ORDER_OP))
-    boxes = transforms.canvas_boxes(boxes, extent, size)
-  else:
-    image, scale = transforms.resize_longest_side(image, size)
-    extent = tf.shape(image)[:2]
-    image, boxes = transforms.pad_to_canvas(image, boxes, size)
-  example = sequences.build_sequences(
-      boxes, labels, vocab, data.max_instances, data.eos_weight,
-      seed=fold(_SEQUENCE_OP) if augment else None,
+  example.update(sequences.build_sequences(
+      objects['boxes'], objects['labels'], vocab, data.max_instances, data.eos_weight,
+      seed=tf.random.experimental.stateless_fold_in(seed, _SEQUENCE_OP) if augment else None,
       noise_objects=augment and data.noise_objects,
       corrupt_classes=augment and data.corrupt_classes,
       noise_coord_weight=data.noise_coord_weight, noise_class_weight=data.noise_class_weight,
-      extent=tf.cast(extent, tf.float32) / size)
-  example.update(image=image, image_id=record['image_id'], original_size=original_size,
-                 scale=scale)
-  if augment:
-    example.update(extent=extent, source_extent=tf.shape(image)[:2], resample=resample)
+      extent=tf.cast(extent, tf.float32) / data.image_size))
   return example
 
 
-def preprocess_instances(record: dict[str, tf.Tensor], data: ml_collections.ConfigDict,
-                         vocab: vocab_lib.Vocabulary, seed: tf.Tensor | None,
-                         task: str = 'instance_segmentation') -> dict[str, tf.Tensor]:
-  """`preprocess` of an instance task: the image as for detection (the same draws), the
-  objects' boxes, labels and polygons moved together (`geometry.*_objects`), then one
-  sequence per object (`instance_sequences`), [n, L] each for n = data.max_instances.
+def _placed(record: dict[str, tf.Tensor], data: ml_collections.ConfigDict,
+            seed: tf.Tensor | None,
+            objects: dict[str, tf.Tensor]) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor],
+                                                    tf.Tensor]:
+  """The record's image as the model gets it, and its `objects` (boxes [N, 4] normalised
+  to the image, labels [N], polygons or keypoints) moved with it by the same draws
+  (`geometry.*_objects`), every task alike.
 
-  Training shuffles the objects before keeping the first n (as detection; the official
-  keeps the first n in the annotations' order) and has no sequence augmentation.
+  Returns (objects normalised to the size x size canvas, the example's image fields:
+  image, image_id, original_size, scale and in training extent, source_extent and
+  resample, the extent [2] of the image on the canvas).
   """
-  if task != 'instance_segmentation':
-    raise ValueError(f'preprocess_instances: task={task!r} has no sequences here yet.')
-  objects = {'boxes': record['boxes'], 'labels': record['labels'],
-             'polygons': record['polygons']}  # [N, 4], [N], [N, 2P]
   pixels = transforms.decode_pixels(tf.io.read_file(record['path']))
   pixels = transforms.apply_exif_orientation(pixels, record['orientation'])
   augment = seed is not None
+  # float32 [0, 1] for evaluation, uint8 for training; resize_to is a no-op unless
+  # image_check found the file at another size.
   image = transforms.resize_to(pixels if augment else transforms.to_float(pixels),
                                record['size'])
   original_size = tf.shape(image)[:2]
@@ -192,20 +162,37 @@ def preprocess_instances(record: dict[str, tf.Tensor], data: ml_collections.Conf
   else:
     image, scale = transforms.resize_longest_side(image, size)
     extent = tf.shape(image)[:2]
-    image, _ = transforms.pad_to_canvas(image, objects['boxes'], size)
-  objects = geometry.canvas_objects(objects, extent, size)
+    image = transforms.pad_image(image, size)
+  example = {'image': image, 'image_id': record['image_id'], 'original_size': original_size,
+             'scale': scale}
+  if augment:
+    example.update(extent=extent, source_extent=tf.shape(image)[:2], resample=resample)
+  return geometry.canvas_objects(objects, extent, size), example, extent
+
+
+def preprocess_instances(record: dict[str, tf.Tensor], data: ml_collections.ConfigDict,
+                         vocab: vocab_lib.Vocabulary, seed: tf.Tensor | None,
+                         task: str = 'instance_segmentation') -> dict[str, tf.Tensor]:
+  """`preprocess` of an instance task: the image and the objects' boxes, labels and
+  polygons placed as for detection (`_placed`), then one sequence per object
+  (`instance_sequences`), [n, L] each for n = data.max_instances.
+
+  Training shuffles the objects before keeping the first n (as detection; the official
+  keeps the first n in the annotations' order) and has no sequence augmentation.
+  """
+  if task != 'instance_segmentation':
+    raise ValueError(f'preprocess_instances: task={task!r} has no sequences here yet.')
+  objects, example, _ = _placed(
+      record, data, seed, {'boxes': record['boxes'], 'labels': record['labels'],
+                           'polygons': record['polygons']})  # [N, 4], [N], [N, 2P]
   bbox, label, polygon = instance_sequences.official_objects(
       objects, vocab.category_ids, data.max_instances)  # [n, 4], [n], [n, 2P]
   input_seq, target_seq, weights = instance_sequences.build_segmentation_sequences(
       bbox, label, polygon, bins=vocab.num_bins, coord_shift=vocab.coord_offset,
       max_points=data.max_points, eos_weight=data.eos_weight,
       prompt=vocab.prompt(task))  # [n, L] each
-  example = {'input_tokens': tf.cast(input_seq, tf.int32),
-             'target_tokens': tf.cast(target_seq, tf.int32), 'loss_weights': weights,
-             'image': image, 'image_id': record['image_id'], 'original_size': original_size,
-             'scale': scale}
-  if augment:
-    example.update(extent=extent, source_extent=tf.shape(image)[:2], resample=resample)
+  example.update(input_tokens=tf.cast(input_seq, tf.int32),
+                 target_tokens=tf.cast(target_seq, tf.int32), loss_weights=weights)
   return example
 
 

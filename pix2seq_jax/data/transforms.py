@@ -270,8 +270,12 @@ def pad_to_canvas(image: tf.Tensor, boxes: tf.Tensor, size: int,
   """Pads a float32 image bottom/right with `value` to a [size, size, 3] canvas; boxes
   become canvas-normalised. (Training batches are padded with zeros when batched, and
   `canvas.model_images` puts PAD_VALUE there on the device.)"""
-  padded = tf.image.pad_to_bounding_box(image - value, 0, 0, size, size) + value
-  return padded, canvas_boxes(boxes, tf.shape(image)[:2], size)
+  return pad_image(image, size, value), canvas_boxes(boxes, tf.shape(image)[:2], size)
+
+
+def pad_image(image: tf.Tensor, size: int, value: float = PAD_VALUE) -> tf.Tensor:
+  """A float32 image padded bottom/right with `value` to [size, size, 3]."""
+  return tf.image.pad_to_bounding_box(image - value, 0, 0, size, size) + value
 
 
 def shuffle_objects(boxes: tf.Tensor, labels: tf.Tensor,

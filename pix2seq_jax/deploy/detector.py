@@ -32,9 +32,6 @@ from pix2seq_jax.tasks import vocab as vocab_lib
 OUTPUTS = ('boxes', 'classes', 'scores', 'num_detections')
 
 
-read_objects = detection.read_objects  # the detection task's in-graph parser
-
-
 def first_valid(boxes: jax.Array, labels: jax.Array, scores: jax.Array, valid: jax.Array,
                 category_ids: np.ndarray) -> dict[str, jax.Array]:
   """The valid objects moved to the front, in their order; labels -> category ids."""
@@ -69,6 +66,6 @@ def detector_fn(config: ml_collections.FrozenConfigDict, graphdef: nnx.GraphDef,
                             temperature=dec.temperature, top_k=dec.top_k, top_p=dec.top_p,
                             rng=rng, mode=dec.mode)
     tokens, scores = task.outputs(state.tokens, state.token_probs, state.task_state)
-    return first_valid(*read_objects(tokens, scores, vocab, dec.mode), category_ids)
+    return first_valid(*detection.read_objects(tokens, scores, vocab, dec.mode), category_ids)
 
   return detect

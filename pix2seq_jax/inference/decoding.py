@@ -62,7 +62,6 @@ NEG_INF = task_lib.NEG_INF
 # Positions per block of the self-attention cache (see the module docstring); 0: one loop
 # over a cache of the full length.
 PREFIX_BLOCK = 64
-grammar_mask = detection.grammar_mask  # detection's constraint (tasks/detection.py)
 
 # (last token [B], position [], cache) -> (logits [B, V], cache)
 LogitsFn = Callable[[jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
@@ -85,16 +84,6 @@ class DecodeState:
   # drawn before (the draw itself where the task redraws a suppressed token for the output)
   last: jax.Array
   logits: jax.Array | None = None  # [B, L, V] float32, only when asked for
-
-  @property
-  def class_tokens(self) -> jax.Array:
-    """[B, L] detection's best real class token at class slots (its task state)."""
-    return self.task_state.class_tokens
-
-  @property
-  def class_probs(self) -> jax.Array:
-    """[B, L] detection's best real class probability at class slots (its task state)."""
-    return self.task_state.class_probs
 
 
 def as_task(task: task_lib.Task | vocab_lib.Vocabulary, mode: str = 'grammar') -> task_lib.Task:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -54,7 +54,7 @@ TEMPERATURE = 1.0  # :128
 TOP_K = 0  # :126
 TOP_P = 0.1  # :127
 SUPPRESS_INVISIBLE = True  # :137 eval_suppress_invisible_token
-MODES = segmentation.MODES
+MODES = task_lib.INSTANCE_MODES
 
 
 def decode_keypoints(tokens: np.ndarray, box_yxyx: np.ndarray, canvas_hw: Sequence[int],
@@ -118,28 +118,17 @@ class KeypointOutputs(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class KeypointTask:
+class KeypointTask(task_lib.InstanceTask):
   """Keypoint detection's decoding hooks (`task.Task`; the module docstring) for the
-  official_multitask `vocab`, with the official multi-task config's sampling settings."""
+  official_multitask `vocab`, with the official multi-task config's sampling settings
+  ('official' mode also redraws the invisible token: `suppress_tokens`)."""
 
-  vocab: vocab_lib.Vocabulary
-  mode: str = 'official'  # 'official': unconstrained + suppression, as the official
   temperature: float = TEMPERATURE
   top_k: int = TOP_K
   top_p: float = TOP_P
   suppress_invisible: bool = SUPPRESS_INVISIBLE  # no 41 in the output
   points_score_weight: float = POINTS_SCORE_WEIGHT  # for `combine_scores`
-  prompt_length: ClassVar[int] = task_lib.INSTANCE_PROMPT_LENGTH
-
-  def __post_init__(self):
-    if self.mode not in MODES:
-      raise ValueError(f'The keypoint mode must be one of {MODES}, got {self.mode!r}.')
-    self.vocab.prompt('keypoint_detection')  # raises unless official_multitask
-
-  @property
-  def prompt(self) -> int:
-    """The task token (12), the first of each row's prompt."""
-    return self.vocab.prompt('keypoint_detection')
+  name: ClassVar[str] = 'keypoint_detection'  # task token 12
 
   @property
   def length(self) -> int:
@@ -152,18 +141,10 @@ class KeypointTask:
     official = self.mode == 'official' and self.suppress_invisible
     return (self.vocab.invisible,) if official else ()
 
-  def sampling(self) -> dict[str, Any]:
-    """`decode`'s sampling keyword arguments: the official config's, under `mode`."""
-    return dict(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                mode=self.mode)
-
   def prompts(self, boxes: jax.Array, classes: jax.Array) -> jax.Array:
     """boxes [..., n, 4] (normalised ymin, xmin, ymax, xmax), classes [..., n] (category
     ids; 0: padding object) -> [prod(...) * n, 6] prompts."""
     return task_lib.instance_prompts(self.prompt, boxes, classes, self.vocab)
-
-  def init_state(self, batch: int, length: int) -> tuple:
-    return ()
 
   def allowed(self, position: jax.Array, tokens: jax.Array, state: tuple) -> jax.Array | None:
     if self.mode == 'official':
@@ -173,10 +154,6 @@ class KeypointTask:
     if not self.suppress_invisible:
       allowed = allowed | (ids == self.vocab.invisible)
     return jnp.broadcast_to(allowed, (tokens.shape[0], self.vocab.size))
-
-  def update(self, state: tuple, position: jax.Array, logits: jax.Array, probs: jax.Array,
-             token: jax.Array, done: jax.Array) -> tuple:
-    return state
 
   def outputs(self, tokens: jax.Array, token_probs: jax.Array, state: tuple) -> KeypointOutputs:
     """The tokens, their points and the points score (the official

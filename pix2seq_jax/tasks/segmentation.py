@@ -55,7 +55,7 @@ ENSEMBLE_THRESHOLD = 0.5  # :96
 TEMPERATURE = 1.0  # :91
 TOP_K = 0  # :89
 TOP_P = 0.8  # :90
-MODES = ('grammar', 'official')
+MODES = task_lib.INSTANCE_MODES
 
 # Tokens -> the point markers they stand for (tasks/vocab.py).
 _TOKEN_TO_FLOAT = ((vocab_lib.PADDING, vocab_lib.POINT_PADDING),
@@ -196,40 +196,23 @@ def instance_masks(points: np.ndarray, canvas_hw: Sequence[int], unpadded_hw: Se
 
 
 @dataclasses.dataclass(frozen=True)
-class SegmentationTask:
+class SegmentationTask(task_lib.InstanceTask):
   """Instance segmentation's decoding hooks (`task.Task`; the module docstring) for the
   official_multitask `vocab`, with the official multi-task config's sampling settings."""
 
-  vocab: vocab_lib.Vocabulary
-  mode: str = 'official'  # 'official': unconstrained, as the official; 'grammar'
   temperature: float = TEMPERATURE
   top_k: int = TOP_K
   top_p: float = TOP_P
   max_points: int = MAX_POINTS  # the response is 2 * max_points tokens
   num_samples: int = ENSEMBLE_NUM_SAMPLES  # rows per object (`prompts`)
   threshold: float = ENSEMBLE_THRESHOLD  # of the mean of an object's sampled masks
-  prompt_length: ClassVar[int] = task_lib.INSTANCE_PROMPT_LENGTH
+  name: ClassVar[str] = 'instance_segmentation'  # task token 11
   suppress_tokens: ClassVar[tuple[int, ...]] = ()
-
-  def __post_init__(self):
-    if self.mode not in MODES:
-      raise ValueError(f'The segmentation mode must be one of {MODES}, got {self.mode!r}.')
-    self.vocab.prompt('instance_segmentation')  # raises unless official_multitask
-
-  @property
-  def prompt(self) -> int:
-    """The task token (11), the first of each row's prompt."""
-    return self.vocab.prompt('instance_segmentation')
 
   @property
   def length(self) -> int:
     """The response tokens: 2 * max_points (256)."""
     return 2 * self.max_points
-
-  def sampling(self) -> dict[str, Any]:
-    """`decode`'s sampling keyword arguments: the official config's, under `mode`."""
-    return dict(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                mode=self.mode)
 
   def prompts(self, boxes: jax.Array, classes: jax.Array) -> jax.Array:
     """boxes [..., n, 4] (normalised ymin, xmin, ymax, xmax), classes [..., n] (category
@@ -237,9 +220,6 @@ class SegmentationTask:
     repeated num_samples times (adjacent)."""
     rows = task_lib.instance_prompts(self.prompt, boxes, classes, self.vocab)
     return jnp.repeat(rows, self.num_samples, axis=0)
-
-  def init_state(self, batch: int, length: int) -> tuple:
-    return ()
 
   def allowed(self, position: jax.Array, tokens: jax.Array, state: tuple) -> jax.Array | None:
     if self.mode == 'official':
@@ -252,10 +232,6 @@ class SegmentationTask:
                                             keepdims=True)  # [B, 1]
     second = jnp.where(previous == self.vocab.separator, separator, coord)  # [B, V]
     return jnp.where(position % 2 == 0, pair_start[None], second)
-
-  def update(self, state: tuple, position: jax.Array, logits: jax.Array, probs: jax.Array,
-             token: jax.Array, done: jax.Array) -> tuple:
-    return state
 
   def outputs(self, tokens: jax.Array, token_probs: jax.Array, state: tuple) -> jax.Array:
     """[R, L] float32 points: (y, x) normalised to the canvas, -1 / -2 / -3 for padding,

@@ -43,7 +43,8 @@ The tasks: `detection.DetectionTask` (object detection), `segmentation.Segmentat
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import dataclasses
+from typing import Any, ClassVar, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -112,3 +113,47 @@ def instance_prompts(task_token: int, boxes: jax.Array, classes: jax.Array,
   rows = jnp.concatenate([jnp.full_like(classes[:, None], task_token), coords,
                           classes[:, None] + vocab_lib.OFFICIAL_CLASS_OFFSET], axis=1)
   return jnp.where(classes[:, None] == 0, 0, rows).astype(jnp.int32)  # [R, 6]
+
+
+INSTANCE_MODES = ('grammar', 'official')
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceTask:
+  """What the instance tasks (segmentation.py, keypoints.py) share: the official_multitask
+  `vocab`, a prompt of INSTANCE_PROMPT_LENGTH tokens led by the task token of `name`, no
+  per-row state, and the sampling settings they pass to `decode` (`sampling`). `mode`
+  'official' samples unconstrained, as the official; 'grammar' uses the task's
+  constraint. The subclasses set `name` and the official config's sampling defaults."""
+
+  vocab: vocab_lib.Vocabulary
+  mode: str = 'official'
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  name: ClassVar[str] = ''  # the official task name (vocab.OFFICIAL_PROMPTS)
+  prompt_length: ClassVar[int] = INSTANCE_PROMPT_LENGTH
+
+  def __post_init__(self):
+    if self.mode not in INSTANCE_MODES:
+      raise ValueError(f'The {self.name} mode must be one of {INSTANCE_MODES}, '
+                       f'got {self.mode!r}.')
+    self.vocab.prompt(self.name)  # raises unless official_multitask
+
+  @property
+  def prompt(self) -> int:
+    """The task token, the first of each row's prompt."""
+    return self.vocab.prompt(self.name)
+
+  def sampling(self) -> dict[str, Any]:
+    """`decode`'s sampling keyword arguments: the official config's, under `mode`."""
+    return dict(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                mode=self.mode)
+
+  def init_state(self, batch: int, length: int) -> tuple:
+    return ()
+
+  def update(self, state: tuple, position: jax.Array, logits: jax.Array, probs: jax.Array,
+             token: jax.Array, done: jax.Array) -> tuple:
+    return state
+
