@@ -26,13 +26,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
 from pix2seq_jax.config import checks, resolve
 from pix2seq_jax.data import coco_json, pipeline, report, sources
-from pix2seq_jax.evaluation import coco_metrics, val_loss
+from pix2seq_jax.evaluation import coco_metrics, instance_evaluator, val_loss
 from pix2seq_jax.inference import detections, drawing, sharded_decode
 from pix2seq_jax.inference import images as images_lib
 from pix2seq_jax.models import build
@@ -50,26 +49,6 @@ def _fetched(sums: dict[str, jax.Array], tokens: jax.Array, scores: jax.Array,
   (tokens, scores, meta) of this process's rows."""
   likelihood.add(sums)
   return sharded_decode.local_rows(tokens), sharded_decode.local_rows(scores), meta
-
-
-def _on_process_0(rows: list[tuple]) -> tuple:
-  """(tokens, scores, meta) of every process's rows of every batch, in the global batches'
-  order (process 0's rows of batch 0, process 1's of batch 0, ...), from this process's
-  [(tokens [local, L], scores [local, L], meta)] per batch. Every process takes part in
-  the gather (each holds the same number of batches of the same shapes); only process 0
-  uses its result."""
-  # [batches * local, ...] per array
-  local = jax.tree.map(lambda *batches: np.concatenate(batches), *rows)
-  if jax.process_count() == 1:
-    return local
-  # [processes * batches * local, ...]: process 0's rows of every batch, then process 1's
-  gathered = multihost_utils.process_allgather(local, tiled=True)
-  batches, processes = len(rows), jax.process_count()
-
-  def in_batch_order(x: np.ndarray) -> np.ndarray:
-    x = x.reshape(processes, batches, -1, *x.shape[1:])  # [processes, batches, local, ...]
-    return x.swapaxes(0, 1).reshape(-1, *x.shape[3:])
-  return jax.tree.map(in_batch_order, gathered)
 
 
 def draw_records(records: list[coco_json.ImageRecord], results: list[dict],
@@ -142,7 +121,7 @@ class Evaluator:
       pending = (sums, tokens, scores, {k: batch[k] for k in _META_KEYS})
     if pending is not None:
       rows.append(_fetched(*pending, likelihood))
-    tokens, scores, meta = _on_process_0(rows)
+    tokens, scores, meta = mesh_lib.gather_to_process_0(rows)
     if jax.process_index() > 0:
       return Evaluation({}, None)
     results = detections.coco_results(tokens, scores, meta, self.vocab, split.categories,
@@ -171,7 +150,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   """
   mesh = mesh_lib.make_mesh() if mesh is None else mesh
   checks.validate(config, mode='eval', overrides=overrides, devices=mesh.size)
-  splits = sources.load_splits(config.data)
+  splits = sources.load_splits(config.data, config.task)
   report.log_data_report(splits)
   config = resolve.resolve(config, len(splits.train.records))
   vocab = vocab_lib.for_categories(config.model.vocabulary, splits.categories.category_ids,
@@ -183,5 +162,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   if restored is None:
     raise FileNotFoundError(f'No checkpoint under {checkpoints.checkpoint_dir(workdir)}; '
                             'train first (--mode=train) or point --workdir at a trained run.')
-  evaluator = Evaluator(config, splits.val, vocab, build.model_graphdef(config, vocab), mesh)
+  graphdef = build.model_graphdef(config, vocab)
+  if config.task == 'object_detection':
+    evaluator = Evaluator(config, splits.val, vocab, graphdef, mesh)
+  else:  # decoded from the ground-truth boxes, scored as masks or keypoints
+    evaluator = instance_evaluator.InstanceEvaluator(config, splits.val,
+                                                     splits.instances['val'], vocab,
+                                                     graphdef, mesh)
   return evaluator(restored['params'], restored['batch_stats'], int(restored['step']), workdir)

@@ -1,10 +1,20 @@
-"""Evaluating an instance task (`config.task='instance_segmentation'`) during training:
-the teacher-forced validation loss of its per-object sequences, written under
-`<workdir>/eval/step_<N>/metrics.json` as the detection `Evaluator` writes its metrics.
+"""Evaluating an instance task (`config.task` 'instance_segmentation' or
+'keypoint_detection'): every val object decoded from its ground-truth box and class and
+scored with COCOeval (`segm` or `keypoints`), and the teacher-forced validation loss of
+its sequences; written under `<workdir>/eval/step_<N>/` as the detection `Evaluator`
+writes its own (metrics.json, and the COCO results as segmentations.json or
+keypoints.json).
 
-Decoding polygons and scoring them with COCOeval (segm) are not implemented yet; the
-metrics are `val_loss`, `val_perplexity` and `val_perplexity_coord` (`val_loss.py`; the
-class targets weigh 0 in these sequences, so there is no class perplexity).
+The prompts are the ground truth's, as the official multi-task config evaluates
+(`use_gt_box_at_test=True`): each eval example's sequences start with their prompt
+[task, box, class] (`input_tokens[..., :6]`), so the objects decoded are those the
+example holds (`data.max_instances` per image for segmentation, the first in the
+annotation file's order: objects past them count as misses, as in the official
+evaluation; one person per example for keypoints), each scored 1 as a ground-truth box
+(keypoints: by its points' probability). Decoding samples as the official
+(`inference/instances.instance_task`); the host turns rows into masks or keypoints in
+original pixels (`inference/instances.py`). Process 0 gathers every process's rows, as
+the detection `Evaluator` does.
 """
 
 from __future__ import annotations
@@ -21,7 +31,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from pix2seq_jax.data import coco_json, instance_annotations, pipeline
-from pix2seq_jax.evaluation import val_loss
+from pix2seq_jax.evaluation import coco_metrics, val_loss
+from pix2seq_jax.inference import instances, sharded_decode
 from pix2seq_jax.parallel import mesh as mesh_lib
 from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.workdir import files as workdir_lib
@@ -34,14 +45,24 @@ class Evaluation(NamedTuple):
   drawings: np.ndarray | None = None
 
 
+# The COCOeval iou_type and the results file of each instance task.
+IOU_TYPES = {'instance_segmentation': 'segm', 'keypoint_detection': 'keypoints'}
+RESULTS_FILES = {'instance_segmentation': 'segmentations.json',
+                 'keypoint_detection': 'keypoints.json'}
+_META_KEYS = ('image_id', 'scale', 'original_size', 'crop_offset', 'mask')
+
+
 class InstanceEvaluator:
-  """Compiles the validation loss once; `evaluate` at every evaluation of a training run."""
+  """Compiles the decoder and the validation loss once; `evaluate` at every evaluation of
+  a training run."""
 
   def __init__(self, config: ml_collections.FrozenConfigDict, split: coco_json.CocoSplit,
                targets: instance_annotations.InstanceTargets, vocab: vocab_lib.Vocabulary,
                graphdef: nnx.GraphDef, mesh: Mesh):
     self.config, self.split, self.targets = config, split, targets
     self.vocab, self.mesh = vocab, mesh
+    self.task = instances.instance_task(config, vocab)
+    self.decode_fn = sharded_decode.InstanceDecodeFn(config, graphdef, self.task, mesh)
     self.val_loss_fn = val_loss.make_val_loss_fn(graphdef, vocab, mesh,
                                                  config.train.matmul_precision)
 
@@ -51,23 +72,48 @@ class InstanceEvaluator:
 
   def evaluate(self, params: nnx.State, batch_stats: nnx.State, step: int, workdir: str,
                draw: bool = True) -> Evaluation:
-    """The val split's teacher-forced metrics (process 0; {} elsewhere). `draw` is
-    accepted for the detection Evaluator's signature; nothing is drawn."""
+    """The val split's COCO metrics and teacher-forced metrics (process 0; {} elsewhere).
+    `draw` is accepted for the detection Evaluator's signature; nothing is drawn."""
     del draw
     config = self.config
+    max_images = config.eval.max_images
+    records = self.split.records[:max_images] if max_images else self.split.records
     batches = pipeline.eval_batches(
         self.split, config.data, self.vocab, global_batch_size=config.eval.batch_size,
-        max_images=config.eval.max_images, process_index=jax.process_index(),
+        max_images=max_images, process_index=jax.process_index(),
         process_count=jax.process_count(), task=config.task, targets=self.targets)
-    likelihood = val_loss.ValLoss()
+    likelihood, rows, pending = val_loss.ValLoss(), [], None
     for batch in batches:
       arrays = mesh_lib.put_batch({k: batch[k] for k in val_loss.BATCH_KEYS}, self.mesh)
-      likelihood.add(self.val_loss_fn(params, batch_stats, arrays))
+      prompts = batch['input_tokens'][..., :self.task.prompt_length]  # [B, n, 6]
+      sums = self.val_loss_fn(params, batch_stats, arrays)
+      outputs = self.decode_fn(params, batch_stats, arrays['image'],
+                               mesh_lib.put_batch({'p': prompts}, self.mesh)['p'], step)
+      if pending is not None:  # the previous batch, fetched while this one runs
+        rows.append(self._fetched(*pending, likelihood))
+      pending = (sums, outputs, prompts, {k: batch[k] for k in _META_KEYS if k in batch})
+    if pending is not None:
+      rows.append(self._fetched(*pending, likelihood))
+    outputs, prompts, meta = mesh_lib.gather_to_process_0(rows)
     if jax.process_index() > 0:
       return Evaluation({})
-    metrics = {k: v for k, v in likelihood.metrics().items() if not math.isnan(v)}
-    workdir_lib.write_json(os.path.join(workdir_lib.eval_dir(workdir, step), 'metrics.json'),
-                           metrics)
-    logging.info('eval@%d (%s, teacher-forced): %s', step, config.task,
+    results = instances.coco_results(outputs, prompts, meta, self.task, config.data.image_size)
+    coco_gt = coco_metrics.load_ground_truth(self.split.annotations_path)
+    metrics = coco_metrics.coco_metrics(coco_gt, results,
+                                        image_ids=[r.image_id for r in records],
+                                        iou_type=IOU_TYPES[config.task])
+    metrics.update({k: v for k, v in likelihood.metrics().items() if not math.isnan(v)})
+    out = workdir_lib.eval_dir(workdir, step)
+    workdir_lib.write_json(os.path.join(out, 'metrics.json'), metrics)
+    workdir_lib.write_json(os.path.join(out, RESULTS_FILES[config.task]), results)
+    logging.info('eval@%d (%s) on %d images: %s', step, config.task, len(records),
                  ' '.join(f'{k}={v:.4f}' for k, v in metrics.items()))
     return Evaluation(metrics)
+
+  @staticmethod
+  def _fetched(sums, outputs, prompts: np.ndarray, meta: dict[str, np.ndarray],
+               likelihood: val_loss.ValLoss) -> tuple:
+    """One batch on this host: its val-loss sums added to `likelihood`, and (outputs,
+    prompts, meta) of this process's rows."""
+    likelihood.add(sums)
+    return jax.tree.map(sharded_decode.local_rows, outputs), prompts, meta

@@ -93,6 +93,44 @@ def as_task(task: task_lib.Task | vocab_lib.Vocabulary, mode: str = 'grammar') -
   return task
 
 
+# The most likely tokens `filter_logits` looks at first for the nucleus (`lax.top_k`);
+# the full sort of the vocabulary runs only where they hold at most top_p of the mass.
+NUCLEUS_CANDIDATES = 64
+
+
+def _nucleus_threshold(ordered: jax.Array, log_total: jax.Array, top_p: float,
+                       nucleus: str) -> tuple[jax.Array, jax.Array]:
+  """The nucleus of descending logits `ordered` [B, K] (the K largest of a row whose
+  logsumexp is `log_total` [B, 1]) -> (its smallest logit [B, 1], the mass of the K)."""
+  probs = jnp.exp(ordered - log_total)  # [B, K]
+  mass = jnp.cumsum(probs, axis=-1)
+  within = (mass - probs < top_p) if nucleus == 'reach' else (mass <= top_p)
+  keep = within | (jnp.arange(ordered.shape[-1]) == 0)
+  return jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True), mass[:, -1]
+
+
+def nucleus_threshold(logits: jax.Array, top_p: float, nucleus: str = 'reach',
+                      candidates: int = NUCLEUS_CANDIDATES) -> jax.Array:
+  """[B, 1]: the smallest logit of each row's nucleus (see `filter_logits`).
+
+  The `candidates` most likely tokens decide it when they hold more than top_p of the
+  probability: no token past them can then be in the nucleus under either rule. Else
+  (a flat distribution: an untrained model) the whole vocabulary is sorted, as
+  `candidates=0` always does; the two give the same threshold (tests/test_decode.py).
+  """
+  log_total = jax.nn.logsumexp(logits, axis=-1, keepdims=True)  # [B, 1]
+
+  def by_sort():
+    ordered = jnp.sort(logits, axis=-1)[:, ::-1]  # [B, V] descending
+    return _nucleus_threshold(ordered, log_total, top_p, nucleus)[0]
+
+  if not 0 < candidates < logits.shape[-1]:
+    return by_sort()
+  top = jax.lax.top_k(logits, candidates)[0]  # [B, K] descending
+  threshold, mass = _nucleus_threshold(top, log_total, top_p, nucleus)
+  return jax.lax.cond(jnp.all(mass > top_p), lambda: threshold, by_sort)
+
+
 def filter_logits(logits: jax.Array, *, top_k: int = 0, top_p: float = 1.0,
                   nucleus: str = 'reach') -> jax.Array:
   """Sets logits [B, V] outside the top-k / nucleus(top-p) set to NEG_INF.
@@ -107,13 +145,7 @@ def filter_logits(logits: jax.Array, *, top_k: int = 0, top_p: float = 1.0,
     kth = jax.lax.top_k(logits, top_k)[0][:, -1:]  # [B, 1]
     logits = jnp.where(logits < kth, NEG_INF, logits)
   if top_p < 1.0:
-    ordered = jnp.sort(logits, axis=-1)[:, ::-1]  # [B, V] descending
-    probs = jax.nn.softmax(ordered, axis=-1)
-    mass = jnp.cumsum(probs, axis=-1)
-    within = (mass - probs < top_p) if nucleus == 'reach' else (mass <= top_p)
-    keep = within | (jnp.arange(logits.shape[-1]) == 0)
-    threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
-    logits = jnp.where(logits < threshold, NEG_INF, logits)
+    logits = jnp.where(logits < nucleus_threshold(logits, top_p, nucleus), NEG_INF, logits)
   return logits
 
 

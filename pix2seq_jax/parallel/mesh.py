@@ -1,6 +1,7 @@
 """Device mesh and shardings for data parallelism over all devices of all processes.
 
-Batches are split over the 'data' axis. The train state is replicated, or with
+Batches are split over the 'data' axis; evaluation brings every process's rows to
+process 0 (`gather_to_process_0`). The train state is replicated, or with
 `train.shard_params` split FSDP-style over the same axis: each array of parameters and
 optimizer state is cut along its largest dimension that the device count divides, and
 the train step gathers the parameters for the forward pass and scatters the gradients.
@@ -13,6 +14,7 @@ from typing import Any, Iterator, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -87,3 +89,23 @@ def placed_batches(batches: Iterator[dict[str, np.ndarray]], mesh: Mesh,
       yield queue.popleft()
   while queue:
     yield queue.popleft()
+
+
+def gather_to_process_0(rows: list[tuple]) -> tuple:
+  """Every process's rows of every batch, in the global batches' order (process 0's rows
+  of batch 0, process 1's of batch 0, ...), from this process's rows per batch (a tuple
+  of pytrees with leading [local, ...]: detection's (tokens, scores, meta)). Every
+  process takes part in the gather (each holds the same number of batches of the same
+  shapes); only process 0 uses its result (JAX has no gather to one process)."""
+  # [batches * local, ...] per array
+  local = jax.tree.map(lambda *batches: np.concatenate(batches), *rows)
+  if jax.process_count() == 1:
+    return local
+  # [processes * batches * local, ...]: process 0's rows of every batch, then process 1's
+  gathered = multihost_utils.process_allgather(local, tiled=True)
+  batches, processes = len(rows), jax.process_count()
+
+  def in_batch_order(x: np.ndarray) -> np.ndarray:
+    x = x.reshape(processes, batches, -1, *x.shape[1:])  # [processes, batches, local, ...]
+    return x.swapaxes(0, 1).reshape(-1, *x.shape[3:])
+  return jax.tree.map(in_batch_order, gathered)
