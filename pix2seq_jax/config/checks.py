@@ -5,13 +5,18 @@ Besides values out of range, a config may not set a field that the run would ign
   data paths of another source (coco_dir with source 'shapes', tfds_data_dir with
       'coco_files', coco_dir together with the explicit train/val paths it replaces)
   decode.top_k / decode.top_p with decode.temperature 0 (greedy decoding ignores them)
-  data.noise_objects / data.corrupt_classes with task 'instance_segmentation' (detection's
-      sequence augmentation)
+  data.noise_objects / data.corrupt_classes with an instance task (detection's sequence
+      augmentation)
+and what the keypoint task cannot run without: data.max_instances=1 (one person per
+example), data.max_points=17 (COCO's keypoints) and a COCO-files source (the shapes and
+TFDS data have no keypoints; annotation files without keypoints are refused when read,
+data/sources.py);
 and, for fields whose defaults cannot tell "set" from "unset", a command-line override
 (`overrides`: the dotted names given as --config.X=...) that the run does not read:
   shapes_* with another source, scale_min/max without scale_jitter, noise weights
-  without noise_objects, and in --mode=predict and --mode=summary any field outside
-  what the mode reads.
+  without noise_objects, decode.* (but canvas_buckets) with an instance task (which
+  samples as the official multi-task config), and in --mode=predict and --mode=summary
+  any field outside what the mode reads.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pix2seq_jax.config import default
 from pix2seq_jax.data import sources, tfds_source
 from pix2seq_jax.models import backbones, pix2seq, resnet, variants
 from pix2seq_jax.runtime import precision
+from pix2seq_jax.tasks import keypoints, segmentation
 from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.workdir import files as workdir_lib
 
@@ -98,7 +104,7 @@ def validate(config: ml_collections.ConfigDict, *, mode: str = 'train',
         f'config.data.image_size={data.image_size} is not divisible by the {spec.backbone} '
         f'stride {stride}; try {max(stride, round(data.image_size / stride) * stride)}.')
   if mode in ('train', 'eval'):
-    _check_data_paths(data)
+    _check_data_paths(data, config.task)
 
 
 def _positive(config: ml_collections.ConfigDict, *names: str) -> None:
@@ -144,14 +150,14 @@ def _check_source_fields(data: ml_collections.ConfigDict, overrides: tuple[str, 
           '(--config.data.coco_dir= to use the explicit paths).')
 
 
-def _check_data_paths(data: ml_collections.ConfigDict) -> None:
+def _check_data_paths(data: ml_collections.ConfigDict, task: str) -> None:
   if data.source == 'tfds':
     try:
       tfds_source.require_prepared(data.tfds_data_dir or tfds_source.default_data_dir())
     except tfds_source.TfdsNotPreparedError as e:
       raise ConfigError(str(e)) from None
   if data.source == 'coco_files':
-    for split, (images, annotations) in sources.split_paths(data).items():
+    for split, (images, annotations) in sources.split_paths(data, task).items():
       for kind, path in (('images', images), ('annotations', annotations)):
         if not path or not os.path.exists(path):
           field = 'data.coco_dir' if data.coco_dir else f'data.{split}_{kind}'
@@ -277,7 +283,7 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
   needed = default.sequence_length(config)
   if model.max_seq_len and model.max_seq_len < needed:
     of = (f'data.max_points={config.data.max_points}'
-          if config.task == 'instance_segmentation'
+          if config.task in default.INSTANCE_TASKS
           else f'data.max_instances={config.data.max_instances}')
     raise ConfigError(
         f'config.model.max_seq_len={model.max_seq_len} is shorter than the sequences of '
@@ -292,16 +298,30 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
                           'training workdir or one written by pix2seq_jax.official.convert.')
 
 
+_KEYPOINT_FIELDS = ('crop_pad', 'invisible_weight', 'corrupt_keypoints')
+
+
+# The official sampling of each instance task (the decode.* fields are detection's).
+_INSTANCE_TOP_P = {'instance_segmentation': segmentation.TOP_P,
+                   'keypoint_detection': keypoints.TOP_P}
+
+
 def _check_task(config: ml_collections.ConfigDict, mode: str,
                 overrides: tuple[str, ...]) -> None:
   """config.task is one the vocabulary can prompt, with the settings its sequences read."""
   task, data = config.task, config.data
   if task not in default.TASKS:
     raise ConfigError(f'config.task={task!r} is unknown; use one of {list(default.TASKS)}.')
+  if task != 'keypoint_detection':
+    for field in _KEYPOINT_FIELDS:
+      if f'data.{field}' in overrides:
+        raise ConfigError(f'config.data.{field} is read only with '
+                          "task='keypoint_detection'; remove it or set "
+                          '--config.task=keypoint_detection.')
   if task == 'object_detection':
     if 'data.max_points' in overrides:
-      raise ConfigError('config.data.max_points is read only with '
-                        "task='instance_segmentation'; remove it or set "
+      raise ConfigError('config.data.max_points is read only with an instance task '
+                        f'({", ".join(default.INSTANCE_TASKS)}); remove it or set '
                         '--config.task=instance_segmentation.')
     return
   if config.model.vocabulary != 'official_multitask':
@@ -318,11 +338,41 @@ def _check_task(config: ml_collections.ConfigDict, mode: str,
           f'config.data.{switch}=True is object detection\'s sequence augmentation, which '
           f'the {task} sequences (one per object, as the official) do not have; set '
           f'--config.data.{switch}=False.')
-  if mode in ('eval', 'predict'):
+  if task == 'keypoint_detection':
+    _check_keypoints(data)
+  ignored = sorted(name for name in overrides
+                   if name.startswith('decode.') and name != 'decode.canvas_buckets')
+  if ignored:
     raise ConfigError(
-        f'--mode={mode} with config.task={task!r}: decoding and scoring polygons are not '
-        'implemented yet; training logs the teacher-forced val loss (eval/val_loss) at each '
-        'evaluation. Use --mode=train.')
+        f'--config.{ignored[0]}: the decode settings are object detection\'s; config.task='
+        f'{task!r} samples as the official multi-task config does (temperature 1, top_p '
+        f'{_INSTANCE_TOP_P[task]}: docs/tasks.md). Leave --config.decode.* out.')
+
+
+def _check_keypoints(data: ml_collections.ConfigDict) -> None:
+  """What task='keypoint_detection' reads: one person per example, COCO's 17 keypoints,
+  COCO person_keypoints files."""
+  if data.max_instances != default.KEYPOINTS_MAX_INSTANCES:
+    raise ConfigError(
+        f'config.data.max_instances={data.max_instances}: keypoint_detection trains on one '
+        'person per example (its image cropped to the person, as the official unbatching); '
+        f'set --config.data.max_instances={default.KEYPOINTS_MAX_INSTANCES}.')
+  if data.max_points != default.KEYPOINTS_MAX_POINTS:
+    raise ConfigError(
+        f'config.data.max_points={data.max_points}: a keypoint_detection response is COCO\'s '
+        f'{default.KEYPOINTS_MAX_POINTS} keypoints; set '
+        f'--config.data.max_points={default.KEYPOINTS_MAX_POINTS}.')
+  if data.source != 'coco_files':
+    raise ConfigError(
+        f'config.data.source={data.source!r} has no person keypoints; keypoint_detection '
+        'reads COCO person_keypoints files: set --config.data.source=coco_files with '
+        'data.coco_dir (annotations/person_keypoints_{train,val}2017.json) or the explicit '
+        'data.{train,val}_{images,annotations} paths.')
+  for name, official in (('crop_pad', default.KEYPOINTS_CROP_PAD),
+                         ('invisible_weight', default.KEYPOINTS_INVISIBLE_WEIGHT)):
+    if data[name] < 0:
+      raise ConfigError(f'config.data.{name}={data[name]} must be >= 0 (official: '
+                        f'{official}).')
 
 
 def _check_decode(config: ml_collections.ConfigDict, overrides: tuple[str, ...]) -> None:

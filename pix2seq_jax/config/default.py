@@ -12,24 +12,35 @@ import ml_collections
 DECODE_MODES = ('grammar', 'official')
 SCORE_MODES = ('class', 'class_x_coords')
 # The values config.task takes: what the model is trained to write for each image.
-TASKS = ('object_detection', 'instance_segmentation')
+TASKS = ('object_detection', 'instance_segmentation', 'keypoint_detection')
+INSTANCE_TASKS = ('instance_segmentation', 'keypoint_detection')
 # The official multi-task model's setting of each instance task
 # (google-research/pix2seq configs/config_multi_task.py).
 SEGMENTATION_MAX_POINTS = 128  # config_multi_task.py:83, max_points_per_object
 SEGMENTATION_MAX_INSTANCES = 10  # config_multi_task.py:81, max_instances_per_image
 SEGMENTATION_EOS_WEIGHT = 1.0  # config_multi_task.py:93, eos_token_weight
 SEGMENTATION_SCALE_MAX = 1.0  # transform_configs.py:86, jitter_scale_max of segmentation
+KEYPOINTS_MAX_POINTS = 17  # config_multi_task.py:120, max_points_per_object (COCO's 17)
+KEYPOINTS_MAX_INSTANCES = 1  # config_multi_task.py:116 (unbatch=True, :133, needs 1)
+KEYPOINTS_EOS_WEIGHT = 0.0  # config_multi_task.py:131, eos_token_weight
+KEYPOINTS_INVISIBLE_WEIGHT = 0.1  # config_multi_task.py:130, invisible_token_weight
+KEYPOINTS_CROP_PAD = 0.5  # config_multi_task.py:135, crop_to_bbox_pad_scale
+KEYPOINTS_SCALE_MAX = 1.0  # transform_configs.py:160, jitter_scale_max of keypoints
+# transform_configs.py:185-190: the official keypoint training leaves the flip out (its
+# restore of reserved values after a swap of left/right keypoints is wrong); ours swaps
+# the markers with their keypoints (data/geometry.py), so a flip is safe but off by default.
+KEYPOINTS_RANDOM_FLIP = False
 
 
 def sequence_length(config: ml_collections.ConfigDict) -> int:
   """Tokens in one decoder input (and target) sequence of `config.task`.
 
   object_detection: 5 per object of `data.max_instances`, plus EOS (one sequence per
-  image); instance_segmentation: prompt-conditioned box and class (5 targets) then 2 per
-  polygon point of `data.max_points` (one sequence per object, the official
-  `max_seq_len = 5 + 2 * max_points_per_object`).
+  image); instance_segmentation and keypoint_detection: prompt-conditioned box and class
+  (5 targets) then 2 per point of `data.max_points` (one sequence per object, the official
+  `max_seq_len = 5 + 2 * max_points_per_object`; 39 for COCO's 17 keypoints).
   """
-  if config.get('task', TASKS[0]) == 'instance_segmentation':
+  if config.get('task', TASKS[0]) in INSTANCE_TASKS:
     return 5 + 2 * config.data.max_points
   return 5 * config.data.max_instances + 1
 
@@ -41,7 +52,11 @@ def get_config() -> ml_collections.ConfigDict:
   # What the model learns to write: 'object_detection' (one sequence of boxes and classes
   # per image) or 'instance_segmentation' (Pix2Seq-v2: one sequence per object, its
   # polygon given its box and class; needs model.vocabulary='official_multitask' and
-  # COCO polygons; the image is encoded once for all its objects' sequences).
+  # COCO polygons; the image is encoded once for all its objects' sequences) or
+  # 'keypoint_detection' (Pix2Seq-v2: one example per person, its image cropped to the
+  # person's padded box, its 17 keypoints given its box and class; needs
+  # 'official_multitask', COCO person_keypoints files, data.max_instances=1 and
+  # data.max_points=17).
   config.task = 'object_detection'
 
   config.data = data = ml_collections.ConfigDict()
@@ -50,9 +65,11 @@ def get_config() -> ml_collections.ConfigDict:
   # TensorFlow Datasets; never downloads).
   data.source = 'shapes'
   # coco_files: a folder in the COCO 2017 / DETR layout (train2017/, val2017/,
-  # annotations/instances_{train,val}2017.json). Overrides the four paths below.
+  # annotations/instances_{train,val}2017.json; keypoint_detection reads
+  # annotations/person_keypoints_{train,val}2017.json). Overrides the four paths below.
   data.coco_dir = ''
-  # coco_files: image folder and instances JSON of each split (when coco_dir is '').
+  # coco_files: image folder and instances JSON (person_keypoints JSON for
+  # keypoint_detection) of each split (when coco_dir is '').
   data.train_images = ''
   data.train_annotations = ''
   data.val_images = ''
@@ -70,16 +87,30 @@ def get_config() -> ml_collections.ConfigDict:
   data.image_size = 640
   # Most objects in one sequence; more are dropped (after shuffling, when training).
   # instance_segmentation: the objects (each its own sequence) per image, padded with
-  # empty sequences up to it (the official multi-task config has 10).
+  # empty sequences up to it (the official multi-task config has 10). keypoint_detection:
+  # 1 (one person per example, as the official).
   data.max_instances = 100
   # instance_segmentation: polygon points per object at most (an object's polygons one
   # after another, a separator point between two); longer ones are cut, as the official.
+  # keypoint_detection: 17, COCO's keypoints.
   data.max_points = SEGMENTATION_MAX_POINTS
+  # keypoint_detection: each example's image is its person's box widened on every side by
+  # this fraction of the box's height and width, in whole pixels, within the image (the
+  # official crop_to_bbox_pad_scale).
+  data.crop_pad = KEYPOINTS_CROP_PAD
+  # keypoint_detection: loss weight of the targets that are the invisible-point token (an
+  # unlabelled keypoint, or one outside the crop); other keypoint targets weigh 1.
+  data.invisible_weight = KEYPOINTS_INVISIBLE_WEIGHT
+  # keypoint_detection, training: replace a random fraction r ~ U(0, 1) (drawn per
+  # example) of the keypoint tokens of the decoder input by the invisible-point token, as
+  # the official (the targets are unchanged).
+  data.corrupt_keypoints = True
   # Coordinate quantisation bins.
   data.num_bins = 1000
   # Loss weight of the EOS target token (real objects' tokens weigh 1, padding 0).
   # instance_segmentation: of every padding target (the end of a polygon, and the
-  # padding objects' sequences); the official multi-task config has 1.0.
+  # padding objects' sequences); the official multi-task config has 1.0 (keypoints: 0.0,
+  # read only by padding objects, which one person per example never has).
   data.eos_weight = 0.1
   # Training augmentation (all off for evaluation). Scale jitter: resize the longest
   # side to image_size * U[scale_min, scale_max], then crop a random image_size window
@@ -92,7 +123,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Sequence augmentation (data/sequences.py): top each sequence up to max_instances
   # objects with "n/a" noise objects (duplicates and bad boxes of the real ones), and
   # replace every class token of the decoder input by a random class or "n/a".
-  # Detection only (instance_segmentation's sequences have neither: set both False).
+  # Detection only (the instance tasks' sequences have neither: set both False).
   data.noise_objects = True
   data.corrupt_classes = True
   # Loss weights of noise objects' coordinate tokens and class token (real objects: 1).
@@ -195,7 +226,8 @@ def get_config() -> ml_collections.ConfigDict:
   train.keep_checkpoints = 3
 
   config.eval = eval_config = ml_collections.ConfigDict()
-  # Evaluate on the first this many val images; 0 evaluates on all of them.
+  # Evaluate on the first this many val images; 0 evaluates on all of them
+  # (keypoint_detection: every person of those images, one example each).
   eval_config.max_images = 0
   # Global eval batch size (padded with masked examples at the end).
   eval_config.batch_size = 32

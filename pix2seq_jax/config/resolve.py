@@ -1,7 +1,8 @@
 """The config a run reads: epochs turned into steps, then frozen.
 
-`train.epochs` and `train.warmup_epochs` count passes over the train split, whose size
-is known only once the split is read. `resolve` turns them into `train.steps` and
+`train.epochs` and `train.warmup_epochs` count passes over the train split's examples
+(its images; for keypoint_detection its persons, `pipeline.num_train_examples`), whose
+number is known only once the split is read. `resolve` turns them into `train.steps` and
 `train.warmup_steps` (zeroing the epoch fields, so the result passes the checks again)
 and returns a FrozenConfigDict: nothing downstream can change a field after the jitted
 functions have read it.
@@ -15,18 +16,20 @@ import ml_collections
 
 
 def resolve(config: ml_collections.ConfigDict,
-            num_train_images: int | None = None) -> ml_collections.FrozenConfigDict:
+            num_train_examples: int | None = None) -> ml_collections.FrozenConfigDict:
   """A frozen copy of a validated `config` with epochs resolved to steps.
 
-  steps = ceil(epochs * images / batch_size); warmup_steps = round(warmup_epochs *
-  images / batch_size). `num_train_images` is needed only when an epoch field is set.
+  steps = ceil(epochs * examples / batch_size); warmup_steps = round(warmup_epochs *
+  examples / batch_size). `num_train_examples` (images, or persons for keypoints) is
+  needed only when an epoch field is set.
   """
   resolved = ml_collections.ConfigDict(config.to_dict())
   train = resolved.train
   if train.epochs > 0 or train.warmup_epochs > 0:
-    if not num_train_images:
-      raise ValueError('train.epochs / train.warmup_epochs need the number of train images.')
-    steps_per_epoch = num_train_images / train.batch_size
+    if not num_train_examples:
+      raise ValueError('train.epochs / train.warmup_epochs need the number of train images '
+                       '(of train examples: persons for keypoint_detection).')
+    steps_per_epoch = num_train_examples / train.batch_size
     if train.epochs > 0:
       train.steps = max(1, math.ceil(train.epochs * steps_per_epoch))
       train.epochs = 0.0

@@ -25,7 +25,24 @@ sequences, one per object, padded with empty ones (`instance_sequences`):
   input_tokens   int32 [B, n, L]   target_tokens int32 [B, n, L]   loss_weights float32
                  [B, n, L], L = 5 + 2 * data.max_points
 the other fields as above: the image appears once, and the model encodes it once for its
-n sequences (`Pix2Seq.__call__`). Batches still split over devices along B.
+n sequences (`Pix2Seq.__call__`). Batches still split over devices along B. Evaluation
+batches of both instance tasks also hold crop_offset int32 [B, 2] (zeros here).
+
+With `task='keypoint_detection'` (Pix2Seq-v2) an example is one person, not one image
+(the official `unbatch`): the stream runs over every (record, person) pair of the split
+(`targets` holds the persons' keypoints; `num_train_examples`, `eval_example_ids`), its
+order a pure function of (seed, step) as above. Each example's image is the person's box
+widened by `data.crop_pad` of its size on every side within the image
+(`transforms.box_crop_region`, the official `crop_to_bbox`), the box and keypoints moved
+into it (`geometry.crop_objects`); then the usual draws of `_placed` on the crop, and one
+sequence (n = 1) of L = 5 + 2 * 17 tokens: prompt 12, box, class, 17 (y, x) keypoints,
+an unlabelled or cropped-out one 41 41. Training corrupts the decoder input (a fraction
+r ~ U(0, 1), drawn per example from its seed, of the response input tokens becomes 41;
+`data.corrupt_keypoints`). Evaluation examples hold input_tokens / target_tokens /
+loss_weights [B, 1, L] uncorrupted (the ground-truth prompt is input_tokens[..., :6]),
+original_size int32 [B, 2] the (h, w) of the crop (what was resized to the canvas),
+scale float32 [B] canvas / crop, crop_offset int32 [B, 2] the (y, x) of the crop in the
+full image, image_id, mask.
 """
 
 from __future__ import annotations
@@ -48,7 +65,7 @@ from pix2seq_jax.data import (
 from pix2seq_jax.runtime import jit_cache
 from pix2seq_jax.tasks import vocab as vocab_lib
 
-_FLIP_OP, _ORDER_OP, _SCALE_OP, _CROP_OP, _SEQUENCE_OP = 1, 2, 3, 4, 5
+_FLIP_OP, _ORDER_OP, _SCALE_OP, _CROP_OP, _SEQUENCE_OP, _CORRUPT_OP = 1, 2, 3, 4, 5, 6
 
 
 def _record_tables(records: list[coco_json.ImageRecord],
@@ -74,12 +91,35 @@ def _record_tables(records: list[coco_json.ImageRecord],
   return tables
 
 
+def _person_tables(records: list[coco_json.ImageRecord],
+                   keypoints: list[np.ndarray]) -> dict[str, tf.Tensor]:
+  """One row per (record, person) pair, in record then object order: the record's
+  fields and the person as its only object (boxes [P, 1, 4], labels [P, 1], keypoints
+  [P, 1, K]; `keypoints` per record float32 [N, K], K = 2 * 17)."""
+  pairs = [(r, k) for r, record in enumerate(records) for k in range(len(record.labels))]
+  width = keypoints[0].shape[1] if keypoints else 2 * instance_annotations.NUM_KEYPOINTS
+  image = lambda field, dtype: np.array([getattr(records[r], field) for r, _ in pairs], dtype)
+  boxes = np.array([records[r].boxes[k] for r, k in pairs], np.float32).reshape(-1, 1, 4)
+  labels = np.array([records[r].labels[k] for r, k in pairs], np.int32).reshape(-1, 1)
+  points = np.array([keypoints[r][k] for r, k in pairs], np.float32).reshape(-1, 1, width)
+  return {
+      'image_id': tf.constant(image('image_id', np.int64)),
+      'path': tf.constant(image('path', object).astype(str), tf.string),
+      'size': tf.constant(np.stack([image('height', np.int32), image('width', np.int32)],
+                                   axis=-1).reshape(-1, 2)),
+      'orientation': tf.constant(image('orientation', np.int32)),
+      'boxes': tf.constant(boxes), 'labels': tf.constant(labels),
+      'keypoints': tf.constant(points),
+  }
+
+
 def record_at(tables: dict[str, tf.Tensor], index: tf.Tensor) -> dict[str, tf.Tensor]:
-  """Record `index` of `_record_tables`: path, size [2], orientation, boxes [N, 4],
-  labels [N], image_id, and polygons [N, 2P] where the tables have them."""
+  """Record `index` of `_record_tables` (or example `index` of `_person_tables`): path,
+  size [2], orientation, boxes [N, 4], labels [N], image_id, and polygons [N, 2P] or
+  keypoints [N, 34] where the tables have them."""
   names = ('path', 'size', 'orientation', 'boxes', 'labels', 'image_id')
   return {name: tables[name][index] for name in names + tuple(
-      name for name in ('polygons',) if name in tables)}
+      name for name in ('polygons', 'keypoints') if name in tables)}
 
 
 _RECORD_SPEC = {
@@ -93,7 +133,8 @@ def _record_spec(task: str, data: ml_collections.ConfigDict) -> dict[str, tf.Ten
   """The signature of `record_at`'s records for `task`."""
   if task == 'object_detection':
     return _RECORD_SPEC
-  return dict(_RECORD_SPEC, polygons=tf.TensorSpec([None, 2 * data.max_points], tf.float32))
+  points = 'keypoints' if task == 'keypoint_detection' else 'polygons'
+  return dict(_RECORD_SPEC, **{points: tf.TensorSpec([None, 2 * data.max_points], tf.float32)})
 
 
 def preprocess(record: dict[str, tf.Tensor], data: ml_collections.ConfigDict,
@@ -124,16 +165,19 @@ def preprocess(record: dict[str, tf.Tensor], data: ml_collections.ConfigDict,
 
 
 def _placed(record: dict[str, tf.Tensor], data: ml_collections.ConfigDict,
-            seed: tf.Tensor | None,
-            objects: dict[str, tf.Tensor]) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor],
-                                                    tf.Tensor]:
+            seed: tf.Tensor | None, objects: dict[str, tf.Tensor],
+            crop_pad: float | None = None
+            ) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor], tf.Tensor]:
   """The record's image as the model gets it, and its `objects` (boxes [N, 4] normalised
   to the image, labels [N], polygons or keypoints) moved with it by the same draws
-  (`geometry.*_objects`), every task alike.
+  (`geometry.*_objects`), every task alike. With `crop_pad` the image is first cropped
+  to the first object's box widened by `crop_pad` of its size (`_crop_to_box`), and
+  everything below sees the crop as the image.
 
   Returns (objects normalised to the size x size canvas, the example's image fields:
-  image, image_id, original_size, scale and in training extent, source_extent and
-  resample, the extent [2] of the image on the canvas).
+  image, image_id, original_size, scale, in evaluation with `crop_pad` crop_offset, in
+  training extent, source_extent and resample; the extent [2] of the image on the
+  canvas).
   """
   pixels = transforms.decode_pixels(tf.io.read_file(record['path']))
   pixels = transforms.apply_exif_orientation(pixels, record['orientation'])
@@ -142,6 +186,9 @@ def _placed(record: dict[str, tf.Tensor], data: ml_collections.ConfigDict,
   # image_check found the file at another size.
   image = transforms.resize_to(pixels if augment else transforms.to_float(pixels),
                                record['size'])
+  crop_offset = tf.zeros([2], tf.int32)
+  if crop_pad is not None:
+    image, objects, crop_offset = _crop_to_box(image, objects, crop_pad)
   original_size = tf.shape(image)[:2]
   size = data.image_size
   if augment:
@@ -165,35 +212,80 @@ def _placed(record: dict[str, tf.Tensor], data: ml_collections.ConfigDict,
     image = transforms.pad_image(image, size)
   example = {'image': image, 'image_id': record['image_id'], 'original_size': original_size,
              'scale': scale}
+  if crop_pad is not None and not augment:
+    example['crop_offset'] = crop_offset
   if augment:
     example.update(extent=extent, source_extent=tf.shape(image)[:2], resample=resample)
   return geometry.canvas_objects(objects, extent, size), example, extent
+
+
+def _crop_to_box(image: tf.Tensor, objects: dict[str, tf.Tensor], pad: float
+                 ) -> tuple[tf.Tensor, dict[str, tf.Tensor], tf.Tensor]:
+  """`image` [H, W, 3] cropped to the window of objects['boxes'][0]
+  (`transforms.box_crop_region`), the objects moved into it (keypoints left outside
+  become invisible, `geometry.crop_keypoints`). Returns (crop, objects, offset int32 [2])."""
+  shape = tf.shape(image)[:2]
+  offset, size = transforms.box_crop_region(objects['boxes'][0], shape, pad)
+  crop = image[offset[0]:offset[0] + size[0], offset[1]:offset[1] + size[1]]
+  return crop, geometry.crop_objects(objects, shape, offset, size), offset
 
 
 def preprocess_instances(record: dict[str, tf.Tensor], data: ml_collections.ConfigDict,
                          vocab: vocab_lib.Vocabulary, seed: tf.Tensor | None,
                          task: str = 'instance_segmentation') -> dict[str, tf.Tensor]:
   """`preprocess` of an instance task: the image and the objects' boxes, labels and
-  polygons placed as for detection (`_placed`), then one sequence per object
-  (`instance_sequences`), [n, L] each for n = data.max_instances.
+  polygons or keypoints placed as for detection (`_placed`; keypoints: the image cropped
+  to the example's person first), then one sequence per object (`instance_sequences`),
+  [n, L] each for n = data.max_instances.
 
   Training shuffles the objects before keeping the first n (as detection; the official
-  keeps the first n in the annotations' order) and has no sequence augmentation.
+  keeps the first n in the annotations' order). Segmentation has no sequence
+  augmentation; keypoints have the official input corruption (`data.corrupt_keypoints`).
+  Evaluation examples carry crop_offset [2] (zeros for segmentation); training ones not.
   """
-  if task != 'instance_segmentation':
-    raise ValueError(f'preprocess_instances: task={task!r} has no sequences here yet.')
+  if task not in default.INSTANCE_TASKS:
+    raise ValueError(f'preprocess_instances: task={task!r} is not one of '
+                     f'{default.INSTANCE_TASKS}.')
+  keypoints = task == 'keypoint_detection'
+  points = 'keypoints' if keypoints else 'polygons'
   objects, example, _ = _placed(
       record, data, seed, {'boxes': record['boxes'], 'labels': record['labels'],
-                           'polygons': record['polygons']})  # [N, 4], [N], [N, 2P]
-  bbox, label, polygon = instance_sequences.official_objects(
-      objects, vocab.category_ids, data.max_instances)  # [n, 4], [n], [n, 2P]
-  input_seq, target_seq, weights = instance_sequences.build_segmentation_sequences(
-      bbox, label, polygon, bins=vocab.num_bins, coord_shift=vocab.coord_offset,
-      max_points=data.max_points, eos_weight=data.eos_weight,
-      prompt=vocab.prompt(task))  # [n, L] each
+                           points: record[points]},  # [N, 4], [N], [N, 2P]
+      crop_pad=data.crop_pad if keypoints else None)
+  bbox, label, rows = instance_sequences.official_objects(
+      objects, vocab.category_ids, data.max_instances, points)  # [n, 4], [n], [n, 2P]
+  common = dict(bins=vocab.num_bins, coord_shift=vocab.coord_offset,
+                max_points=data.max_points, eos_weight=data.eos_weight,
+                prompt=vocab.prompt(task))
+  if keypoints:
+    ratio = noise = None
+    if seed is not None and data.corrupt_keypoints:
+      ratio, noise = _corruption_draws(
+          tf.random.experimental.stateless_fold_in(seed, _CORRUPT_OP), data)
+    input_seq, target_seq, weights = instance_sequences.build_keypoint_sequences(
+        bbox, label, rows, invisible_weight=data.invisible_weight, ratio=ratio,
+        noise=noise, **common)  # [n, L] each
+  else:
+    input_seq, target_seq, weights = instance_sequences.build_segmentation_sequences(
+        bbox, label, rows, **common)  # [n, L] each
+  if seed is None:  # the instance tasks' eval fields are alike
+    example.setdefault('crop_offset', tf.zeros([2], tf.int32))
   example.update(input_tokens=tf.cast(input_seq, tf.int32),
                  target_tokens=tf.cast(target_seq, tf.int32), loss_weights=weights)
   return example
+
+
+def _corruption_draws(seed: tf.Tensor,
+                      data: ml_collections.ConfigDict) -> tuple[tf.Tensor, tf.Tensor]:
+  """(ratio [], noise float32 [n, L - 6]) of the keypoint input corruption for `seed` [2]:
+  response input token j becomes 41 where noise[j] < ratio."""
+  # The input's response tokens: L - 6 = 2 * max_points - 1 (the last point's x is only
+  # a target).
+  ratio = tf.random.stateless_uniform([], seed=seed)
+  noise = tf.random.stateless_uniform(
+      [data.max_instances, 2 * data.max_points - 1],
+      seed=tf.random.experimental.stateless_fold_in(seed, 1))
+  return ratio, noise
 
 
 def preprocess_fn(data: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,
@@ -222,18 +314,55 @@ def preprocess_fn(data: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,
   return jit_cache.cached(key if task == 'object_detection' else key + (task,), build)
 
 
-def _tables_for(records: list[coco_json.ImageRecord], task: str,
-                targets: instance_annotations.InstanceTargets | None) -> dict[str, tf.Tensor]:
-  """The record tables `task` reads: with the objects' polygons for segmentation."""
+def _check_targets(records: list[coco_json.ImageRecord], task: str,
+                   targets: instance_annotations.InstanceTargets | None) -> None:
   if task not in default.TASKS:
     raise ValueError(f'task={task!r}: use one of {default.TASKS}.')
-  if task == 'object_detection':
-    return _record_tables(records)
-  if targets is None or len(targets.polygons) < len(records):
+  if task != 'object_detection' and (targets is None or len(targets.polygons) < len(records)):
     raise ValueError(f'task={task!r} needs the records\' instance targets '
                      '(instance_annotations.load_instance_targets, as sources.load_splits '
                      'gives them in Splits.instances).')
-  return _record_tables(records, targets.polygons[:len(records)])
+
+
+def _tables_for(records: list[coco_json.ImageRecord], task: str,
+                targets: instance_annotations.InstanceTargets | None
+                ) -> tuple[dict[str, tf.Tensor], int]:
+  """(the tables `task` reads, their number of examples): records, with the objects'
+  polygons for segmentation; one row per person with its keypoints for keypoints."""
+  _check_targets(records, task, targets)
+  if task == 'object_detection':
+    return _record_tables(records), len(records)
+  if task == 'keypoint_detection':
+    tables = _person_tables(records, targets.keypoints[:len(records)])
+    return tables, int(tables['image_id'].shape[0])
+  return _record_tables(records, targets.polygons[:len(records)]), len(records)
+
+
+def example_image_ids(records: list[coco_json.ImageRecord], task: str) -> np.ndarray:
+  """int64 [E]: the image id of each example `task` makes of `records`, in stream order
+  (keypoint_detection: one per person, i.e. per object of the records; otherwise one per
+  record)."""
+  if task == 'keypoint_detection':
+    return np.array([r.image_id for r in records for _ in range(len(r.labels))], np.int64)
+  return np.array([r.image_id for r in records], np.int64)
+
+
+def num_train_examples(split: coco_json.CocoSplit, task: str = 'object_detection') -> int:
+  """Examples in one epoch of `split` for `task` (keypoint_detection: its persons)."""
+  return len(example_image_ids(split.records, task))
+
+
+def eval_example_ids(split: coco_json.CocoSplit, task: str = 'object_detection',
+                     max_images: int = 0) -> np.ndarray:
+  """int64 [E]: the image id of each example `eval_batches` yields (mask True), in order,
+  for the first `max_images` records (all if 0)."""
+  return example_image_ids(split.records[:max_images] if max_images else split.records, task)
+
+
+def num_eval_examples(split: coco_json.CocoSplit, task: str = 'object_detection',
+                      max_images: int = 0) -> int:
+  """The examples `eval_batches` yields with mask True (keypoints: one per person)."""
+  return len(eval_example_ids(split, task, max_images))
 
 
 def train_batches(split: coco_json.CocoSplit, data: ml_collections.ConfigDict,
@@ -243,9 +372,9 @@ def train_batches(split: coco_json.CocoSplit, data: ml_collections.ConfigDict,
                   targets: instance_annotations.InstanceTargets | None = None
                   ) -> Iterator[dict[str, np.ndarray]]:
   """An endless iterator of this process's training batches, starting at `start_step`
-  (`targets`: the split's polygons, aligned with its records, for an instance `task`)."""
-  tables = _tables_for(split.records, task, targets)
-  num_records = len(split.records)
+  (`targets`: the split's polygons or keypoints, aligned with its records, for an instance
+  `task`; keypoint_detection streams its persons, `num_train_examples` of them)."""
+  tables, num_records = _tables_for(split.records, task, targets)
   global_batch_size = local_batch_size * process_count
   ds = tf.data.Dataset.range(num_records)
   ds = ds.shuffle(num_records, seed=seed, reshuffle_each_iteration=True).repeat()
@@ -282,15 +411,15 @@ def eval_batches(split: coco_json.CocoSplit, data: ml_collections.ConfigDict,
                  ) -> Iterator[dict[str, np.ndarray]]:
   """This process's eval batches; every process yields the same number of batches.
 
-  The first `max_images` records (all if 0) are padded to a whole number of global
-  batches by repeating record 0 with `mask` False; process p takes rows
-  [p * local, (p + 1) * local) of each global batch.
+  The examples of the first `max_images` records (all if 0; keypoint_detection: one per
+  person, `eval_example_ids`) are padded to a whole number of global batches by repeating
+  example 0 with `mask` False; process p takes rows [p * local, (p + 1) * local) of each
+  global batch.
   """
   records = split.records[:max_images] if max_images else split.records
-  num_images = len(records)
   local = global_batch_size // process_count
-  total = num_eval_batches(num_images, global_batch_size) * global_batch_size
-  tables = _tables_for(records, task, targets)
+  tables, num_examples = _tables_for(records, task, targets)
+  total = num_eval_batches(num_examples, global_batch_size) * global_batch_size
   positions = np.arange(total).reshape(-1, process_count, local)[:, process_index].reshape(-1)
   ds = tf.data.Dataset.from_tensor_slices(positions)
 
@@ -298,7 +427,7 @@ def eval_batches(split: coco_json.CocoSplit, data: ml_collections.ConfigDict,
 
   @tf.autograph.experimental.do_not_convert
   def _example(position):
-    valid = position < num_images
+    valid = position < num_examples
     example = example_fn(record_at(tables, tf.where(valid, position, 0)))
     example['mask'] = valid
     return example

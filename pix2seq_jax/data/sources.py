@@ -16,6 +16,15 @@ For `task='instance_segmentation'` both splits also carry their objects' polygon
 left out of the records and counted (`left_out` in data_report.json, names prefixed
 `segmentation_`), and so are train images left without objects (the official training
 filters images without annotations).
+
+For `task='keypoint_detection'` the splits are read from COCO person_keypoints files
+(`data.coco_dir` gives annotations/person_keypoints_{train,val}2017.json) and carry their
+persons' keypoints (`with_keypoints`): every object kept is a person with a keypoint
+annotation, crowd ones left out (as the official `create_coco_tfrecord` and `coco.py`);
+the train split keeps only persons with at least one labelled keypoint (the official
+training extract, `data/coco.py` `num_keypoints > 0`), the val split every person
+(num_keypoints 0 included, as the official evaluation). Each person is one example
+(`pipeline`). What is left out is counted under `keypoints_<reason>`.
 """
 
 from __future__ import annotations
@@ -55,8 +64,11 @@ def _first_process_first(make):
   return result if jax.process_index() == 0 else make()
 
 
-def split_paths(data: ml_collections.ConfigDict) -> dict[str, tuple[str, str]]:
-  """{split: (images_dir, annotations_path)} for the configured source.
+def split_paths(data: ml_collections.ConfigDict,
+                task: str = 'object_detection') -> dict[str, tuple[str, str]]:
+  """{split: (images_dir, annotations_path)} for the configured source; with
+  `data.coco_dir`, the instances files, or for task 'keypoint_detection' the
+  person_keypoints files.
 
   Files made on first use (the shapes dataset, the TFDS export) are made by process 0
   while the other processes wait.
@@ -65,12 +77,11 @@ def split_paths(data: ml_collections.ConfigDict) -> dict[str, tuple[str, str]]:
     return _first_process_first(lambda: _shapes_paths(data))
   if data.source == 'coco_files':
     if data.coco_dir:
-      return {
-          'train': (os.path.join(data.coco_dir, 'train2017'),
-                    os.path.join(data.coco_dir, 'annotations', 'instances_train2017.json')),
-          'val': (os.path.join(data.coco_dir, 'val2017'),
-                  os.path.join(data.coco_dir, 'annotations', 'instances_val2017.json')),
-      }
+      kind = 'person_keypoints' if task == 'keypoint_detection' else 'instances'
+      annotations = lambda split: os.path.join(data.coco_dir, 'annotations',
+                                               f'{kind}_{split}2017.json')
+      return {'train': (os.path.join(data.coco_dir, 'train2017'), annotations('train')),
+              'val': (os.path.join(data.coco_dir, 'val2017'), annotations('val'))}
     return {'train': (data.train_images, data.train_annotations),
             'val': (data.val_images, data.val_annotations)}
   if data.source == 'tfds':
@@ -119,6 +130,13 @@ def _count_over_max(fixed: dict[str, int], records: list[coco_json.ImageRecord],
   return fixed
 
 
+def _refuse_category_zero(split: coco_json.CocoSplit) -> None:
+  if 0 in split.categories.category_ids:
+    raise coco_json.AnnotationFileError(
+        f'{split.annotations_path}: category id 0 reads as a padding object in the '
+        'official instance sequences; renumber the categories from 1.')
+
+
 def with_polygons(split: coco_json.CocoSplit, data: ml_collections.ConfigDict, *,
                   training: bool
                   ) -> tuple[coco_json.CocoSplit, instance_annotations.InstanceTargets]:
@@ -129,10 +147,7 @@ def with_polygons(split: coco_json.CocoSplit, data: ml_collections.ConfigDict, *
   targets = instance_annotations.load_instance_targets(split, data.max_points)
   keep = [targets.has_polygon(i) for i in range(len(split.records))]
   split, targets = instance_annotations.keep_objects(split, targets, keep)
-  if 0 in split.categories.category_ids:
-    raise coco_json.AnnotationFileError(
-        f'{split.annotations_path}: category id 0 reads as a padding object in the '
-        'official instance sequences; renumber the categories from 1.')
+  _refuse_category_zero(split)
   dropped, fixed = dict(split.dropped), dict(split.fixed)
   relevant = lambda reason: reason != 'crowd' and 'keypoint' not in reason  # crowd: counted
   dropped.update({f'segmentation_{k}': v for k, v in targets.dropped.items() if relevant(k)})
@@ -155,6 +170,47 @@ def with_polygons(split: coco_json.CocoSplit, data: ml_collections.ConfigDict, *
   return dataclasses.replace(split, dropped=dropped, fixed=fixed), targets
 
 
+def with_keypoints(split: coco_json.CocoSplit, data: ml_collections.ConfigDict, *,
+                   training: bool
+                   ) -> tuple[coco_json.CocoSplit, instance_annotations.InstanceTargets]:
+  """`split` (checked) with only its persons that have a keypoint annotation (with
+  `training`, at least one labelled keypoint, as the official training) and their
+  keypoints; records left without persons keep no objects (they give no example). What
+  is left out is counted in the split's `dropped` / `fixed` under `keypoints_<reason>`.
+
+  Raises coco_json.AnnotationFileError, naming the file, when it has no keypoint
+  annotation at all (an instances file given for a person_keypoints file).
+  """
+  _refuse_category_zero(split)
+  targets = instance_annotations.load_instance_targets(split, data.max_points)
+  annotated = [~np.all(k == instance_annotations.PADDING, axis=1) for k in targets.keypoints]
+  if not any(a.any() for a in annotated):
+    raise coco_json.AnnotationFileError(
+        f'{split.annotations_path}: no annotation has keypoints, which '
+        "task='keypoint_detection' trains on; give a COCO person_keypoints file "
+        '(person_keypoints_{train,val}2017.json: data.coco_dir finds them, or '
+        'data.train_annotations / data.val_annotations), not an instances file.')
+  keep = [a & (targets.num_keypoints[i] > 0) if training else a
+          for i, a in enumerate(annotated)]
+  left_out = {}
+  if training:
+    left_out['persons_without_labelled_keypoints'] = int(sum(
+        np.sum(a & (n == 0)) for a, n in zip(annotated, targets.num_keypoints)))
+  left_out['objects_without_keypoints'] = int(sum(np.sum(~a) for a in annotated))
+  split, targets = instance_annotations.keep_objects(split, targets, keep)
+  relevant = lambda reason: 'keypoint' in reason
+  dropped, fixed = dict(split.dropped), dict(split.fixed)
+  dropped.update({f'keypoints_{k}': v for k, v in targets.dropped.items() if relevant(k)})
+  dropped.update({f'keypoints_{k}': v for k, v in left_out.items() if v})
+  fixed.update({f'keypoints_{k}': v for k, v in targets.fixed.items() if relevant(k)})
+  if not any(len(r.labels) for r in split.records):
+    raise coco_json.AnnotationFileError(
+        f'{split.annotations_path}: no person has a labelled keypoint to train '
+        "task='keypoint_detection' on; give a COCO person_keypoints file with keypoints.")
+  fixed = {k: v for k, v in fixed.items() if not k.endswith('_over_max_instances')}
+  return dataclasses.replace(split, dropped=dropped, fixed=fixed), targets
+
+
 def _every_process(codes: np.ndarray, annotations_path: str) -> np.ndarray:
   """[processes, files, 2]: every process's verdict codes (image_check.verdict_codes),
   gathered once the processes have agreed that they checked the same number of files."""
@@ -173,15 +229,17 @@ def _shapes_paths(data: ml_collections.ConfigDict) -> dict[str, tuple[str, str]]
 
 def load_splits(data: ml_collections.ConfigDict, task: str = 'object_detection') -> Splits:
   """Both splits, their image files checked; the train split's categories label both;
-  for an instance `task`, with their polygons (`with_polygons`)."""
-  paths = split_paths(data)
+  for an instance `task`, with their polygons (`with_polygons`) or keypoints
+  (`with_keypoints`)."""
+  paths = split_paths(data, task)
   train = coco_json.load_split(paths['train'][1], paths['train'][0])
   val = coco_json.load_split(paths['val'][1], paths['val'][0], categories=train.categories)
   train, val = check_images(train, data.max_instances), check_images(val, data.max_instances)
   if task == 'object_detection':
     return Splits(train=train, val=val)
-  train, train_targets = with_polygons(train, data, training=True)
-  val, val_targets = with_polygons(val, data, training=False)
+  with_targets = with_keypoints if task == 'keypoint_detection' else with_polygons
+  train, train_targets = with_targets(train, data, training=True)
+  val, val_targets = with_targets(val, data, training=False)
   return Splits(train=train, val=val, instances={'train': train_targets, 'val': val_targets})
 
 

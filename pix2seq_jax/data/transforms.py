@@ -182,6 +182,25 @@ def scale_jitter_and_crop_draws(
   return new_shape, scale, offset, window
 
 
+def box_crop_region(box: tf.Tensor, shape: tf.Tensor,
+                    pad_scale: float) -> tuple[tf.Tensor, tf.Tensor]:
+  """The official crop-to-box window (data_utils `crop_to_bbox`) of `box` float32 [4]
+  (ymin, xmin, ymax, xmax) normalised to an image of `shape` (h, w).
+
+  The box covers pixel rows floor(ymin * (h - 1)) .. ceil(ymax * (h - 1)) (columns
+  alike); the window adds int(pad_scale * rows) rows above and below it (columns alike),
+  within the image. Returns (offset, size), int32 [2] each, (y, x) and (h, w) in pixels.
+  """
+  shape = tf.cast(shape, tf.int32)
+  last = tf.cast(shape - 1, tf.float32)  # (h - 1, w - 1)
+  low = tf.cast(tf.floor(box[:2] * last), tf.int32)  # [2] first row, column
+  high = tf.cast(tf.math.ceil(box[2:] * last), tf.int32)  # [2] last row, column
+  pad = tf.cast(tf.cast(high - low + 1, tf.float32) * pad_scale, tf.int32)  # truncated
+  low = tf.maximum(low - pad, 0)
+  high = tf.minimum(high + pad, shape - 1)
+  return low, high - low + 1
+
+
 IDENTITY_RESAMPLE = ((0.5, 1.0), (0.5, 1.0))  # output pixel j reads source pixel j
 
 

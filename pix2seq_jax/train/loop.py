@@ -81,11 +81,12 @@ def make_setup(config: ml_collections.ConfigDict, *, overrides: Iterable[str] = 
   checks.validate(config, mode='train', overrides=overrides, devices=mesh.size)
   splits = sources.load_splits(config.data, config.task)
   report.log_data_report(splits)
-  frozen = resolve.resolve(config, len(splits.train.records))
+  examples = pipeline.num_train_examples(splits.train, config.task)  # keypoints: persons
+  frozen = resolve.resolve(config, examples)
   if config.train.epochs > 0 or config.train.warmup_epochs > 0:
-    logging.info('train.epochs=%g, warmup_epochs=%g over %d images at batch %d: %d steps, '
+    logging.info('train.epochs=%g, warmup_epochs=%g over %d examples at batch %d: %d steps, '
                  '%d warmup steps.', config.train.epochs, config.train.warmup_epochs,
-                 len(splits.train.records), config.train.batch_size, frozen.train.steps,
+                 examples, config.train.batch_size, frozen.train.steps,
                  frozen.train.warmup_steps)
   vocab = vocab_lib.for_categories(frozen.model.vocabulary, splits.categories.category_ids,
                                    frozen.data.num_bins)
@@ -93,7 +94,7 @@ def make_setup(config: ml_collections.ConfigDict, *, overrides: Iterable[str] = 
   tx = optimizer.make_optimizer(frozen)
   if frozen.task == 'object_detection':
     evaluator = evaluator_lib.Evaluator(frozen, splits.val, vocab, graphdef, mesh)
-  else:  # the teacher-forced val loss of the task's sequences (no decoding yet)
+  else:  # instance tasks: the teacher-forced val loss of their sequences (no decoding yet)
     evaluator = instance_evaluator.InstanceEvaluator(frozen, splits.val, splits.instances['val'],
                                                      vocab, graphdef, mesh)
   return Setup(frozen, splits, vocab, mesh, graphdef, tx,
@@ -157,7 +158,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   batches = mesh_lib.placed_batches(setup.train_batches(start_step), setup.mesh)
   log = metrics_log.MetricsLog(workdir)
   skipped = len(setup.splits.train.skipped_images)
-  epoch_of = lambda step: (step - 1) * train.batch_size // len(setup.splits.train.records)
+  examples = pipeline.num_train_examples(setup.splits.train, config.task)
+  epoch_of = lambda step: (step - 1) * train.batch_size // examples
   last_log = (start_step, time.perf_counter())
   progress = tqdm(total=train.steps, initial=start_step, desc='train',
                   disable=jax.process_index() > 0)
