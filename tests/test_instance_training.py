@@ -3,9 +3,8 @@ config checks, the pipeline's [B, n, L] batches against `instance_sequences` bui
 the annotation file, the model encoding each image once for its n sequences, the loss
 going down, exact resume of the data and of a run, and 1 vs 2 devices.
 
-The 2-device half runs in a subprocess with 2 CPU devices:
-  XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m tests.test_instance_training \
-      BATCH.npz OUT.json
+The config and the training steps live in tests/multi_device_run.py (no TensorFlow
+there), whose `--instance` run gives the 2-device half in a subprocess with 2 CPU devices.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -27,35 +25,19 @@ from flax import nnx
 
 from pix2seq_jax.config import checks, default, resolve
 from pix2seq_jax.data import instance_sequences, pipeline, sources, transforms
+from pix2seq_jax.evaluation import coco_metrics
 from pix2seq_jax.models import build
 from pix2seq_jax.parallel import mesh as mesh_lib
 from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.train import loop, optimizer
 from pix2seq_jax.train import state as state_lib
-from pix2seq_jax.train import step as step_lib
+from tests import multi_device_run
 from tests.tiny import ROOT, shared_path
 
-TASK = 'instance_segmentation'
-STEPS = 6
-
-
-def _config(coco_dir: str) -> ml_collections.ConfigDict:
-  """vit_nano on 64-px coco_mini: 2 objects per image, 8 polygon points (21 tokens)."""
-  config = default.get_config()
-  config.task = TASK
-  data = config.data
-  data.source, data.coco_dir = 'coco_files', coco_dir
-  data.image_size, data.max_instances, data.max_points = 64, 2, 8
-  data.eos_weight = default.SEGMENTATION_EOS_WEIGHT
-  data.noise_objects = data.corrupt_classes = False
-  config.model.vocabulary = 'official_multitask'
-  config.model.variant = 'vit_nano'
-  config.model.dropout = config.model.drop_path = 0.0
-  config.train.batch_size = config.eval.batch_size = 2
-  config.train.steps, config.train.warmup_steps, config.train.learning_rate = STEPS, 0, 1e-3
-  config.train.log_every = config.train.checkpoint_every = 1
-  config.eval.max_images = 2
-  return config
+TASK = multi_device_run.INSTANCE_TASK
+STEPS = multi_device_run.INSTANCE_STEPS
+_config = multi_device_run.instance_config  # (coco_dir) -> the test config
+_losses = multi_device_run.instance_losses  # (config, vocab, batch, devices) -> losses
 
 
 def _vocab(splits: sources.Splits) -> vocab_lib.Vocabulary:
@@ -106,8 +88,12 @@ def test_config_checks_name_the_fix(coco_mini, change, message):
 
 def test_config_checks_refuse_what_the_task_does_not_read(coco_mini):
   config = _config(coco_mini[0].data.coco_dir)
-  with pytest.raises(checks.ConfigError, match='--mode=eval with config.task'):
-    checks.validate(config, mode='eval', devices=1)
+  checks.validate(config, mode='eval', devices=1)  # evaluated from ground-truth boxes
+  for field in ('decode.top_p', 'decode.temperature', 'decode.mode'):  # detection's
+    with pytest.raises(checks.ConfigError, match=re.escape(f'--config.{field}: the decode '
+                                                           'settings are object detection')):
+      checks.validate(config, mode='eval', overrides=[field], devices=1)
+  checks.validate(config, mode='eval', overrides=['decode.canvas_buckets'], devices=1)
   detection = default.get_config()
   with pytest.raises(checks.ConfigError, match='data.max_points is read only with'):
     checks.validate(detection, mode='summary', overrides=['data.max_points'])
@@ -230,21 +216,6 @@ def test_each_image_is_encoded_once_for_its_sequences(coco_mini, train_batch):
   np.testing.assert_allclose(logits.reshape(4, 21, -1), repeated, atol=1e-5)
 
 
-def _losses(config, vocab, batch, devices: int) -> list[float]:
-  """The losses of STEPS steps on one fixed batch on the first `devices` devices."""
-  config = resolve.resolve(config)
-  mesh = mesh_lib.make_mesh(jax.devices()[:devices])
-  tx = optimizer.make_optimizer(config)
-  state = state_lib.create_train_state(config, vocab, mesh, tx)
-  step = step_lib.train_step_for(config, build.model_graphdef(config, vocab), mesh, tx)
-  placed = mesh_lib.put_batch(batch, mesh)
-  losses = []
-  for index in range(STEPS):
-    state, metrics = step(state, placed, index)
-    losses.append(float(metrics['loss']))
-  return losses
-
-
 @pytest.fixture(scope='module')
 def one_device_losses(coco_mini, train_batch):
   config, _, vocab = coco_mini
@@ -266,7 +237,7 @@ def test_one_and_two_devices_give_the_same_losses(coco_mini, train_batch, one_de
   out = str(tmp_path / 'losses.json')
   env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=' '.join(
       [os.environ.get('XLA_FLAGS', ''), '--xla_force_host_platform_device_count=2']).strip())
-  run = subprocess.run([sys.executable, '-m', 'tests.test_instance_training',
+  run = subprocess.run([sys.executable, '-m', 'tests.multi_device_run', '--instance',
                         str(tmp_path), out], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
@@ -277,8 +248,9 @@ def test_one_and_two_devices_give_the_same_losses(coco_mini, train_batch, one_de
 def test_a_run_resumed_from_its_checkpoint_logs_the_same_losses(coco_mini, one_device_losses,
                                                                 tmp_path):
   """train_and_evaluate: STEPS steps straight, then the same run resumed from step
-  STEPS - 2 (its last two checkpoints removed); its evaluation writes the teacher-forced
-  val loss, and its first step trains on the pipeline's first batch."""
+  STEPS - 2 (its last two checkpoints removed); its evaluation writes the COCO segm
+  metrics of the decoded masks and the teacher-forced val loss, the same in both, and its
+  first step trains on the pipeline's first batch."""
   config = _config(coco_mini[0].data.coco_dir)
   straight_dir, resumed_dir = tmp_path / 'straight', tmp_path / 'resumed'
   straight = loop.train_and_evaluate(config, str(straight_dir))
@@ -286,7 +258,8 @@ def test_a_run_resumed_from_its_checkpoint_logs_the_same_losses(coco_mini, one_d
   for step in (STEPS - 1, STEPS):
     shutil.rmtree(resumed_dir / 'checkpoints' / str(step))
   resumed = loop.train_and_evaluate(config, str(resumed_dir))
-  assert set(straight) == {'val_loss', 'val_perplexity', 'val_perplexity_coord'}
+  assert set(straight) == {*coco_metrics.metric_keys('segm'), 'val_loss', 'val_perplexity',
+                           'val_perplexity_coord'}
   assert resumed == straight
 
   def logged(workdir):  # {step: loss}, a step logged again keeping its later value
@@ -297,21 +270,3 @@ def test_a_run_resumed_from_its_checkpoint_logs_the_same_losses(coco_mini, one_d
   assert logged(straight_dir)[1] == pytest.approx(one_device_losses[0], rel=1e-6)
   with open(straight_dir / 'data_report.json') as f:
     assert 'segmentation_truncated_polygon' in json.load(f)['train']['fixed']
-
-
-def main(folder: str, out: str) -> None:
-  """The 2-device losses of the batch saved in `folder` (see the module docstring)."""
-  from pix2seq_jax.runtime import compilation_cache
-  jax.config.update('jax_disable_most_optimizations', True)
-  compilation_cache.enable()
-  assert jax.device_count() == 2, jax.devices()
-  with open(os.path.join(folder, 'run.json')) as f:
-    run = json.load(f)
-  batch = dict(np.load(os.path.join(folder, 'batch.npz')))
-  vocab = vocab_lib.for_categories('official_multitask', run['category_ids'], 1000)
-  with open(out, 'w') as f:
-    json.dump(_losses(_config(run['coco_dir']), vocab, batch, 2), f)
-
-
-if __name__ == '__main__':
-  main(*sys.argv[1:])

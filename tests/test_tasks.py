@@ -2,7 +2,8 @@
 tests/test_decode.py), detection on it, and the official multi-task vocabulary's ids."""
 
 import dataclasses
-from typing import NamedTuple
+import functools
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +53,49 @@ def test_detection_task_hooks_give_what_the_vocabulary_gives():
     for a, b in zip(outputs, decoding.detection_outputs(by_vocab, VOCAB, 'class_x_coords',
                                                        mode)):
       np.testing.assert_array_equal(a, b)
+
+
+@dataclasses.dataclass(frozen=True)
+class _DetectionWithStops(detection.DetectionTask):
+  """Detection with stop tokens of its own (`DetectionTask` has none: the loop's default)."""
+
+  stop_tokens: tuple[int, ...] = ()
+
+
+def _assert_same_states(a, b):
+  keys = jax.random.key_data
+  for x, y in zip(jax.tree.leaves(a.replace(rng=keys(a.rng))),
+                  jax.tree.leaves(b.replace(rng=keys(b.rng))), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_detection_stops_at_eos_under_grammar_and_never_under_official():
+  """Detection has no `stop_tokens`; the loop's default is decode.mode's rule: EOS under
+  'grammar', nothing under 'official'. The loop with those stop tokens spelled out gives
+  the same state bit for bit, greedy and sampled; EOS is likely, so grammar rows end at
+  different positions and official rows go on past it."""
+  def logits_fn(last, position):
+    logits = 3.0 * jax.random.normal(jax.random.fold_in(jax.random.key(9), position),
+                                     (16, VOCAB.size))
+    return logits.at[:, EOS].add(4.0)
+
+  for mode, stops in (('grammar', (EOS,)), ('official', ())):
+    task = detection.DetectionTask(VOCAB, mode)
+    assert not hasattr(task, 'stop_tokens') and task_lib.stop_tokens(task, mode) == stops
+    explicit = _DetectionWithStops(VOCAB, mode, stop_tokens=stops)
+    for kwargs in ({}, {'temperature': 1.0, 'top_p': 0.9}):
+      state = _sample(logits_fn, 16, task, mode=mode, **kwargs)
+      _assert_same_states(state, _sample(logits_fn, 16, explicit, mode=mode, **kwargs))
+      tokens = np.asarray(state.tokens)
+      ends = [list(row).index(EOS) if EOS in row else LENGTH for row in tokens]
+      if mode == 'grammar':
+        assert len(set(ends)) > 1 and int(state.position) == max(ends) + 1
+        for row, end in zip(tokens, ends):
+          assert (row[end + 1:] == vocab_lib.PADDING).all()
+      else:
+        assert int(state.position) == LENGTH and min(ends) < LENGTH - 1
+        assert all((row[end + 1:] != vocab_lib.PADDING).any()
+                   for row, end in zip(tokens, ends) if end < LENGTH - 1)
 
 
 def test_known_logits_through_the_detection_hooks_give_boxes_classes_and_scores():
@@ -189,19 +233,49 @@ MULTI = vocab_lib.for_categories('official_multitask', (1, 2, 90), 1000)
 SEP, INVISIBLE, PAD = vocab_lib.OFFICIAL_SEPARATOR, vocab_lib.OFFICIAL_INVISIBLE, 0
 
 
+@dataclasses.dataclass(frozen=True)
+class _InstanceIds(vocab_lib.Vocabulary):
+  """MULTI's ids up to its last coordinate token (1999): all the instance tasks emit,
+  without the 33,000 text tokens, so that fake logits [R, V] (and their sort under
+  top-p) stay small; the loop's tests of those tasks run on it."""
+
+  @property
+  def size(self) -> int:
+    return self.coord_offset + self.num_bins
+
+
+FEW = _InstanceIds(MULTI.num_classes, MULTI.num_bins, MULTI.layout, MULTI.category_ids)
+
+
+def test_the_small_instance_vocabulary_has_the_multitask_ids():
+  assert FEW.size == 2000 and MULTI.size == 35000
+  ids = np.arange(FEW.size)
+  np.testing.assert_array_equal(FEW.is_coord(ids), MULTI.is_coord(ids))
+  for name in ('padding', 'eos', 'separator', 'invisible', 'coord_offset', 'num_bins'):
+    assert getattr(FEW, name) == getattr(MULTI, name), name
+  assert [FEW.prompt(t) for t in ('instance_segmentation', 'keypoint_detection')] == [11, 12]
+
+
 def _recorded_sample(logits_fn, task, prompt, length, **kwargs):
-  """`_sample` with a prompt; also returns the (decoder position, row 0's token read)
-  pairs that `logits_fn(last, position) -> [R, V]` saw, in order."""
-  seen = []
+  """`_sample` with a prompt; also returns the (decoder position, the rows' tokens read)
+  pairs that `logits_fn(last, position) -> [R, V]` saw, in order. The fake's cache
+  records them (no host callback, so the program can come from the compilation cache);
+  the state's cache is the number of calls."""
+  calls = prompt.shape[1] - 1 + length  # at most
 
-  def fn(last, position):
-    jax.debug.callback(lambda p, t: seen.append((int(p), [int(x) for x in t])), position,
-                       last, ordered=True)
-    return logits_fn(last, position)
+  def fn(last, position, record):
+    count, positions, reads = record
+    return logits_fn(last, position), (count + 1, positions.at[count].set(position),
+                                       reads.at[count].set(last))
 
-  state = _sample(fn, prompt.shape[0], task, length=length, prompt=prompt, **kwargs)
-  jax.effects_barrier()
-  return state, seen
+  record = (jnp.int32(0), jnp.zeros((calls,), jnp.int32),
+            jnp.zeros((calls, prompt.shape[0]), jnp.int32))
+  kwargs.setdefault('rng', jax.random.key(0))
+  state = jax.jit(lambda: decoding.sample(fn, record, prompt.shape[0], task, length=length,
+                                          prompt=prompt, **kwargs))()
+  count, positions, reads = (np.asarray(x) for x in state.cache)
+  seen = [(int(p), [int(x) for x in r]) for p, r in zip(positions[:count], reads[:count])]
+  return state.replace(cache=int(count)), seen
 
 
 def test_instance_prompts_are_the_official_box_and_class_tokens():
@@ -230,17 +304,17 @@ def test_segmentation_task_reads_its_prompt_then_samples_polygons_under_its_gram
   padding token is the most likely at every x slot: 'grammar' keeps the pairs whole,
   'official' (unconstrained, as the official) takes it and samples every position."""
   from pix2seq_jax.tasks import segmentation
-  c = lambda *bins: [MULTI.coord_offset + b for b in bins]
+  c = lambda *bins: [FEW.coord_offset + b for b in bins]
   targets = np.array([c(100, 200, 100, 600, 500, 600) + [SEP, SEP]
                       + c(700, 700, 700, 900, 900, 900) + [PAD] * 2,
                       c(600, 100, 600, 400, 900, 400) + [PAD] * 10])  # [2 samples, 16]
-  task = segmentation.SegmentationTask(MULTI, mode='grammar', max_points=8, num_samples=2)
+  task = segmentation.SegmentationTask(FEW, mode='grammar', max_points=8, num_samples=2)
   prompt = task.prompts(jnp.asarray([[0.1, 0.2, 0.3, 0.4]]), jnp.asarray([1]))  # [2, 6]
 
   def logits_fn(last, position):
     want = jnp.asarray(targets)[:, jnp.clip(position - 5, 0, 15)]  # [2]
     x_slot = position % 2 == 0  # odd response positions
-    logits = jnp.zeros((2, MULTI.size)).at[:, PAD].set(jnp.where(x_slot, 6.0, 0.0))
+    logits = jnp.zeros((2, FEW.size)).at[:, PAD].set(jnp.where(x_slot, 6.0, 0.0))
     return logits.at[jnp.arange(2), want].set(5.0)
 
   state, seen = _recorded_sample(logits_fn, task, prompt, task.length, mode='grammar')
@@ -259,11 +333,77 @@ def test_segmentation_task_reads_its_prompt_then_samples_polygons_under_its_gram
   np.testing.assert_array_equal(mask, singles[0] | singles[1])
   assert mask.sum() > singles[0].sum() > 0
 
-  official = segmentation.SegmentationTask(MULTI, max_points=8, num_samples=2)
+  official = segmentation.SegmentationTask(FEW, max_points=8, num_samples=2)
   assert official.sampling() == dict(temperature=1.0, top_k=0, top_p=0.8, mode='official')
   state, _ = _recorded_sample(logits_fn, official, prompt, official.length, mode='official')
-  assert int(state.position) == 16 and int(state.cache) == 5 + 16
-  assert (np.asarray(state.tokens)[:, 1::2] == PAD).all()  # x slots unconstrained
+  # The x slot is unconstrained: padding at position 1 ends both rows (`stop_tokens`).
+  assert int(state.position) == 2 and int(state.cache) == 5 + 2
+  np.testing.assert_array_equal(state.tokens[:, 0], targets[:, 0])
+  assert (np.asarray(state.tokens)[:, 1:] == PAD).all()
+
+
+@functools.partial(jax.jit, static_argnames='task')
+def _segmentation_sample(task, prompt, stop_at):
+  """`task`'s loop (its sampling settings) on fake logits over [R, V]: coordinates and
+  separators at random, and padding (certain) where the response position is stop_at
+  [R] (-1: nowhere)."""
+  ids = jnp.arange(task.vocab.size)
+  drawable = task.vocab.is_coord(ids) | (ids == SEP)
+
+  def logits_fn(last, position, calls):
+    noise = 3.0 * jax.random.normal(jax.random.fold_in(jax.random.key(5), position),
+                                    (prompt.shape[0], task.vocab.size))
+    pad = (position - 5 == stop_at)[:, None] & (ids == PAD)  # [R, V]
+    return jnp.where(pad, 1e3, jnp.where(drawable, noise, -1e9)), calls + 1
+
+  return decoding.sample(logits_fn, jnp.int32(0), prompt.shape[0], task,
+                         length=task.length, rng=jax.random.key(0), prompt=prompt,
+                         **task.sampling())
+
+
+@pytest.mark.parametrize('mode', ['official', 'grammar'])
+def test_segmentation_rows_end_at_their_first_padding_with_the_same_masks(mode):
+  """Segmentation stops a row at its first padding token in both modes (`stop_tokens`):
+  its later tokens are padding, while the loop without the stop samples on; the tokens
+  agree up to and including that padding (the other rows entirely), and so do the parsed
+  points' masks, each sample's and the ensembles'. Once every row has stopped the loop
+  ends. 'official' ends a row at an x slot too (its pair holds -1: the parse stops)."""
+  from pix2seq_jax.tasks import segmentation
+
+  @dataclasses.dataclass(frozen=True)
+  class NoStop(segmentation.SegmentationTask):
+    stop_tokens: ClassVar[tuple[int, ...]] = ()
+
+  task = segmentation.SegmentationTask(FEW, mode=mode, max_points=8, num_samples=2)
+  free = NoStop(FEW, mode=mode, max_points=8, num_samples=2)
+  assert task_lib.stop_tokens(task, mode) == (PAD,) and task_lib.stop_tokens(free, mode) == ()
+  boxes = jnp.asarray([[0.1, 0.2, 0.6, 0.7], [0.3, 0.3, 0.9, 0.8]])
+  prompt = task.prompts(boxes, jnp.asarray([1, 2]))  # [4, 6]: 2 objects, 2 samples each
+  hw = (32, 32)
+  some = [7 if mode == 'official' else 6, -1, 12, -1]
+  for stop_at, steps in ((some, 16), ([6, 4, 10, 2], 11)):
+    stopped, sampled = (_segmentation_sample(t, prompt, jnp.asarray(stop_at, jnp.int32))
+                        for t in (task, free))
+    assert int(sampled.position) == 16 and int(sampled.cache) == 5 + 16
+    assert int(stopped.position) == steps and int(stopped.cache) == 5 + steps
+    tokens, free_tokens = np.asarray(stopped.tokens), np.asarray(sampled.tokens)
+    for row, end in enumerate(stop_at):
+      if end < 0:  # never stopped: the same draws
+        assert (tokens[row] != PAD).all()
+        np.testing.assert_array_equal(tokens[row], free_tokens[row])
+        continue
+      assert list(tokens[row]).index(PAD) == end
+      np.testing.assert_array_equal(tokens[row, :end + 1], free_tokens[row, :end + 1])
+      assert (tokens[row, end:] == PAD).all() and (free_tokens[row, end + 1:] != PAD).all()
+      assert (np.asarray(stopped.token_probs)[row, end + 1:] == 0).all()
+    points = [np.asarray(task.outputs(s.tokens, s.token_probs, s.task_state))
+              for s in (stopped, sampled)]
+    for samples in (1, 2):
+      masks = [segmentation.instance_masks(p, hw, hw, hw, num_samples=samples)
+               for p in points]
+      assert len(masks[0]) == 4 // samples and any(m.any() for m in masks[0])
+      for a, b in zip(*masks, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_keypoint_task_redraws_the_invisible_token_as_the_official_eval():
@@ -272,14 +412,14 @@ def test_keypoint_task_redraws_the_invisible_token_as_the_official_eval():
   is the redraw without it (the target, probability 0.3 / 0.4), as the official eval's
   `eval_suppress_invisible_token`; 'grammar' masks 41 before the draw."""
   from pix2seq_jax.tasks import keypoints
-  target = np.arange(34) * 20 + MULTI.coord_offset + 5  # [34]
+  target = np.arange(34) * 20 + FEW.coord_offset + 5  # [34]
   boxes = jnp.asarray([[0.2, 0.2, 0.6, 0.8], [0.1, 0.1, 0.3, 0.3]])
-  task = keypoints.KeypointTask(MULTI)
+  task = keypoints.KeypointTask(FEW)
   prompt = task.prompts(boxes, jnp.asarray([1, 2]))  # [2, 6]: a person, a bicycle
 
   def logits_fn(last, position):
     want = jnp.asarray(target)[jnp.clip(position - 5, 0, 33)]
-    logits = jnp.full((2, MULTI.size), -1e9).at[:, MULTI.coord_offset].set(jnp.log(0.1))
+    logits = jnp.full((2, FEW.size), -1e9).at[:, FEW.coord_offset].set(jnp.log(0.1))
     return logits.at[:, want].set(jnp.log(0.3)).at[:, INVISIBLE].set(jnp.log(0.6))
 
   assert task.sampling() == dict(temperature=1.0, top_k=0, top_p=0.1, mode='official')
@@ -301,16 +441,23 @@ def test_keypoint_task_redraws_the_invisible_token_as_the_official_eval():
   np.testing.assert_allclose(kps[0, 0, :2], [(25 - 0) / 999 * 640 / 480 * 480,
                                              5 / 999 * 640], rtol=1e-5)
 
-  grammar, seen = _recorded_sample(logits_fn, keypoints.KeypointTask(MULTI, mode='grammar'),
+  grammar, seen = _recorded_sample(logits_fn, keypoints.KeypointTask(FEW, mode='grammar'),
                                    prompt, 34, temperature=1.0, top_p=0.1, mode='grammar')
   np.testing.assert_array_equal(grammar.tokens, state.tokens)
   assert [t[0] for _, t in seen[6:]] == list(target[:33])  # it read what it emitted
-  kept = keypoints.KeypointTask(MULTI, suppress_invisible=False)
+  kept = keypoints.KeypointTask(FEW, suppress_invisible=False)
   state, _ = _recorded_sample(logits_fn, kept, prompt, 34, **kept.sampling())
   assert (np.asarray(state.tokens) == INVISIBLE).all()
   kps = keypoints.decode_keypoints(np.asarray(state.tokens), np.asarray(boxes), (640, 640),
                                    (640, 640), (640, 640))
   np.testing.assert_allclose(kps[0, :, :2], [[0.5 * 640, 0.4 * 640]] * 17, rtol=1e-6)
+  # No stop token in either mode: rows that draw padding still run all 34 positions.
+  for mode in ('official', 'grammar'):
+    assert task_lib.stop_tokens(keypoints.KeypointTask(FEW, mode=mode), mode) == ()
+  padding_first = lambda last, position: logits_fn(last, position).at[:, PAD].set(0.0)
+  state = _sample(padding_first, 2, task, length=34, prompt=prompt, **task.sampling())
+  assert int(state.position) == 34 == int(state.cache) - 5
+  assert (np.asarray(state.tokens) == PAD).all()
 
 
 def test_a_prompt_fills_the_cache_as_teacher_forcing():
@@ -321,9 +468,9 @@ def test_a_prompt_fills_the_cache_as_teacher_forcing():
 
   from pix2seq_jax.models import pix2seq, variants
   from pix2seq_jax.tasks import keypoints
-  model = pix2seq.Pix2Seq(variants.get_spec('vit_nano'), MULTI.size, 40, rngs=nnx.Rngs(0))
+  model = pix2seq.Pix2Seq(variants.get_spec('vit_nano'), FEW.size, 40, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model)
-  task = keypoints.KeypointTask(MULTI, mode='grammar')
+  task = keypoints.KeypointTask(FEW, mode='grammar')
   images = jax.random.uniform(jax.random.key(1), (2, 64, 64, 3))
   boxes = jax.random.uniform(jax.random.key(2), (2, 2, 4))
   prompt = task.prompts(boxes, jnp.asarray([[1, 1], [1, 2]]))  # [4, 6]

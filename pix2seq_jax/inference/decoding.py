@@ -13,7 +13,11 @@ grammar under which every sequence parses), its own per-row state (detection: th
 real class at each class slot and its probability) and its outputs (detection:
 `DetectionTask.outputs`, the tokens and per-object scores its parsers read).
 Functions that take a `Vocabulary` in place of a task decode detection
-(`tasks/detection.py`). The loop stops as soon as every row has emitted the EOS token.
+(`tasks/detection.py`). A row is done once it has emitted one of the task's stop tokens
+(`task.stop_tokens`: detection's EOS under 'grammar', none under 'official';
+segmentation's padding in both modes; none for keypoints): its later positions hold
+padding with probability 0, the model reads padding there, and the loop stops as soon as
+every row is done.
 
 The prompt: detection's is its one start token (`task.prompt`); the instance tasks give
 each row a multi-token prompt (`prompt` [R, P], their box and class: `task.instance_prompts`).
@@ -28,11 +32,11 @@ Sampling: `temperature` 0 is greedy; otherwise tokens are drawn from
 softmax(logits / temperature), restricted to the `top_k` most likely tokens (0: all)
 and to the smallest set whose probability reaches `top_p` (nucleus; 1: all).
 
-`mode='official'` reproduces the official Pix2Seq inference instead: no stop at EOS (all
-`length` tokens are sampled), the official nucleus rule (keep the tokens whose cumulative
-probability, their own included, stays within top_p, and always the most likely one),
-and, for detection, no grammar and every 5-token slot an object whose class is the most
-likely class token at its class position under the full softmax, scored by that
+`mode='official'` reproduces the official Pix2Seq inference instead: the official nucleus
+rule (keep the tokens whose cumulative probability, their own included, stays within
+top_p, and always the most likely one), and, for detection, no grammar, no stop at EOS
+(all `length` tokens are sampled) and every 5-token slot an object whose class is the
+most likely class token at its class position under the full softmax, scored by that
 probability (`detection.parse_official`).
 
 The cached loop attends only over the filled prefix, in blocks: the self-attention cache
@@ -76,7 +80,7 @@ class DecodeState:
   position: jax.Array  # [] int32: the response position being generated
   tokens: jax.Array  # [B, L] int32: emitted tokens, PADDING where not yet generated
   token_probs: jax.Array  # [B, L] float32: probability of each emitted token (constrained)
-  done: jax.Array  # [B] bool: the row has emitted EOS
+  done: jax.Array  # [B] bool: the row has emitted one of the task's stop tokens
   cache: Any  # the logits function's cache (per-layer self-attention K/V)
   rng: jax.Array
   task_state: Any  # the task's per-row state (`Task.init_state`, `Task.update`)
@@ -205,6 +209,9 @@ def sample(logits_fn: LogitsFn, cache: Any, batch: int,
   drawn, the model reads it at the next position, but the emitted token is a second draw
   from the logits without them, and every emitted token's probability is taken under
   those logits (the official keypoint eval's `eval_suppress_invisible_token`).
+
+  A row is done after it emits one of the task's stop tokens (`task.stop_tokens` under
+  `mode`); done rows emit padding with probability 0, and the loop ends once all are.
   """
   if mode not in MODES:
     raise ValueError(f'decode.mode must be one of {MODES}, got {mode!r}.')
@@ -214,6 +221,7 @@ def sample(logits_fn: LogitsFn, cache: Any, batch: int,
   prompt = prompt_array(task, batch, prompt)  # [B, P]
   offset = prompt.shape[1] - 1  # the decoder's position of response position 0
   suppress = task_lib.suppress_tokens(task)
+  stops = task_lib.stop_tokens(task, mode)
   nucleus = 'official' if official else 'reach'
 
   def body(state: DecodeState) -> DecodeState:
@@ -238,6 +246,9 @@ def sample(logits_fn: LogitsFn, cache: Any, batch: int,
     token_prob = jnp.take_along_axis(probs, token[:, None], axis=1)[:, 0]  # [B]
     write = lambda array, value: jax.lax.dynamic_update_slice_in_dim(
         array, value[:, None], state.position, axis=1)
+    done = state.done
+    for stop in stops:
+      done = done | (token == stop)
     new_logits = state.logits
     if return_logits:
       new_logits = write(state.logits, logits)
@@ -245,7 +256,7 @@ def sample(logits_fn: LogitsFn, cache: Any, batch: int,
         position=state.position + 1,
         tokens=write(state.tokens, token),
         token_probs=write(state.token_probs, jnp.where(state.done, 0.0, token_prob)),
-        done=state.done if official else state.done | (token == vocab.eos),
+        done=done,
         cache=cache, rng=rng,
         task_state=task.update(state.task_state, state.position, masked, probs, token,
                                state.done),

@@ -19,9 +19,10 @@ this parser.
 Decoding (`KeypointTask`, the `task.Task` hooks): each row is one person, prompted
 [12, box, class] (`task.instance_prompts`; boxes from the detection task of the same
 model, or the ground truth as the official multi-task config's `use_gt_box_at_test`);
-the response is exactly 34 tokens, 17 (y, x) points or 41 41 (the official infer's
-`max_seq_len = 2 * 17 + 6` counts the prompt), sampled at temperature 1, top_k 0,
-top_p 0.1 with the official nucleus rule. By `mode`:
+the response is exactly 34 tokens, 17 (y, x) points or 41 41, none ending a row early
+(`stop_tokens` is empty; the official infer's `max_seq_len = 2 * 17 + 6` counts the
+prompt), sampled at temperature 1, top_k 0, top_p 0.1 with the official nucleus rule.
+By `mode`:
   'official'  no constraint, and the invisible token suppressed as the official eval
               does: a drawn 41 is still read by the model at the next position, but the
               output takes a second draw from the logits without 41, and every token's
@@ -129,6 +130,8 @@ class KeypointTask(task_lib.InstanceTask):
   suppress_invisible: bool = SUPPRESS_INVISIBLE  # no 41 in the output
   points_score_weight: float = POINTS_SCORE_WEIGHT  # for `combine_scores`
   name: ClassVar[str] = 'keypoint_detection'  # task token 12
+  # No row ends early: the response is always 34 tokens.
+  stop_tokens: ClassVar[tuple[int, ...]] = ()
 
   @property
   def length(self) -> int:

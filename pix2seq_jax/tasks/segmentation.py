@@ -23,13 +23,14 @@ on the detection task's boxes of the same model, or, as its multi-task config do
 (the official infer's `max_seq_len = 2 * max_points + 6` counts the prompt), sampled at
 temperature 1, top_k 0, top_p 0.8 with the official nucleus rule, 8 samples per object
 (`prompts` repeats each object's row, samples adjacent, as the official
-`tile_along_batch`). By `mode`:
-  'official'  no constraint: the official samples from the unmasked logits, and (as
-              `decode`'s official mode) every position is sampled; parsing stops at the
-              first padding token (step 3), so what follows it is never read.
+`tile_along_batch`). In both modes a row is done at its first padding token
+(`stop_tokens`): parsing stops there (step 3), so what follows it is never read, and the
+loop writes padding after it and stops sampling once every row is done (the official
+samples all 256 tokens; the masks are the same). By `mode`:
+  'official'  no constraint: the official samples from the unmasked logits.
   'grammar'   points come in (y, x) pairs: a pair starts with a coordinate, the separator
-              40 or the end (padding 0, which stops the row); a coordinate is followed by
-              a coordinate, the separator by the separator.
+              40 or the end (padding 0); a coordinate is followed by a coordinate, the
+              separator by the separator.
 """
 
 from __future__ import annotations
@@ -208,6 +209,11 @@ class SegmentationTask(task_lib.InstanceTask):
   threshold: float = ENSEMBLE_THRESHOLD  # of the mean of an object's sampled masks
   name: ClassVar[str] = 'instance_segmentation'  # task token 11
   suppress_tokens: ClassVar[tuple[int, ...]] = ()
+
+  @property
+  def stop_tokens(self) -> tuple[int, ...]:
+    """Padding ends a row in both modes: the parser reads nothing after it."""
+    return (self.vocab.padding,)
 
   @property
   def length(self) -> int:

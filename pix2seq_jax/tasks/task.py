@@ -19,20 +19,25 @@ flags, the model's cache and the sampling key) and calls the task's hooks, as t5
                        the jitted program (detection: tokens and per-object scores that its
                        parsers read into boxes, classes and scores).
 
-Two optional attributes (absent: detection's behaviour; `prompt_length` and
-`suppress_tokens` below read them):
+Three optional attributes (absent: detection's behaviour; `prompt_length`,
+`suppress_tokens` and `stop_tokens` below read them):
   `prompt_length`    P, the tokens of each row's prompt (default 1: `prompt` alone); a
                      task with P > 1 is decoded with a prompt array [R, P] (the instance
                      tasks: `instance_prompts`, the object's box and class);
   `suppress_tokens`  token ids that, when drawn, the model still reads at the next
                      position but the output replaces by a second draw from the logits
                      without them (the official keypoint eval's
-                     `eval_suppress_invisible_token`; default none).
+                     `eval_suppress_invisible_token`; default none);
+  `stop_tokens`      token ids after whose emission a row is done: the loop writes
+                     padding (probability 0) in its later positions and ends when every
+                     row is done (default, detection's: `vocab.eos` under `decode.mode`
+                     'grammar', none under 'official', where all `length` tokens are
+                     sampled; segmentation: padding, in both modes, as its parser stops
+                     there; keypoints: none, its 34 tokens are fixed).
 
-The loop's sampler settings (temperature, top-k/top-p, `decode.mode`'s nucleus rule and
-whether a row stops at `task.vocab.eos`) are the decoder's, not the task's; the instance
-tasks carry the official config's as defaults (`sampling()`: `decode`'s keyword
-arguments).
+The loop's sampler settings (temperature, top-k/top-p, `decode.mode`'s nucleus rule) are
+the decoder's, not the task's; the instance tasks carry the official config's as
+defaults (`sampling()`: `decode`'s keyword arguments).
 
 The rest of a task's life is wired by its callers, so that this folder imports neither
 TensorFlow nor the later stages: its tf.data sequence builder and loss weights live in
@@ -59,7 +64,7 @@ TaskState = Any  # a pytree of [B, ...] arrays
 class Task(Protocol):
   """What the decoding loop needs of a task (see the module docstring)."""
 
-  vocab: vocab_lib.Vocabulary  # the token ids; `vocab.eos` ends a row, `vocab.padding` fills
+  vocab: vocab_lib.Vocabulary  # the token ids; `vocab.padding` fills ended rows
 
   @property
   def prompt(self) -> int:
@@ -92,6 +97,14 @@ def prompt_length(task: Task) -> int:
 def suppress_tokens(task: Task) -> tuple[int, ...]:
   """The tokens the task has redrawn for the output (its `suppress_tokens`, else none)."""
   return tuple(int(t) for t in getattr(task, 'suppress_tokens', ()))
+
+
+def stop_tokens(task: Task, mode: str) -> tuple[int, ...]:
+  """The tokens after which a row is done: the task's `stop_tokens`, else detection's rule
+  under `decode.mode` (`mode`): `task.vocab.eos` under 'grammar', none under 'official'."""
+  if hasattr(task, 'stop_tokens'):
+    return tuple(int(t) for t in task.stop_tokens)
+  return (int(task.vocab.eos),) if mode == 'grammar' else ()
 
 
 # An instance task's prompt: its task token, the object's 4 box tokens, its class token.
