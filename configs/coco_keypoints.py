@@ -21,14 +21,13 @@ annotations/person_keypoints_{train,val}2017.json) or at the explicit
       --config.data.coco_dir=/path/to/coco \\
       --config.model.pretrained_backbone=resnet50.safetensors
 
-Evaluation during training is the teacher-forced val loss. A CPU-sized memorisation trial
-on the 86 labelled persons of coco_mini's train split (../shared/data/README.md), its
-file used for both splits (val: all 167 of its non-crowd persons, the 81 without a
-labelled keypoint included, as the official evaluation keeps them), with the tiny model
-at 128 px without augmentation (no scale jitter, flip or input corruption). A step
-(batch 8) took 0.64 s on 2 shared CPU cores (load ~6.7; 200 steps: loss 8.4 at step 50,
-4.4 at step 200), so 2000 steps (~186 epochs over the persons) take ~21 min at that rate,
-less on idle cores:
+Evaluation (during training and --mode=eval) decodes every val person from its
+ground-truth box and scores the keypoints with COCOeval (OKS), beside the teacher-forced
+val loss (docs/tasks.md). A CPU-sized memorisation trial on the 86 labelled persons of
+coco_mini's train split (../shared/data/README.md), its file used for both splits (val:
+all 167 of its non-crowd persons, the 81 without a labelled keypoint included, as the
+official evaluation keeps them), with the tiny model at 128 px without augmentation (no
+scale jitter, flip or input corruption); its result and time are in README.md's results:
 
   MINI=../shared/data/coco_mini
   python main.py --config=configs/coco_keypoints.py --workdir=workdirs/kp_mini \\

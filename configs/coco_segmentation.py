@@ -14,19 +14,26 @@ configs/coco.py (`--config.data.coco_dir=/path/to/coco`, or the explicit
       --config.data.coco_dir=/path/to/coco \\
       --config.model.pretrained_backbone=resnet50.safetensors
 
-Evaluation during training is the teacher-forced val loss (decoding polygons and COCO segm
-metrics are not implemented yet). A CPU-sized memorisation trial on the 80 train images of
-coco_mini (../shared/data/README.md), the tiny model at 128 px without augmentation:
+Evaluation (during training and --mode=eval) decodes every val object from its
+ground-truth box and class (the first data.max_instances of an image) and scores the
+ensembled masks with COCOeval (segm), beside the teacher-forced val loss
+(docs/tasks.md). A CPU-sized memorisation trial on the 80 train images of coco_mini
+(../shared/data/README.md), its file used for both splits, the tiny model at 128 px
+without augmentation; its result and time are in README.md's results:
 
+  MINI=../shared/data/coco_mini
   python main.py --config=configs/coco_segmentation.py --workdir=workdirs/segm_mini \\
-      --config.data.coco_dir=../shared/data/coco_mini --config.model.variant=tiny \\
-      --config.data.image_size=128 --config.data.max_points=32 \\
+      --config.data.train_images=$MINI/train2017 --config.data.val_images=$MINI/train2017 \\
+      --config.data.train_annotations=$MINI/annotations/instances_train2017.json \\
+      --config.data.val_annotations=$MINI/annotations/instances_train2017.json \\
+      --config.model.variant=tiny --config.data.image_size=128 --config.data.max_points=16 \\
       --config.data.scale_jitter=False --config.data.random_flip=False \\
       --config.model.dropout=0 --config.model.drop_path=0 --config.train.compute_dtype=float32 \\
-      --config.train.epochs=0 --config.train.steps=3000 --config.train.warmup_epochs=0 \\
-      --config.train.warmup_steps=100 --config.train.batch_size=8 \\
-      --config.train.learning_rate=1e-3 --config.train.log_every=50 \\
-      --config.train.checkpoint_every=500 --config.eval.batch_size=8
+      --config.train.epochs=0 --config.train.steps=2000 --config.train.warmup_epochs=0 \\
+      --config.train.warmup_steps=100 --config.train.batch_size=4 \\
+      --config.train.learning_rate=1e-3 --config.train.log_every=100 \\
+      --config.train.checkpoint_every=500 --config.train.eval_every=2000 \\
+      --config.eval.batch_size=8
 """
 
 from configs import coco
