@@ -4,9 +4,11 @@
   eval     evaluate the latest checkpoint of --workdir on the val split
   predict  detect objects in --images=GLOB, write --output=FILE.json, draw into --draw_dir
            those scored at least --draw_threshold (the workdir's config; --config, if
-           given, supplies only the decode settings)
+           given, supplies only the decode settings); a workdir of an instance task
+           (segmentation, keypoints) reads the objects of --boxes=FILE.json
   export   write --workdir's latest checkpoint to --output=DIR as a jax.export program and a
-           TensorFlow SavedModel (pix2seq_jax/deploy/export.py; --config: decode settings)
+           TensorFlow SavedModel (pix2seq_jax/deploy/export.py; --config: decode settings;
+           an instance task's workdir: its decode program, no SavedModel)
   summary  print the model's parameters per module and `total_params=N` (no --workdir)
 
 Several hosts: run the same command on every host with --coordinator_address=HOST:PORT
@@ -29,6 +31,10 @@ flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'export', 'summa
 flags.DEFINE_string('images', None, 'predict: a glob of image files.')
 flags.DEFINE_string('output', None, 'predict: the JSON file to write detections to; '
                     'export: the folder to write the exported detector to.')
+flags.DEFINE_string('boxes', None,
+                    'predict, instance tasks: the objects to segment / the persons to find '
+                    'keypoints of: a predict JSON of a detection workdir, or a COCO results '
+                    'or annotations file.')
 flags.DEFINE_string('draw_dir', None, 'predict: a folder for the images with boxes drawn.')
 flags.DEFINE_float('min_score', 0.0, 'predict: drop detections scored below this.')
 flags.DEFINE_float('draw_threshold', 0.3,
@@ -62,7 +68,7 @@ def main(argv):
     raise app.UsageError('--mode=predict needs --images=GLOB and --output=FILE.json.')
   if mode == 'export' and not FLAGS.output:
     raise app.UsageError('--mode=export needs --output=DIR.')
-  for name in ('images', 'draw_dir', 'min_score', 'draw_threshold'):
+  for name in ('images', 'boxes', 'draw_dir', 'min_score', 'draw_threshold'):
     if mode != 'predict' and FLAGS[name].present:
       raise app.UsageError(f'--{name} is a --mode=predict flag, not one of --mode={mode}.')
   if FLAGS['draw_threshold'].present and not FLAGS.draw_dir:
@@ -112,7 +118,7 @@ def _run(mode: str, overrides: tuple[str, ...]) -> None:
     from pix2seq_jax.inference import predictor
     predictor.predict_files(FLAGS.workdir, FLAGS.images, FLAGS.output, FLAGS.draw_dir,
                             min_score=FLAGS.min_score, decode=decode,
-                            draw_threshold=FLAGS.draw_threshold)
+                            draw_threshold=FLAGS.draw_threshold, boxes=FLAGS.boxes)
     return
   if mode == 'export':
     from pix2seq_jax.deploy import export
@@ -141,6 +147,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
   """Errors caused by the config, data or workdir: reported in one line, no traceback."""
   from pix2seq_jax.config import checks
   from pix2seq_jax.data import coco_json, image_check, tfds_source
+  from pix2seq_jax.inference import instance_inputs
   from pix2seq_jax.models import pretrained
   from pix2seq_jax.parallel import distributed
   from pix2seq_jax.train import init_from
@@ -148,7 +155,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
   return (checks.ConfigError, distributed.LauncherError, coco_json.AnnotationFileError,
           image_check.ImageFilesError, tfds_source.TfdsNotPreparedError,
           checkpoints.CheckpointMismatchError, pretrained.PretrainedWeightsError,
-          init_from.InitFromError, FloatingPointError, FileNotFoundError)
+          init_from.InitFromError, instance_inputs.BoxesError, FloatingPointError,
+          FileNotFoundError)
 
 
 if __name__ == '__main__':

@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
+from pycocotools import mask as coco_mask
 
 from pix2seq_jax.inference import drawing
 
@@ -140,3 +141,36 @@ def test_training_evaluations_write_drawn_val_images_to_tensorboard(tiny_workdir
     pixels = np.asarray(picture)
     # The ground truth's dashes: each shapes val image has at least one object.
     assert _has(picture, (255, 255, 255)) and pixels.std() > 0
+
+
+def test_masks_are_filled_translucent_and_outlined_in_the_class_colour():
+  mask = np.zeros((512, 512), bool)
+  mask[100:300, 150:350] = True
+  rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+  rle = {'size': rle['size'], 'counts': rle['counts'].decode('ascii')}  # as JSON holds it
+  colour = drawing.colour_of(3)
+  for det in (dict(_det(3, 0.9, (150, 100, 200, 200)), mask=mask),
+              dict(_det(3, 0.9, (150, 100, 200, 200)), segmentation=rle)):
+    picture = np.asarray(drawing.draw(_grey(512, 512), [det], threshold=0.5))
+    inside = picture[200, 250]  # grey 100 mixed with the colour
+    expected = np.round(100 + drawing.MASK_OPACITY * (np.asarray(colour) - 100))
+    np.testing.assert_allclose(inside, expected, atol=2)
+    assert tuple(picture[200, 150]) == colour  # the outline
+    np.testing.assert_array_equal(picture[50:90, 400:], 100)  # outside: untouched
+  hidden = dict(_det(3, 0.2, (150, 100, 200, 200)), mask=mask)
+  np.testing.assert_array_equal(drawing.draw(_grey(512, 512), [hidden]), _grey(512, 512))
+
+
+def test_keypoints_are_points_joined_by_the_skeleton():
+  points = np.zeros((17, 3))
+  points[0] = (100, 100, 2)  # nose
+  points[1] = (300, 100, 1)  # left eye; pair (1, 2) of COCO's skeleton
+  points[2] = (300, 400, 0)  # not labelled: not drawn
+  det = dict(_det(1, 0.9, (90, 90, 220, 320)), keypoints=points.reshape(-1).tolist())
+  colour = drawing.colour_of(1)
+  picture = np.asarray(drawing.draw(_grey(512, 512), [det]))
+  assert tuple(picture[100, 200]) == colour  # on the nose-eye line
+  assert tuple(picture[400, 300]) == (100, 100, 100)
+  unjoined = np.asarray(drawing.draw(_grey(512, 512), [det], skeletons={1: [(2, 3)]}))
+  assert tuple(unjoined[100, 200]) == (100, 100, 100)  # this skeleton has no nose-eye pair
+  assert tuple(unjoined[100, 100]) == colour  # the points still are

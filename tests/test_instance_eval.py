@@ -27,6 +27,7 @@ from pix2seq_jax.models import build
 from pix2seq_jax.parallel import mesh as mesh_lib
 from pix2seq_jax.tasks import keypoints, segmentation
 from pix2seq_jax.tasks import vocab as vocab_lib
+from tests import tiny
 from tests.tiny import shared_path
 
 SEGM = 'instance_segmentation'
@@ -120,10 +121,7 @@ def test_evaluator_decodes_every_ground_truth_prompt(tmp_path):
   mesh = mesh_lib.make_mesh(jax.devices()[:1])
   graphdef = build.model_graphdef(config, vocab)
   model = build.build_model(config, vocab, nnx.Rngs(0))
-  # 20 coordinate tokens made likely: polygons of random points, and the nucleus found
-  # among the most likely tokens (a flat 35000-token softmax would be sorted each step)
-  likely = np.arange(vocab.coord_offset + 100, vocab.coord_offset + 900, 40)
-  model.decoder.output_bias.value = model.decoder.output_bias.value.at[likely].add(12.0)
+  tiny.likely_coordinates(model, vocab)
   _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   evaluator = instance_evaluator.InstanceEvaluator(config, splits.val, splits.instances['val'],
                                                    vocab, graphdef, mesh)

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 
 import ml_collections
+import numpy as np
 import pytest
 
 from pix2seq_jax.config import config_file, default, resolve
@@ -168,3 +169,13 @@ def eager_and_in_dataset(fn, args: tuple):
   else:
     ds = tf.data.Dataset.range(1).map(lambda _: fn())
   return eager, next(iter(ds))
+
+
+def likely_coordinates(model, vocab, count: int = 20, lift: float = 12.0) -> None:
+  """Makes `count` coordinate tokens (spread over the canvas) far more likely in a freshly
+  initialised model's output (its output bias): sampled polygons and points of random
+  positions, and a nucleus found among the most likely tokens (a flat 35000-token
+  softmax would be sorted at every step, `decoding.nucleus_threshold`)."""
+  likely = np.linspace(vocab.coord_offset + 100, vocab.coord_offset + 900, count).astype(int)
+  bias = model.decoder.output_bias
+  bias.value = bias.value.at[likely].add(lift)

@@ -69,3 +69,26 @@ def detector_fn(config: ml_collections.FrozenConfigDict, graphdef: nnx.GraphDef,
     return first_valid(*detection.read_objects(tokens, scores, vocab, dec.mode), category_ids)
 
   return detect
+
+
+def instance_fn(config: ml_collections.FrozenConfigDict, graphdef: nnx.GraphDef,
+                task, step: int) -> Callable:
+  """An instance task's decoding as one function: (params, batch_stats, canvases
+  [B, S, S, 3] float32, prompts [B, n, 6] int32) -> its outputs as a dict of [B, rows, ...]
+  arrays (segmentation: points [B, n * k, 2P]; keypoints: tokens, points [B, n, 34],
+  points_score [B, n]), decoded as the Predictor of the same workdir and checkpoint `step`
+  decodes them (`sharded_decode.InstanceDecodeFn`: its task, sampling settings and key)."""
+  samples = int(getattr(task, 'num_samples', 1))
+
+  def decode(params, batch_stats, canvases, prompts):
+    model = nnx.merge(graphdef, params, batch_stats)
+    rng = jax.random.fold_in(jax.random.key(config.seed), step)
+    batch = canvases.shape[0]
+    rows = jnp.repeat(prompts.reshape(-1, prompts.shape[-1]), samples, axis=0)  # [B*n*k, 6]
+    state = decoding.decode(model, canvases, task, length=task.length, rng=rng,
+                            prompt=rows, **task.sampling())
+    outputs = task.outputs(state.tokens, state.token_probs, state.task_state)
+    outputs = outputs._asdict() if hasattr(outputs, '_asdict') else {'points': outputs}
+    return {k: v.reshape(batch, -1, *v.shape[1:]) for k, v in outputs.items()}
+
+  return decode

@@ -17,6 +17,17 @@ writes into DIR:
                      versions, the checkpoint step and a SHA-256 per file.
 
 `pix2seq_jax.deploy.serving.load(DIR)` runs the first three with JAX alone.
+
+A workdir of an instance task (segmentation, keypoints) exports its decoding instead:
+
+  instances.jax      `jax.export` of `detector.instance_fn`: (weights, canvases [b, S, S, 3]
+                     float32, prompts [b, n, 6] int32) -> the task's outputs, b symbolic, n
+                     the Predictor's objects per canvas (data.max_instances; keypoints 1).
+  weights.npz, export.json as above (export.json also holds the task and its settings).
+
+No SavedModel: the masks and keypoints are read on the host (`inference/instances.py`),
+which a TensorFlow-only runtime would have to re-implement; `serving.load` returns a
+callable that takes images and boxes as the Predictor does.
 """
 
 from __future__ import annotations
@@ -34,11 +45,13 @@ from absl import logging
 import pix2seq_jax
 from pix2seq_jax.deploy import detector, serving
 from pix2seq_jax.deploy import saved_model as saved_model_lib
+from pix2seq_jax.inference import instance_predict
 from pix2seq_jax.inference import predictor as predictor_lib
 from pix2seq_jax.models import build
 from pix2seq_jax.runtime import precision
 
 SAVED_MODEL = 'saved_model'
+INSTANCE_PROGRAM = 'instances.jax'
 PLATFORMS = ('cpu', 'cuda')
 
 
@@ -62,12 +75,91 @@ def _flat_detector(predictor: predictor_lib.Predictor) -> tuple[Callable, list[n
   return run, weights
 
 
+def _weights(predictor: predictor_lib.Predictor) -> tuple[list[np.ndarray], Callable]:
+  """The parameters and batch statistics as numpy leaves, and the function that puts
+  such a list back into their trees."""
+  leaves, treedef = jax.tree.flatten((predictor.params, predictor.batch_stats))
+  return ([np.asarray(jax.device_get(leaf)) for leaf in leaves],
+          lambda weights: jax.tree.unflatten(treedef, list(weights)))
+
+
+def _export_instances(predictor: predictor_lib.Predictor, workdir: str, output: str,
+                      platforms: tuple[str, ...]) -> dict:
+  """The instance task's decoding program (INSTANCE_PROGRAM), weights and manifest."""
+  config, task = predictor.config, predictor.task
+  decode = detector.instance_fn(config, build.model_graphdef(config, predictor.vocab), task,
+                                predictor.step)
+  weights, trees = _weights(predictor)
+
+  def run(weights, canvases, prompts):
+    return decode(*trees(weights), canvases, prompts)
+
+  n = instance_predict.objects_per_call(task, config.data.max_instances)
+  size = predictor.size
+  os.makedirs(output, exist_ok=True)
+  np.savez(os.path.join(output, serving.WEIGHTS), *weights)
+  batch = jax.export.symbolic_shape('b')[0]
+  logging.info('Exporting the %s decoder on the %dx%d canvas (%s) ...', config.task, size,
+               size, INSTANCE_PROGRAM)
+  exported = jax.export.export(
+      jax.jit(precision.traced(run, config.train.matmul_precision)), platforms=platforms)(
+          [jax.ShapeDtypeStruct(w.shape, w.dtype) for w in weights],
+          jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32),
+          jax.ShapeDtypeStruct((batch, n, task.prompt_length), jnp.int32))
+  with open(os.path.join(output, INSTANCE_PROGRAM), 'wb') as f:
+    f.write(exported.serialize())
+  vocab = predictor.vocab
+  settings = {k: getattr(task, k) for k in ('mode', 'temperature', 'top_k', 'top_p',
+                                           'max_points', 'num_samples', 'threshold',
+                                           'suppress_invisible', 'points_score_weight')
+              if hasattr(task, k)}
+  manifest = {
+      'format': serving.FORMAT,
+      'task': config.task,
+      'pix2seq_jax_version': pix2seq_jax.__version__,
+      'jax_version': jax.__version__,
+      'workdir': os.path.abspath(workdir),
+      'checkpoint_step': predictor.step,
+      'canvas_size': size,
+      'program': {'file': INSTANCE_PROGRAM, 'objects_per_canvas': n,
+                  'prompt_length': task.prompt_length},
+      'task_settings': settings,
+      'saved_model': None,
+      'platforms': list(platforms),
+      'num_weights': len(weights),
+      'vocabulary': {'layout': vocab.layout, 'num_classes': vocab.num_classes,
+                     'num_bins': vocab.num_bins, 'size': vocab.size,
+                     'coord_offset': vocab.coord_offset, 'padding': vocab.padding},
+      'categories': predictor.categories.to_json(),
+      'max_instances': config.data.max_instances,
+      'outputs': ({'points': '[b, n * k, 2P] float32 (y, x) normalised to the canvas, or '
+                             '-1 / -2 / -3 (end, separator, invisible)'}
+                  if 'max_points' in settings else
+                  {'tokens': '[b, n, 34] int32', 'points': '[b, n, 34] float32',
+                   'points_score': '[b, n] float32'}),
+      'sha256': {name: serving.sha256(os.path.join(output, name))
+                 for name in (serving.WEIGHTS, INSTANCE_PROGRAM)},
+  }
+  with open(os.path.join(output, serving.MANIFEST), 'w') as f:
+    json.dump(manifest, f, indent=1)
+  return manifest
+
+
 def export_workdir(workdir: str, output: str, decode: dict | None = None,
-                   step: int | None = None, saved_model: bool = True,
+                   step: int | None = None, saved_model: bool | None = None,
                    platforms: tuple[str, ...] = PLATFORMS) -> dict:
   """Writes the export of `workdir`'s checkpoint (default: the latest) to `output`;
-  returns the manifest. `decode` overrides the workdir's decode settings."""
+  returns the manifest. `decode` overrides the workdir's decode settings. `saved_model`
+  (default: for a detection workdir) also writes the TensorFlow SavedModel, which an
+  instance task's workdir does not have."""
   predictor = predictor_lib.Predictor(workdir, step=step, decode=decode)
+  if predictor.task is not None:
+    if saved_model:
+      raise ValueError(f'{workdir} was trained for {predictor.config.task}: its export is a '
+                       'jax.export program only (its masks and keypoints are read on the '
+                       'host); export it without saved_model.')
+    return _export_instances(predictor, workdir, output, platforms)
+  saved_model = True if saved_model is None else saved_model
   run, weights = _flat_detector(predictor)
   size = predictor.size
   os.makedirs(output, exist_ok=True)

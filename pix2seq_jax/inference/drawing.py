@@ -1,5 +1,8 @@
 """Detections drawn onto images (PIL only, no TensorFlow): `--mode=predict --draw_dir`,
 the evaluation notebook's grid and the validation images written to TensorBoard.
+Instance results are drawn too: a 'segmentation' (COCO RLE) or 'mask' as a translucent
+fill in the class colour with an outline, 'keypoints' [x, y, v] * 17 as points joined by
+the skeleton (the category's, else COCO's person skeleton), each labelled as a box is.
 
   picture = draw(image, found, ground_truth=truth)   # a PIL image, upscaled if small
 
@@ -19,7 +22,8 @@ import zlib
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from pycocotools import mask as coco_mask
 
 DEFAULT_THRESHOLD = 0.3  # --draw_threshold's default, the notebook's and TensorBoard's
 MIN_SIZE = 512  # smaller images are enlarged to this long side before drawing
@@ -31,6 +35,11 @@ PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 13
            (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
            (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128))
 _GROUND_TRUTH = ((255, 255, 255), (0, 0, 0))  # dashes alternate between these
+MASK_OPACITY = 0.45  # of a mask's fill
+# COCO's person skeleton (person_keypoints_*.json), keypoint numbers from 1.
+COCO_SKELETON = ((16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7),
+                 (6, 8), (7, 9), (8, 10), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5),
+                 (4, 6), (5, 7))
 
 
 def colour_of(category_id: int) -> tuple[int, int, int]:
@@ -103,18 +112,71 @@ def _fitted(pen: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
   return text
 
 
+def _mask_of(det: dict, size: tuple[int, int]) -> np.ndarray | None:
+  """The bool mask [h, w] of a detection's 'mask' or RLE 'segmentation', at `size` (w, h)
+  of the drawing; None without one."""
+  if 'mask' in det:
+    mask = np.asarray(det['mask'], bool)
+  elif isinstance(det.get('segmentation'), dict):
+    rle = dict(det['segmentation'])
+    if isinstance(rle['counts'], str):
+      rle['counts'] = rle['counts'].encode('ascii')
+    mask = coco_mask.decode(rle).astype(bool)
+  else:
+    return None
+  picture = Image.fromarray(mask.astype(np.uint8) * 255)
+  if picture.size != size:
+    picture = picture.resize(size, Image.Resampling.NEAREST)
+  return np.asarray(picture) > 127
+
+
+def _draw_mask(picture: Image.Image, mask: np.ndarray, colour: tuple[int, int, int],
+               line: int) -> Image.Image:
+  """A translucent fill of `mask` in `colour` and its outline, `line` pixels wide."""
+  layer = Image.fromarray(mask.astype(np.uint8) * 255)
+  inner = layer.filter(ImageFilter.MinFilter(2 * (line // 2) + 1))
+  fill = Image.fromarray((mask * round(255 * MASK_OPACITY)).astype(np.uint8))
+  solid = Image.new('RGB', picture.size, colour)
+  picture = Image.composite(solid, picture, fill)
+  edge = Image.fromarray(((np.asarray(layer) > 0) & (np.asarray(inner) == 0)).astype(
+      np.uint8) * 255)
+  return Image.composite(solid, picture, edge)
+
+
+def _draw_keypoints(pen: ImageDraw.ImageDraw, keypoints: Sequence[float], scale: float,
+                    colour: tuple[int, int, int], line: int,
+                    skeleton: Sequence[Sequence[int]]) -> None:
+  """Points [x, y, v] * K (v > 0 drawn) joined by `skeleton` (pairs of numbers from 1)."""
+  points = np.asarray(keypoints, np.float64).reshape(-1, 3)
+  xy = points[:, :2] * scale
+  shown = points[:, 2] > 0
+  for a, b in skeleton:
+    if max(a, b) <= len(points) and shown[a - 1] and shown[b - 1]:
+      pen.line([tuple(xy[a - 1]), tuple(xy[b - 1])], fill=colour, width=line)
+  radius = line + 1
+  for (x, y), visible in zip(xy, shown):
+    if visible:
+      pen.ellipse((x - radius, y - radius, x + radius, y + radius), fill=colour,
+                  outline=(255, 255, 255))
+
+
 def draw(image: np.ndarray | Image.Image, found: Sequence[dict], path: str | None = None,
          ground_truth: Sequence[dict] | None = None, threshold: float = DEFAULT_THRESHOLD,
-         min_size: int = MIN_SIZE) -> Image.Image:
+         min_size: int = MIN_SIZE,
+         skeletons: dict[int, Sequence[Sequence[int]]] | None = None) -> Image.Image:
   """`image` with its detections scored at or above `threshold` drawn (and ground truth).
 
   Args:
     image: uint8 [H, W, 3] (or [H, W]), or a PIL image.
-    found: detections {bbox [x, y, w, h] px, category_id, category_name, score}.
+    found: detections {bbox [x, y, w, h] px, category_id, category_name, score}, and
+      for instance results a 'mask' (bool [H, W]) or 'segmentation' (COCO RLE), or
+      'keypoints' ([x, y, v] * K px); those are drawn instead of the box.
     path: where to save the drawing, if given.
     ground_truth: boxes {bbox [x, y, w, h] px}, drawn as thin dashed outlines.
     threshold: the lowest score drawn, in [0, 1].
     min_size: images whose long side is shorter are enlarged to it first (0: never).
+    skeletons: {category_id: [(a, b), ...]} the keypoint pairs to join (numbers from 1,
+      as a COCO category's 'skeleton'); default COCO's person skeleton.
 
   Returns:
     The drawing, as large as `image` or, for a small image, enlarged to `min_size`.
@@ -130,14 +192,23 @@ def draw(image: np.ndarray | Image.Image, found: Sequence[dict], path: str | Non
   width, height = picture.size
   line, font_size = sizes_for(width, height)
   font = _font(font_size)
-  pen = ImageDraw.Draw(picture)
   corners = lambda bbox: (bbox[0] * scale, bbox[1] * scale, (bbox[0] + bbox[2]) * scale,
                           (bbox[1] + bbox[3]) * scale)
+  shown = sorted((d for d in found if d['score'] >= threshold), key=lambda d: d['score'])
+  for det in shown:  # masks first, under every line and label; the best scored on top
+    mask = _mask_of(det, picture.size)
+    if mask is not None:
+      picture = _draw_mask(picture, mask, _category_colour(det), line)
+  pen = ImageDraw.Draw(picture)
   for gt in ground_truth or []:
     _dashed_rectangle(pen, corners(gt['bbox']), max(1, line // 2))
-  shown = sorted((d for d in found if d['score'] >= threshold), key=lambda d: d['score'])
   for det in shown:  # the best scored last, on top
-    pen.rectangle(corners(det['bbox']), outline=_category_colour(det), width=line)
+    colour = _category_colour(det)
+    if 'keypoints' in det:
+      skeleton = (skeletons or {}).get(int(det.get('category_id', 0)), COCO_SKELETON)
+      _draw_keypoints(pen, det['keypoints'], scale, colour, line, skeleton)
+    elif 'mask' not in det and 'segmentation' not in det:
+      pen.rectangle(corners(det['bbox']), outline=colour, width=line)
   pad, taken = max(1, font_size // 6), []
   for det in reversed(shown):  # the best scored choose their label's place first
     colour = _category_colour(det)

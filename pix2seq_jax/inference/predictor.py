@@ -1,7 +1,15 @@
-"""Detections for image files or arrays from a trained workdir, without TensorFlow.
+"""Detections (or masks, keypoints) for image files or arrays from a trained workdir,
+without TensorFlow.
 
   predictor = Predictor('workdirs/shapes')
   per_image = predictor(['a.jpg', 'b.png'])   # or uint8 arrays [H, W, 3]
+  masks = Predictor('workdirs/segm')(['a.jpg'], boxes=per_image[:1])  # an instance task
+
+A workdir trained for an instance task (`config.task` instance_segmentation or
+keypoint_detection) reads the objects it is given, per image COCO-style boxes
+(`instance_inputs.py`): segmentation decodes every object of an image from one encoding
+of the image (`data.max_instances` objects per call), keypoint detection each person on
+its own crop of the image (the official eval's crop).
 
 Images of any size are resized (longest side) and padded onto one of a few canvases
 (`data/canvas.py`), and batches have a fixed size, so a new image size never
@@ -24,7 +32,14 @@ from flax import nnx
 
 from pix2seq_jax.config import workdir_config
 from pix2seq_jax.data import canvas, coco_json
-from pix2seq_jax.inference import detections, drawing, sharded_decode
+from pix2seq_jax.inference import (
+  detections,
+  drawing,
+  instance_inputs,
+  instance_predict,
+  instances,
+  sharded_decode,
+)
 from pix2seq_jax.inference import images as images_lib
 from pix2seq_jax.models import backbones, build, variants
 from pix2seq_jax.parallel import mesh as mesh_lib
@@ -64,12 +79,19 @@ class Predictor:
       raise FileNotFoundError(f'No checkpoint under {checkpoints.checkpoint_dir(workdir)}.')
     self.step = int(restored['step'])
     self.params, self.batch_stats = restored['params'], restored['batch_stats']
-    self._decode = sharded_decode.DecodeFn(self.config, build.model_graphdef(
-        self.config, self.vocab), self.vocab, self.mesh)
+    graphdef = build.model_graphdef(self.config, self.vocab)
     stride = backbones.STRIDES[variants.get_spec(self.config.model.variant).backbone]
     self.size = self.config.data.image_size
-    self.canvas_shapes = canvas.canvas_shapes(self.size, stride,
-                                              self.config.decode.canvas_buckets)
+    self.task = None  # detection; an instance task's decoding task otherwise
+    if self.config.task in instances.INSTANCE_TASKS:
+      self.task = instances.instance_task(self.config, self.vocab)
+      self._decode = sharded_decode.InstanceDecodeFn(self.config, graphdef, self.task,
+                                                     self.mesh)
+      self.canvas_shapes = [(self.size, self.size)]  # prompts are boxes of the square
+    else:
+      self._decode = sharded_decode.DecodeFn(self.config, graphdef, self.vocab, self.mesh)
+      self.canvas_shapes = canvas.canvas_shapes(self.size, stride,
+                                                self.config.decode.canvas_buckets)
     self._logits_fn = None
 
   def logits(self, images: np.ndarray, tokens: np.ndarray) -> np.ndarray:
@@ -124,14 +146,33 @@ class Predictor:
                                             decimals=None)
             for row, image in enumerate(images)]
 
-  def __call__(self, images: Sequence[str | np.ndarray]) -> list[list[dict]]:
+  def __call__(self, images: Sequence[str | np.ndarray],
+               boxes: Sequence[Sequence[dict]] | None = None,
+               return_masks: bool = False) -> list[list[dict]]:
     """Per image, a list of {category_id, category_name, bbox [x, y, w, h] px, score}
     (boxes in full precision).
 
     Images are file paths or uint8 arrays [H, W] (grey), [H, W, 3] or [H, W, 4] (alpha
-    is dropped).
+    is dropped). An instance task's workdir needs `boxes`: per image the objects to read,
+    {'bbox': [x, y, w, h] px, 'category_id', optional 'score' (default 1)}; it returns
+    one result per object, in their order, with the object's bbox and:
+      segmentation  'segmentation' (COCO RLE, counts a str), score = the box's; with
+                    `return_masks` also 'mask', bool [H, W] of the image;
+      keypoints     'keypoints' [x, y, v] * 17 px, score = the box score mixed with the
+                    points' (`keypoints.combine_scores`).
     """
+    if self.task is None:
+      if boxes is not None or return_masks:
+        raise instance_inputs.BoxesError(
+            'This workdir\'s model was trained for object_detection: it finds the boxes '
+            'itself; call it without boxes or return_masks.')
+    elif boxes is None:
+      raise instance_inputs.BoxesError(instance_inputs.needs_boxes(self.config.task))
     arrays = images_lib.as_arrays(images)
+    if self.task is not None:
+      return instance_predict.predict(arrays, boxes, self.task, self.categories, self.size,
+                                      self._decode_batch, self.batch_size,
+                                      self.config.data.max_instances, return_masks)
     out: list[list[dict]] = [[] for _ in arrays]
     for indices, canvases, scales in canvas.canvas_batches(arrays, self.size,
                                                            self.canvas_shapes, self.batch_size):
@@ -140,14 +181,33 @@ class Predictor:
         out[index] = detected
     return out
 
+  def _decode_batch(self, canvases: np.ndarray, prompts: np.ndarray):
+    """instance_predict's decode function: the jitted InstanceDecodeFn on this mesh."""
+    placed = mesh_lib.put_batch({'image': canvases, 'prompts': prompts}, self.mesh)
+    return self._decode(self.params, self.batch_stats, placed['image'], placed['prompts'],
+                        self.step)
+
+
+def _rounded(found: dict) -> dict:
+  """A result as the JSON keeps it: pixels to 2 decimals, no bool mask."""
+  out = {k: v for k, v in found.items() if k != 'mask'}
+  for key in ('bbox', 'keypoints'):
+    if key in out:
+      out[key] = [round(float(v), 2) for v in out[key]]
+  return out
+
 
 def predict_files(workdir: str, pattern: str, output: str, draw_dir: str | None = None,
                   min_score: float = 0.0, decode: dict | None = None,
-                  draw_threshold: float = drawing.DEFAULT_THRESHOLD) -> list[dict]:
+                  draw_threshold: float = drawing.DEFAULT_THRESHOLD,
+                  boxes: str | None = None) -> list[dict]:
   """Runs the predictor on every file matching `pattern`; writes JSON (and drawings).
 
   The JSON keeps every detection scored at least `min_score`; the drawings in `draw_dir`
-  show those scored at least `draw_threshold` (in [0, 1]).
+  show those scored at least `draw_threshold` (in [0, 1]). An instance task's workdir
+  needs `boxes`, a file of the objects to read (`instance_inputs.read_boxes`: a detection
+  workdir's predict JSON, COCO results or annotations); its 'detections' are the instance
+  results (masks as RLE, or keypoints).
   """
   if not 0.0 <= draw_threshold <= 1.0:
     raise ValueError(f'draw_threshold={draw_threshold}: use a score in [0, 1].')
@@ -155,19 +215,32 @@ def predict_files(workdir: str, pattern: str, output: str, draw_dir: str | None 
   if not paths:
     raise FileNotFoundError(f'No image matches --images={pattern!r}.')
   predictor = Predictor(workdir, decode=decode)
+  if predictor.task is None and boxes:
+    raise instance_inputs.BoxesError(
+        f'--boxes reads the objects of an instance task\'s workdir; {workdir} was trained '
+        'for object_detection and finds its boxes itself: leave --boxes out.')
+  if predictor.task is not None and not boxes:
+    raise instance_inputs.BoxesError(
+        f'{workdir}: ' + instance_inputs.needs_boxes(predictor.config.task)
+        + ' Add --boxes=FILE.json.')
+  objects = instance_inputs.read_boxes(boxes, paths) if boxes else None
   entries, unreadable = [], []
   for start in range(0, len(paths), predictor.batch_size):
-    chunk, images = [], []
-    for path in paths[start:start + predictor.batch_size]:
+    chunk, images, given = [], [], []
+    for index in range(start, min(start + predictor.batch_size, len(paths))):
+      path = paths[index]
       try:
         images.append(images_lib.load_image(path))
         chunk.append(path)
+        given.append(objects[index] if objects else None)
       except images_lib.UNREADABLE_IMAGE_ERRORS as e:
         logging.warning('%s: skipped, not a readable image (%s)', path, e)
         unreadable.append(path)
-    for path, image, found in zip(chunk, images, predictor(images) if images else []):
-      found = [dict(d, bbox=[round(v, 2) for v in d['bbox']]) for d in found
-               if d['score'] >= min_score]
+    if not images:
+      continue
+    results = predictor(images, boxes=given) if objects else predictor(images)
+    for path, image, found in zip(chunk, images, results):
+      found = [_rounded(d) for d in found if d['score'] >= min_score]
       entries.append({'file_name': os.path.basename(path), 'path': path,
                       'height': image.shape[0], 'width': image.shape[1], 'detections': found})
       if draw_dir:
