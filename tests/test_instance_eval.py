@@ -5,7 +5,7 @@ that decodes every val object from its ground-truth prompt.
 The geometry is proven with an oracle: the eval examples' own target sequences, read
 as if the model had emitted them, must score as the annotations they were built from
 (segm AP above 0.9, keypoint AP above 0.95: only quantisation and the point budget
-separate them); a planted error in the pixel mapping (the resize scale, the crop offset)
+separate them); a planted error in the pixel mapping (the padding, the crop offset)
 fails it.
 """
 
@@ -54,7 +54,7 @@ def _setup(config):
   return resolve.resolve(config, len(splits.train.records)), splits, vocab
 
 
-def _oracle_results(config, splits, vocab, max_images: int, scale_error: float = 1.0):
+def _oracle_results(config, splits, vocab, max_images: int):
   """COCO results of the val examples' target responses read as decoded rows (one
   sample per object), and the image ids."""
   task = segmentation.SegmentationTask(vocab, max_points=config.data.max_points,
@@ -65,7 +65,6 @@ def _oracle_results(config, splits, vocab, max_images: int, scale_error: float =
                                      targets=splits.instances['val']):
     response = batch['target_tokens'][..., task.prompt_length - 1:]  # [B, n, 2P]
     points = segmentation.tokens_to_points(response, vocab.num_bins, vocab.coord_offset)
-    batch = dict(batch, scale=batch['scale'] * scale_error)
     results += instances.coco_results(points, batch['input_tokens'][..., :6], batch, task,
                                       config.data.image_size)
   return results, [r.image_id for r in splits.val.records[:max_images]]
@@ -78,7 +77,7 @@ def oracle():
   return config, splits, vocab
 
 
-def test_target_sequences_score_as_the_annotations(oracle):
+def test_target_sequences_score_as_the_annotations(oracle, monkeypatch):
   config, splits, vocab = oracle
   results, image_ids = _oracle_results(config, splits, vocab, max_images=12)
   coco_gt = coco_metrics.load_ground_truth(splits.val.annotations_path)
@@ -91,8 +90,12 @@ def test_target_sequences_score_as_the_annotations(oracle):
     height, width = result['segmentation']['size']
     image = coco_gt.imgs[result['image_id']]
     assert (height, width) == (image['height'], image['width'])
-  # A wrong pixel mapping (the resize scale off by 3%) is caught.
-  wrong, _ = _oracle_results(config, splits, vocab, max_images=12, scale_error=1.03)
+  # A wrong pixel mapping (the padding taken for image: points read as fractions of the
+  # canvas, not of the resized image on it) is caught.
+  real = instances._geometry
+  monkeypatch.setattr(instances, '_geometry', lambda size, original: dict(
+      real(size, original), unpadded_hw=(size, size)))
+  wrong, _ = _oracle_results(config, splits, vocab, max_images=12)
   assert coco_metrics.coco_metrics(coco_gt, wrong, image_ids,
                                    iou_type='segm')['AP'] < metrics['AP'] - 0.1
 

@@ -138,11 +138,12 @@ class Oracle:
                         *[o for image in out for o in image])
 
 
-def _canvas_points(pairs_xy: np.ndarray, scale: float, size: int,
-                   offset=(0, 0)) -> np.ndarray:
-  """[P, 2] (x, y) px -> [P, 2] (y, x) normalised to the canvas of an image (or crop)."""
-  return np.stack([(pairs_xy[:, 1] - offset[0]), (pairs_xy[:, 0] - offset[1])],
-                  1) * scale / size
+def _canvas_points(pairs_xy: np.ndarray, image_hw, size: int, offset=(0, 0)) -> np.ndarray:
+  """[P, 2] (x, y) px -> [P, 2] (y, x) normalised to the canvas of an image (or crop) of
+  (height, width): on its resized extent, as the pipeline normalises points."""
+  extent, _ = canvas.resized_shape(*image_hw, size)
+  yx = np.stack([(pairs_xy[:, 1] - offset[0]), (pairs_xy[:, 0] - offset[1])], 1)
+  return yx / np.asarray(image_hw, np.float64) * np.asarray(extent, np.float64) / size
 
 
 def test_oracle_masks_score_as_the_annotations(predictor, monkeypatch):
@@ -152,13 +153,12 @@ def test_oracle_masks_score_as_the_annotations(predictor, monkeypatch):
                                                              num_samples=1))
   rows = []
   for _, image, objects in chosen:
-    _, scale = canvas.resized_shape(image['height'], image['width'], predictor.size)
     for a in objects:
       flat = []
       for polygon in a['segmentation']:
         if flat:
           flat += [-2.0, -2.0]
-        flat += _canvas_points(np.reshape(polygon, (-1, 2)), scale,
+        flat += _canvas_points(np.reshape(polygon, (-1, 2)), (image['height'], image['width']),
                                predictor.size).reshape(-1).tolist()
       row = np.full(2 * points, -1.0, np.float32)
       row[:len(flat)] = flat[:2 * points]
@@ -235,9 +235,8 @@ def test_oracle_keypoints_score_as_the_annotations(predictor, monkeypatch):
     for a in objects:
       y, x, height, width = instance_inputs.crop_region(a['bbox'],
                                                         (image['height'], image['width']))
-      _, scale = canvas.resized_shape(height, width, predictor.size)
       triples = np.reshape(a['keypoints'], (-1, 3)).astype(np.float64)
-      yx = _canvas_points(triples[:, :2], scale, predictor.size, (y, x))
+      yx = _canvas_points(triples[:, :2], (height, width), predictor.size, (y, x))
       tokens = vocab.coord_to_bin(yx).astype(np.int32) + vocab.coord_offset
       tokens[triples[:, 2] == 0] = vocab.invisible
       rows.append(keypoints_lib.KeypointOutputs(tokens.reshape(1, -1),

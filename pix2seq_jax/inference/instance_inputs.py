@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pix2seq_jax.data import coco_json
+from pix2seq_jax.data import canvas, coco_json
 
 CROP_PAD_SCALE = 0.5  # the official keypoint config's crop_to_bbox_pad_scale
 
@@ -59,15 +59,29 @@ def objects_of(entries: Sequence[dict], categories: coco_json.CategoryMap,
           np.asarray(scores, np.float32))
 
 
-def canvas_boxes(boxes_xywh: np.ndarray, scale: float, canvas_size: int,
-                 offset: Sequence[int] = (0, 0)) -> np.ndarray:
-  """[m, 4] [x, y, w, h] px of the full image -> [m, 4] float32 (ymin, xmin, ymax, xmax)
-  normalised to the S x S canvas of the image (or of its crop at `offset` (y, x)) resized
-  by `scale`."""
+def canvas_boxes(boxes_xywh: np.ndarray, image_hw: Sequence[int], canvas_size: int,
+                 crop: Sequence[int] | None = None) -> np.ndarray:
+  """[m, 4] [x, y, w, h] px of an image of (height, width) -> [m, 4] float32 (ymin, xmin,
+  ymax, xmax) normalised to the S x S canvas of the image, or of its `crop` (y, x, height,
+  width), as the input pipeline computes them: clipped to the image and normalised to it
+  as the COCO reader does (`coco_json`), moved into the crop and clipped to it
+  (`transforms.crop_boxes`), then scaled to the resized extent on the canvas
+  (`transforms.canvas_boxes`), in float32; so the prompts equal the eval examples'."""
+  height, width = (int(v) for v in image_hw)
   x, y, w, h = np.asarray(boxes_xywh, np.float64).reshape(-1, 4).T
-  dy, dx = (float(v) for v in offset)
-  yxyx = np.stack([y - dy, x - dx, y + h - dy, x + w - dx], axis=1)
-  return (yxyx * scale / canvas_size).astype(np.float32)
+  x0, y0 = np.clip(x, 0, width), np.clip(y, 0, height)
+  x1, y1 = np.clip(x + w, 0, width), np.clip(y + h, 0, height)
+  boxes = np.stack([y0 / height, x0 / width, y1 / height, x1 / width], 1).astype(np.float32)
+  shape = (height, width)
+  if crop is not None:
+    top, left, crop_h, crop_w = (int(v) for v in crop)
+    boxes = np.clip((boxes * np.float32([height, width, height, width])
+                     - np.float32([top, left, top, left]))
+                    / np.float32([crop_h, crop_w, crop_h, crop_w]), 0.0, 1.0)
+    shape = (crop_h, crop_w)
+  (extent_h, extent_w), _ = canvas.resized_shape(*shape, canvas_size)
+  ratio = np.float32([extent_h, extent_w, extent_h, extent_w]) / np.float32(canvas_size)
+  return (boxes * ratio).astype(np.float32)
 
 
 def crop_region(box_xywh: Sequence[float], image_hw: Sequence[int],

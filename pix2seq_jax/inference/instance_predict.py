@@ -69,24 +69,25 @@ def predict(arrays: Sequence[np.ndarray], boxes: Sequence[Sequence[dict]],
     if keypoints:  # each person on its own crop
       for i, box in enumerate(xywh):
         y, x, height, width = instance_inputs.crop_region(box, image.shape[:2])
-        on_canvas, scale = canvas.to_canvas(image[y:y + height, x:x + width], size)
-        normalised = instance_inputs.canvas_boxes(box[None], scale, size, (y, x))
+        on_canvas, _ = canvas.to_canvas(image[y:y + height, x:x + width], size)
+        normalised = instance_inputs.canvas_boxes(box[None], image.shape[:2], size,
+                                                  (y, x, height, width))
         jobs.append((on_canvas, _prompts(task, normalised, ids[i:i + 1])))
-        where.append((index, i, scale, (y, x), (height, width)))
+        where.append((index, i, (y, x), (height, width)))
     else:  # the image once per n objects
-      on_canvas, scale = canvas.to_canvas(image, size)
-      normalised = instance_inputs.canvas_boxes(xywh, scale, size)
+      on_canvas, _ = canvas.to_canvas(image, size)
+      normalised = instance_inputs.canvas_boxes(xywh, image.shape[:2], size)
       for start in range(0, len(ids), n):
         jobs.append((on_canvas, _prompts(task, normalised[start:start + n],
                                          ids[start:start + n])))
-        where.append((index, start, scale, (0, 0), image.shape[:2]))
+        where.append((index, start, (0, 0), image.shape[:2]))
   out: list[list[dict]] = [[] for _ in arrays]
   decoded = _decode_jobs(jobs, decode_batch, size, batch_size, n, task.prompt_length)
-  for (outputs, prompts), (index, start, scale, offset, seen) in zip(decoded, where):
+  for (outputs, prompts), (index, start, offset, seen) in zip(decoded, where):
     scores = np.zeros(n, np.float32)
     given = objects[index][2][start:start + n]
     scores[:len(given)] = given
-    geometry = dict(image_id=0, canvas_size=size, scale=scale, original_size=seen,
+    geometry = dict(image_id=0, canvas_size=size, original_size=seen,
                     box_scores=scores)
     if keypoints:
       found = instances.keypoint_results(keypoints_lib.KeypointOutputs(*outputs), prompts,

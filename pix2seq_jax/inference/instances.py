@@ -12,10 +12,13 @@ of one image into COCO results:
   keypoints     {image_id, category_id, keypoints [x, y, v] * 17 (px), bbox, score}
                 (`keypoints.decode_keypoints`; score: the points' mean probability mixed
                 with the box score, non-person objects 0: `keypoints.combine_scores`)
-The geometry of an image is that of the input pipeline: `scale` (resized / original),
-`original_size` (h, w) of the image the model saw before resizing (for a cropped image,
-the crop), `crop_offset` (y, x) of that crop in the full image, whose size `mask_size`
-is the masks' (default: original_size + crop_offset).
+The geometry of an image is that of the input pipeline: `original_size` (h, w) of the
+image the model saw before resizing (for a cropped image, the crop), resized to the
+extent `canvas.resized_shape` gives (its longest side the canvas's, rounded to whole
+pixels) and padded; a canvas-normalised point goes back to pixels as the official
+post-processing takes it, times canvas / extent * original_size (the training pipeline
+normalises to the same extent); plus `crop_offset` (y, x) of the crop in the full image,
+whose size `mask_size` is the masks' (default: original_size + crop_offset).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import ml_collections
 import numpy as np
 from pycocotools import mask as coco_mask
 
+from pix2seq_jax.data import canvas
 from pix2seq_jax.tasks import keypoints as keypoints_lib
 from pix2seq_jax.tasks import segmentation as segmentation_lib
 from pix2seq_jax.tasks import task as task_lib
@@ -56,24 +60,28 @@ def prompt_objects(prompts: np.ndarray,
   return boxes, prompts[:, 5] - vocab_lib.OFFICIAL_CLASS_OFFSET, real
 
 
-def _pixel_box(box: np.ndarray, canvas_size: int, scale: float,
+def _geometry(canvas_size: int, original_size: Sequence[int]) -> dict:
+  """The sizes `segmentation.rescale_points` reads: canvas, resized image, original."""
+  height, width = (int(v) for v in original_size)
+  extent, _ = canvas.resized_shape(height, width, canvas_size)
+  return dict(canvas_hw=(canvas_size, canvas_size), unpadded_hw=extent,
+              orig_hw=(height, width))
+
+
+def _pixel_box(box: np.ndarray, canvas_size: int, original_size: Sequence[int],
                crop_offset: Sequence[int]) -> list[float]:
   """Canvas-normalised (ymin, xmin, ymax, xmax) -> COCO [x, y, w, h] in full-image pixels."""
-  ymin, xmin, ymax, xmax = (np.asarray(box, np.float64) * canvas_size / scale).tolist()
+  sizes = _geometry(canvas_size, original_size)
+  per_unit = (np.float64(canvas_size) / np.asarray(sizes['unpadded_hw'], np.float64)
+              * np.asarray(sizes['orig_hw'], np.float64))  # (y, x) pixels per unit
+  ymin, xmin, ymax, xmax = (np.asarray(box, np.float64) * np.tile(per_unit, 2)).tolist()
   dy, dx = (float(v) for v in crop_offset)
   return [xmin + dx, ymin + dy, xmax - xmin, ymax - ymin]
 
 
-def _geometry(canvas_size: int, scale: float, original_size: Sequence[int]) -> dict:
-  """The sizes `segmentation.rescale_points` reads: canvas, resized image, original."""
-  original = np.asarray(original_size, np.float32)
-  return dict(canvas_hw=(canvas_size, canvas_size), unpadded_hw=original * np.float32(scale),
-              orig_hw=tuple(int(v) for v in original_size))
-
-
 def segmentation_results(points: np.ndarray, prompts: np.ndarray,
                          task: segmentation_lib.SegmentationTask, *, image_id: int,
-                         canvas_size: int, scale: float, original_size: Sequence[int],
+                         canvas_size: int, original_size: Sequence[int],
                          crop_offset: Sequence[int] = (0, 0),
                          mask_size: Sequence[int] | None = None,
                          box_scores: np.ndarray | None = None,
@@ -99,12 +107,12 @@ def segmentation_results(points: np.ndarray, prompts: np.ndarray,
         points[index * k:(index + 1) * k], mask_hw=(height, width),
         crop_offset=None if not any(crop_offset) else crop_offset,
         num_samples=k, threshold=task.threshold, max_points=task.max_points,
-        **_geometry(canvas_size, scale, original_size))[0]
+        **_geometry(canvas_size, original_size))[0]
     rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
     result = {'image_id': int(image_id), 'category_id': int(category_ids[index]),
               'segmentation': {'size': [int(v) for v in rle['size']],
                                'counts': rle['counts'].decode('ascii')},
-              'bbox': _pixel_box(boxes[index], canvas_size, scale, crop_offset),
+              'bbox': _pixel_box(boxes[index], canvas_size, original_size, crop_offset),
               'score': float(scores[index])}
     if return_masks:
       result['mask'] = mask
@@ -114,7 +122,7 @@ def segmentation_results(points: np.ndarray, prompts: np.ndarray,
 
 def keypoint_results(outputs: keypoints_lib.KeypointOutputs, prompts: np.ndarray,
                      task: keypoints_lib.KeypointTask, *, image_id: int, canvas_size: int,
-                     scale: float, original_size: Sequence[int],
+                     original_size: Sequence[int],
                      crop_offset: Sequence[int] = (0, 0),
                      box_scores: np.ndarray | None = None) -> list[dict]:
   """One image's keypoint rows (`KeypointTask.outputs`, [n, ...] each) and prompts [n, 6]
@@ -126,10 +134,10 @@ def keypoint_results(outputs: keypoints_lib.KeypointOutputs, prompts: np.ndarray
   points = keypoints_lib.decode_keypoints(
       np.asarray(outputs.tokens), boxes, crop_offset=crop_offset,
       bins=task.vocab.num_bins, coord_shift=task.vocab.coord_offset,
-      **_geometry(canvas_size, scale, original_size))  # [n, 17, 3] (x, y, v)
+      **_geometry(canvas_size, original_size))  # [n, 17, 3] (x, y, v)
   return [{'image_id': int(image_id), 'category_id': int(category_ids[index]),
            'keypoints': [float(v) for v in points[index].reshape(-1)],
-           'bbox': _pixel_box(boxes[index], canvas_size, scale, crop_offset),
+           'bbox': _pixel_box(boxes[index], canvas_size, original_size, crop_offset),
            'score': float(scores[index])}
           for index in np.flatnonzero(real)]
 
@@ -139,14 +147,13 @@ def coco_results(outputs, prompts: np.ndarray, batch: dict[str, np.ndarray],
   """Decoded rows of a pipeline batch -> COCO results of the instance task.
 
   outputs: `InstanceDecodeFn`'s, per image [B, rows, ...]; prompts [B, n, 6]; `batch`
-  holds each image's `image_id`, `scale`, `original_size`, `crop_offset` (optional) and
+  holds each image's `image_id`, `original_size`, `crop_offset` (optional) and
   `mask` (rows of padding examples give nothing).
   """
   results = []
   mask = batch.get('mask', np.ones(len(prompts), bool))
   for row in np.flatnonzero(mask):
     where = dict(image_id=int(batch['image_id'][row]), canvas_size=canvas_size,
-                 scale=float(batch['scale'][row]),
                  original_size=tuple(int(v) for v in batch['original_size'][row]),
                  crop_offset=tuple(int(v) for v in batch['crop_offset'][row])
                  if 'crop_offset' in batch else (0, 0))
