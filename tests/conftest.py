@@ -124,8 +124,9 @@ _FIRST_GROUPS = ('tests.test_reliability', 'tests.test_multihost', 'tests.test_d
                  'tests.test_gpu_check', 'tests.test_multihost_setup', 'tests.test_train',
                  'train', 'tests.test_model', 'tests.test_instance_training', 'multi_device',
                  'tests.test_notebook', 'official', 'tests.test_distributed',
-                 'tests.test_end_to_end', 'tests.test_decode', 'tests.test_tasks',
-                 'tests.test_transforms', 'tests.test_bad_data', 'tests.test_augment',
+                 'tests.test_end_to_end', 'tests.test_decode', 'tests.test_transforms',
+                 'tests.test_bad_data', 'tests.test_tasks', 'tests.test_keypoint_training',
+                 'tests.test_predict_instances', 'tests.test_instance_eval', 'tests.test_augment',
                  'tests.test_data', 'tests.test_pretrained', 'tests.test_predict',
                  'tests.test_no_tensorflow', 'tests.test_geometry',
                  'tests.test_coco_metrics_types', 'tests.test_evaluate')

@@ -120,12 +120,12 @@ def nucleus_threshold(logits: jax.Array, top_p: float, nucleus: str = 'reach',
   The `candidates` most likely tokens decide it when they hold more than top_p of the
   probability: no token past them can then be in the nucleus under either rule. Else
   (a flat distribution: an untrained model) the whole vocabulary is sorted, as
-  `candidates=0` always does; the two give the same threshold (tests/test_decode.py).
+  `candidates=0` always does; the two give the same threshold (tests/test_nucleus.py).
   """
   log_total = jax.nn.logsumexp(logits, axis=-1, keepdims=True)  # [B, 1]
 
-  def by_sort():
-    ordered = jnp.sort(logits, axis=-1)[:, ::-1]  # [B, V] descending
+  def by_sort():  # top_k of all V: the descending sort, faster than jnp.sort on XLA:CPU
+    ordered = jax.lax.top_k(logits, logits.shape[-1])[0]  # [B, V] descending
     return _nucleus_threshold(ordered, log_total, top_p, nucleus)[0]
 
   if not 0 < candidates < logits.shape[-1]:
