@@ -1,4 +1,5 @@
-"""The checkpoint-evaluation notebook runs top to bottom on a tiny checkpoint."""
+"""The checkpoint-evaluation notebook runs top to bottom on tiny checkpoints: a detection
+workdir, a converted official checkpoint and an instance-segmentation workdir."""
 
 import os
 
@@ -6,6 +7,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from pix2seq_jax.evaluation import coco_metrics
+from pix2seq_jax.workdir import files as workdir_lib
 from tests.tiny import ROOT, shared_path
 
 NOTEBOOK = os.path.join(ROOT, 'notebooks', 'evaluate_checkpoint.ipynb')
@@ -35,7 +38,9 @@ def _run_notebook(monkeypatch, **env: str) -> tuple[str, list]:
 def test_notebook_evaluates_a_checkpoint(tiny_workdir, monkeypatch):
   text, outputs = _run_notebook(monkeypatch, PIX2SEQ_WORKDIR=tiny_workdir,
                                 PIX2SEQ_MAX_IMAGES='6')
+  assert 'task object_detection: COCO bbox metrics' in text
   assert 'checkpoint step 2' in text and '6 images' in text
+  assert '\n       2 ' in text and 'val_loss' in text  # the table of training's evaluation
   for key in ('AP50', 'AR100'):
     assert key in text
   figures = [out for out in outputs if 'image/png' in out.get('data', {})]
@@ -55,3 +60,26 @@ def test_notebook_evaluates_a_converted_official_checkpoint(tmp_path, monkeypatc
       PIX2SEQ_VAL_ANNOTATIONS=os.path.join(coco_tiny, 'annotations', 'instances_val2017.json'))
   assert 'checkpoint step 1234; variant vit_nano; 32 px; 80 classes' in text
   assert '4 images' in text and 'AR100' in text
+
+
+@pytest.mark.slow
+def test_notebook_scores_an_instance_segmentation_workdir(tmp_path, monkeypatch):
+  """An instance workdir: the table of its training evaluations' segm metrics, then the
+  segm metrics of its val objects read from their ground-truth boxes (2 images, the first
+  2 objects of each: data.max_instances), and the grid of their masks."""
+  from tests.test_predict_instances import make_instance_workdir
+  workdir = make_instance_workdir(str(tmp_path / 'segm'))
+  keys = coco_metrics.metric_keys('segm')
+  for step, ap in ((10, 0.25), (5, 0.125)):
+    workdir_lib.write_json(os.path.join(workdir_lib.eval_dir(workdir, step), 'metrics.json'),
+                           dict(dict.fromkeys(keys, ap), val_loss=3.5))
+  text, outputs = _run_notebook(monkeypatch, PIX2SEQ_WORKDIR=workdir, PIX2SEQ_MAX_IMAGES='2')
+  assert 'task instance_segmentation: COCO segm metrics' in text
+  table = text[text.index('    step'):]
+  assert table.index('\n       5   0.1250') < table.index('\n      10   0.2500')
+  assert '   3.5000\n' in table
+  assert 'checkpoint step 0' in text and '2 images, 4 objects read (segm)' in text
+  for key in keys:
+    assert f'\n{key:>6}  ' in text
+  figures = [out for out in outputs if 'image/png' in out.get('data', {})]
+  assert len(figures) == 3  # per-category AP, precision-recall, the image grid

@@ -31,7 +31,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from pix2seq_jax.data import coco_json, instance_annotations, pipeline
-from pix2seq_jax.evaluation import coco_metrics, val_loss
+from pix2seq_jax.evaluation import coco_metrics, predict_split, val_loss
 from pix2seq_jax.inference import instances, sharded_decode
 from pix2seq_jax.parallel import mesh as mesh_lib
 from pix2seq_jax.tasks import vocab as vocab_lib
@@ -46,7 +46,7 @@ class Evaluation(NamedTuple):
 
 
 # The COCOeval iou_type and the results file of each instance task.
-IOU_TYPES = {'instance_segmentation': 'segm', 'keypoint_detection': 'keypoints'}
+IOU_TYPES = predict_split.IOU_TYPES
 RESULTS_FILES = {'instance_segmentation': 'segmentations.json',
                  'keypoint_detection': 'keypoints.json'}
 _META_KEYS = ('image_id', 'scale', 'original_size', 'crop_offset', 'mask')
