@@ -121,15 +121,15 @@ def multi_device_run(tmp_path_factory):
 # documents as kept; starting with the longest is the classic longest-first heuristic,
 # leaving short groups to even out the end. Groups not named here go last, in file order.
 _FIRST_GROUPS = ('tests.test_reliability', 'tests.test_multihost', 'tests.test_deploy',
-                 'tests.test_gpu_check', 'tests.test_multihost_setup', 'tests.test_train',
-                 'train', 'tests.test_model', 'tests.test_instance_training', 'multi_device',
-                 'tests.test_notebook', 'official', 'tests.test_distributed',
-                 'tests.test_end_to_end', 'tests.test_decode', 'tests.test_transforms',
-                 'tests.test_bad_data', 'tests.test_tasks', 'tests.test_keypoint_training',
-                 'tests.test_predict_instances', 'tests.test_instance_eval', 'tests.test_augment',
-                 'tests.test_data', 'tests.test_pretrained', 'tests.test_predict',
-                 'tests.test_no_tensorflow', 'tests.test_geometry',
-                 'tests.test_coco_metrics_types', 'tests.test_evaluate')
+                 'tests.test_instance_training', 'tests.test_gpu_check', 'tests.test_notebook',
+                 'official', 'tests.test_multihost_setup', 'tests.test_end_to_end',
+                 'multi_device', 'tests.test_train', 'tests.test_distributed',
+                 'tests.test_model', 'tests.test_decode', 'train', 'tests.test_tasks',
+                 'tests.test_keypoint_training', 'tests.test_bad_data', 'tests.test_transforms',
+                 'tests.test_predict_instances', 'tests.test_predict', 'tests.test_instance_eval',
+                 'tests.test_data', 'tests.test_augment', 'tests.test_no_tensorflow',
+                 'tests.test_pretrained', 'tests.test_geometry', 'tests.test_coco_metrics_types',
+                 'tests.test_evaluate')
 
 
 @pytest.hookimpl(tryfirst=True)
