@@ -146,6 +146,22 @@ def _canvas_points(pairs_xy: np.ndarray, image_hw, size: int, offset=(0, 0)) -> 
   return yx / np.asarray(image_hw, np.float64) * np.asarray(extent, np.float64) / size
 
 
+def polygon_rows(image: dict, objects: list[dict], size: int, points: int) -> list:
+  """The annotated polygons of `objects` as decoded rows [1, 2 * points] of the canvas of
+  `image` (its COCO record): (y, x) points, -2 -2 between polygons, -1 after."""
+  rows = []
+  for a in objects:
+    flat = []
+    for polygon in a['segmentation']:
+      flat += [-2.0, -2.0] if flat else []
+      flat += _canvas_points(np.reshape(polygon, (-1, 2)), (image['height'], image['width']),
+                             size).reshape(-1).tolist()
+    row = np.full(2 * points, -1.0, np.float32)
+    row[:len(flat)] = flat[:2 * points]
+    rows.append(row[None])  # [k = 1, 2P]
+  return rows
+
+
 def test_oracle_masks_score_as_the_annotations(predictor, monkeypatch):
   path, chosen = val_images(count=4)
   points = 512
@@ -153,16 +169,7 @@ def test_oracle_masks_score_as_the_annotations(predictor, monkeypatch):
                                                              num_samples=1))
   rows = []
   for _, image, objects in chosen:
-    for a in objects:
-      flat = []
-      for polygon in a['segmentation']:
-        if flat:
-          flat += [-2.0, -2.0]
-        flat += _canvas_points(np.reshape(polygon, (-1, 2)), (image['height'], image['width']),
-                               predictor.size).reshape(-1).tolist()
-      row = np.full(2 * points, -1.0, np.float32)
-      row[:len(flat)] = flat[:2 * points]
-      rows.append(row[None])  # [k = 1, 2P]
+    rows += polygon_rows(image, objects, predictor.size, points)
   oracle = Oracle(rows, np.full((1, 2 * points), -1.0, np.float32))
   monkeypatch.setattr(predictor, '_decode', oracle)
   found = predictor([c[0] for c in chosen], boxes=[c[2] for c in chosen])

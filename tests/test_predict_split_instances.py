@@ -16,7 +16,7 @@ from pix2seq_jax.config import default
 from pix2seq_jax.data import coco_json
 from pix2seq_jax.evaluation import coco_metrics, predict_split
 from pix2seq_jax.inference import predictor as predictor_lib
-from tests.test_predict_instances import Oracle, _canvas_points, make_instance_workdir
+from tests.test_predict_instances import Oracle, make_instance_workdir, polygon_rows
 from tests.tiny import shared_path
 
 
@@ -88,15 +88,7 @@ def test_oracle_masks_of_the_ground_truth_boxes_score_segm_ap_near_1(tmp_path, m
                                                              num_samples=1))
   expected, rows = _expected('instances', 6, 2), []
   for image, objects in expected:
-    for a in objects:
-      flat = []
-      for polygon in a['segmentation']:
-        flat += [-2.0, -2.0] if flat else []
-        flat += _canvas_points(np.reshape(polygon, (-1, 2)), (image['height'], image['width']),
-                               predictor.size).reshape(-1).tolist()
-      row = np.full(2 * points, -1.0, np.float32)
-      row[:len(flat)] = flat[:2 * points]
-      rows.append(row[None])  # [k = 1, 2P]
+    rows += polygon_rows(image, objects, predictor.size, points)
   oracle = Oracle(rows, np.full((1, 2 * points), -1.0, np.float32))
   monkeypatch.setattr(predictor, '_decode', oracle)
   annotations = os.path.join(coco, 'annotations', 'instances_val2017.json')
