@@ -93,7 +93,8 @@ def test_config_checks_refuse_what_the_task_does_not_read(coco_mini):
     with pytest.raises(checks.ConfigError, match=re.escape(f'--config.{field}: the decode '
                                                            'settings are object detection')):
       checks.validate(config, mode='eval', overrides=[field], devices=1)
-  checks.validate(config, mode='eval', overrides=['decode.canvas_buckets'], devices=1)
+  with pytest.raises(checks.ConfigError, match='the decode settings are object detection'):
+    checks.validate(config, mode='eval', overrides=['decode.canvas_buckets'], devices=1)
   detection = default.get_config()
   with pytest.raises(checks.ConfigError, match='data.max_points is read only with'):
     checks.validate(detection, mode='summary', overrides=['data.max_points'])

@@ -18,7 +18,7 @@ from flax import nnx
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from pix2seq_jax.config import default, resolve
+from pix2seq_jax.config import checks, default, resolve, workdir_config
 from pix2seq_jax.data import canvas, coco_json
 from pix2seq_jax.evaluation import coco_metrics
 from pix2seq_jax.inference import instance_inputs, instances, sharded_decode
@@ -361,3 +361,13 @@ def test_boxes_files_of_each_kind_are_matched_to_the_images(tmp_path):
       instance_inputs.read_boxes(str(bad), paths)
   with pytest.raises(instance_inputs.BoxesError, match='no such file'):
     instance_inputs.read_boxes(str(tmp_path / 'missing.json'), paths)
+
+
+def test_decode_settings_are_refused_not_ignored(segm_workdir):
+  """An instance workdir samples as the official and reads no decode setting: one given
+  with another value than the workdir's own is refused, naming it (the same ones pass)."""
+  own = workdir_config.load(segm_workdir).decode.to_dict()
+  workdir_config.load(segm_workdir, own)
+  for key, value in (('top_p', 0.5), ('canvas_buckets', 4)):
+    with pytest.raises(checks.ConfigError, match=f'decode.{key}={value}: .* reads no decode'):
+      workdir_config.load(segm_workdir, {key: value})

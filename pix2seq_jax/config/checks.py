@@ -14,8 +14,8 @@ data/sources.py);
 and, for fields whose defaults cannot tell "set" from "unset", a command-line override
 (`overrides`: the dotted names given as --config.X=...) that the run does not read:
   shapes_* with another source, scale_min/max without scale_jitter, noise weights
-  without noise_objects, decode.* (but canvas_buckets) with an instance task (which
-  samples as the official multi-task config), and in --mode=predict and --mode=summary
+  without noise_objects, decode.* with an instance task (which samples as the official
+  multi-task config on the square canvas), and in --mode=predict and --mode=summary
   any field outside what the mode reads.
 """
 
@@ -340,8 +340,7 @@ def _check_task(config: ml_collections.ConfigDict, mode: str,
           f'--config.data.{switch}=False.')
   if task == 'keypoint_detection':
     _check_keypoints(data)
-  ignored = sorted(name for name in overrides
-                   if name.startswith('decode.') and name != 'decode.canvas_buckets')
+  ignored = sorted(name for name in overrides if name.startswith('decode.'))
   if ignored:
     raise ConfigError(
         f'--config.{ignored[0]}: the decode settings are object detection\'s; config.task='

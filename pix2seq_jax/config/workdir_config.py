@@ -16,7 +16,8 @@ def load(workdir: str, decode_overrides: dict | None = None) -> ml_collections.F
 
   Fields added to the defaults after the workdir was written take their defaults.
   Raises FileNotFoundError without config.json, KeyError for an unknown decode field and
-  ConfigError for a bad value.
+  ConfigError for a bad value, or for a changed one where the workdir's task is an
+  instance task (it reads no decode setting).
   """
   path = os.path.join(workdir, workdir_lib.CONFIG)
   if not os.path.exists(path):
@@ -31,6 +32,11 @@ def load(workdir: str, decode_overrides: dict | None = None) -> ml_collections.F
   for key, value in (decode_overrides or {}).items():
     if key not in config.decode:
       raise KeyError(f'decode.{key} is not a decode setting; have {sorted(config.decode)}.')
+    if config.task in default.INSTANCE_TASKS and value != config.decode[key]:
+      raise checks.ConfigError(
+          f'decode.{key}={value!r}: {workdir} was trained for {config.task}, which samples '
+          'as the official multi-task config and reads no decode setting (docs/tasks.md); '
+          'leave the decode settings (and --config) out.')
     config.decode[key] = value
   checks.validate(config, mode='predict')
   return resolve.resolve(config)

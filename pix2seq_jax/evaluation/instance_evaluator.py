@@ -29,6 +29,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
+from tqdm import tqdm
 
 from pix2seq_jax.data import coco_json, instance_annotations, pipeline
 from pix2seq_jax.evaluation import coco_metrics, predict_split, val_loss
@@ -82,8 +83,11 @@ class InstanceEvaluator:
         self.split, config.data, self.vocab, global_batch_size=config.eval.batch_size,
         max_images=max_images, process_index=jax.process_index(),
         process_count=jax.process_count(), task=config.task, targets=self.targets)
+    total = pipeline.num_eval_batches(
+        pipeline.num_eval_examples(self.split, config.task, max_images), config.eval.batch_size)
     likelihood, rows, pending = val_loss.ValLoss(), [], None
-    for batch in batches:
+    for batch in tqdm(batches, total=total, desc=f'eval@{step}', leave=False,
+                      disable=jax.process_index() > 0):
       arrays = mesh_lib.put_batch({k: batch[k] for k in val_loss.BATCH_KEYS}, self.mesh)
       prompts = batch['input_tokens'][..., :self.task.prompt_length]  # [B, n, 6]
       sums = self.val_loss_fn(params, batch_stats, arrays)

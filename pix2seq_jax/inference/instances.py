@@ -29,13 +29,12 @@ import ml_collections
 import numpy as np
 from pycocotools import mask as coco_mask
 
+from pix2seq_jax.config import default
 from pix2seq_jax.data import canvas
 from pix2seq_jax.tasks import keypoints as keypoints_lib
 from pix2seq_jax.tasks import segmentation as segmentation_lib
 from pix2seq_jax.tasks import task as task_lib
 from pix2seq_jax.tasks import vocab as vocab_lib
-
-INSTANCE_TASKS = ('instance_segmentation', 'keypoint_detection')
 
 
 def instance_task(config: ml_collections.ConfigDict,
@@ -46,7 +45,7 @@ def instance_task(config: ml_collections.ConfigDict,
     return segmentation_lib.SegmentationTask(vocab, max_points=config.data.max_points)
   if config.task == 'keypoint_detection':
     return keypoints_lib.KeypointTask(vocab)
-  raise ValueError(f'config.task={config.task!r} is not an instance task {INSTANCE_TASKS}.')
+  raise ValueError(f'config.task={config.task!r} is not an instance task {default.INSTANCE_TASKS}.')
 
 
 def prompt_objects(prompts: np.ndarray,

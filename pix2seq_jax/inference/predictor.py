@@ -30,7 +30,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from pix2seq_jax.config import workdir_config
+from pix2seq_jax.config import default, workdir_config
 from pix2seq_jax.data import canvas, coco_json
 from pix2seq_jax.inference import (
   detections,
@@ -83,7 +83,7 @@ class Predictor:
     stride = backbones.STRIDES[variants.get_spec(self.config.model.variant).backbone]
     self.size = self.config.data.image_size
     self.task = None  # detection; an instance task's decoding task otherwise
-    if self.config.task in instances.INSTANCE_TASKS:
+    if self.config.task in default.INSTANCE_TASKS:
       self.task = instances.instance_task(self.config, self.vocab)
       self._decode = sharded_decode.InstanceDecodeFn(self.config, graphdef, self.task,
                                                      self.mesh)

@@ -94,7 +94,7 @@ def make_setup(config: ml_collections.ConfigDict, *, overrides: Iterable[str] = 
   tx = optimizer.make_optimizer(frozen)
   if frozen.task == 'object_detection':
     evaluator = evaluator_lib.Evaluator(frozen, splits.val, vocab, graphdef, mesh)
-  else:  # instance tasks: the teacher-forced val loss of their sequences (no decoding yet)
+  else:  # instance tasks: decoded from the ground-truth boxes, and the val loss
     evaluator = instance_evaluator.InstanceEvaluator(frozen, splits.val, splits.instances['val'],
                                                      vocab, graphdef, mesh)
   return Setup(frozen, splits, vocab, mesh, graphdef, tx,
