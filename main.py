@@ -130,10 +130,10 @@ def _run(mode: str, overrides: tuple[str, ...]) -> None:
   import tensorflow as tf  # the input pipeline only: keep it off any GPU
   tf.config.set_visible_devices([], 'GPU')
   if mode == 'eval':
-    from pix2seq_jax.evaluation import evaluator
+    from pix2seq_jax.evaluation import task_evaluators
     for name in checks.ignored_in_eval(overrides):
       logging.warning('--config.%s has no effect in --mode=eval.', name)
-    evaluator.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, overrides=overrides)
+    task_evaluators.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, overrides=overrides)
     return
   from pix2seq_jax.train import loop, preemption
   try:

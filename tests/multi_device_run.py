@@ -116,6 +116,73 @@ def instance_main(folder: str, out: str) -> None:
     json.dump(instance_losses(instance_config(run['coco_dir']), vocab, batch, 2), f)
 
 
+MULTITASK_STEPS = 3
+MULTITASK_WEIGHTS = {'object_detection': 1.0, 'instance_segmentation': 0.5, 'captioning': 2.0}
+
+
+def multitask_config(coco_dir: str, tokenizer: str) -> ml_collections.ConfigDict:
+  """vit_nano on 64-px coco_mini learning detection (2 objects), segmentation (2 objects
+  of 4 points) and captioning (2 captions of 12 tokens) in one model, weighted
+  MULTITASK_WEIGHTS; batch 4 per task."""
+  config = default.get_config()
+  config.task = 'object_detection'
+  data = config.data
+  data.source, data.coco_dir = 'coco_files', coco_dir
+  data.image_size, data.max_instances = 64, 2
+  config.model.vocabulary = 'official_multitask'
+  config.model.variant = 'vit_nano'
+  config.model.dropout = config.model.drop_path = 0.0
+  quiet = dict(noise_objects=False, corrupt_classes=False)
+  config.tasks.object_detection = dict(weight=MULTITASK_WEIGHTS['object_detection'], data={})
+  config.tasks.instance_segmentation = dict(
+      weight=MULTITASK_WEIGHTS['instance_segmentation'],
+      data=dict(max_points=4, eos_weight=default.SEGMENTATION_EOS_WEIGHT, **quiet))
+  config.tasks.captioning = dict(weight=MULTITASK_WEIGHTS['captioning'], data=dict(
+      tokenizer=tokenizer, max_text_len=12, captions_per_image=2, **quiet))
+  config.train.batch_size, config.eval.batch_size = 4, 2
+  config.train.steps, config.train.warmup_steps = MULTITASK_STEPS, 0
+  config.train.learning_rate = 1e-3
+  config.train.log_every = config.train.checkpoint_every = 1
+  config.eval.max_images = 1
+  return config
+
+
+def multitask_losses(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,
+                     batch: dict[str, dict[str, np.ndarray]],
+                     devices: int) -> list[dict[str, float]]:
+  """The metrics (loss and loss_<task>) of MULTITASK_STEPS steps on one fixed multi-task
+  batch on the first `devices` devices."""
+  config = resolve.resolve(config)
+  mesh = mesh_lib.make_mesh(jax.devices()[:devices])
+  tx = optimizer.make_optimizer(config)
+  state = state_lib.create_train_state(config, vocab, mesh, tx)
+  step = step_lib.train_step_for(config, build.model_graphdef(config, vocab), mesh, tx)
+  placed = mesh_lib.put_batch(batch, mesh)
+  values = []
+  for index in range(MULTITASK_STEPS):
+    state, metrics = step(state, placed, index)
+    values.append({k: float(v) for k, v in metrics.items() if k.startswith('loss')})
+  return values
+
+
+def multitask_main(folder: str, out: str) -> None:
+  """The 4-device metrics of the multi-task batch test_multitask saved in `folder`
+  (batch.npz with task/field keys, and run.json: coco_dir, tokenizer, category ids)."""
+  jax.config.update('jax_disable_most_optimizations', True)
+  compilation_cache.enable()
+  assert jax.device_count() == 4, jax.devices()
+  with open(os.path.join(folder, 'run.json')) as f:
+    run = json.load(f)
+  batch = {}
+  for key, value in np.load(os.path.join(folder, 'batch.npz')).items():
+    task, field = key.split('/')
+    batch.setdefault(task, {})[field] = value
+  vocab = vocab_lib.for_categories('official_multitask', run['category_ids'], 1000)
+  config = multitask_config(run['coco_dir'], run['tokenizer'])
+  with open(out, 'w') as f:
+    json.dump(multitask_losses(config, vocab, batch, 4), f)
+
+
 def main(out: str) -> None:
   jax.config.update('jax_disable_most_optimizations', True)
   compilation_cache.enable()
@@ -132,5 +199,7 @@ def main(out: str) -> None:
 if __name__ == '__main__':
   if sys.argv[1] == '--instance':
     instance_main(*sys.argv[2:])
+  elif sys.argv[1] == '--multitask':
+    multitask_main(*sys.argv[2:])
   else:
     main(*sys.argv[1:])

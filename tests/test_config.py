@@ -41,7 +41,8 @@ def test_default_decode_settings_pass(shapes_dir):
 
 
 def test_the_shipped_configs_are_the_expected_ones():
-  assert CONFIGS == ['coco', 'coco_keypoints', 'coco_r50_c4', 'coco_segmentation', 'coco_vit_b',
+  assert CONFIGS == ['coco', 'coco_captioning', 'coco_keypoints', 'coco_multitask', 'coco_r50_c4',
+                     'coco_segmentation', 'coco_vit_b',
                      'detr_style_r50_512', 'official', 'shapes']
 
 

@@ -57,8 +57,10 @@ def config_leaves(config: ml_collections.ConfigDict, prefix: str = '') -> dict[s
   """{dotted path: default} of every leaf field, walking nested ConfigDicts."""
   leaves = {}
   for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
+    if isinstance(value, ml_collections.ConfigDict) and len(value):
       leaves.update(config_leaves(value, f'{prefix}{key}.'))
+    elif isinstance(value, ml_collections.ConfigDict):  # an empty group: config.tasks
+      leaves[f'{prefix}{key}'] = {}
     else:
       leaves[f'{prefix}{key}'] = value
   return leaves

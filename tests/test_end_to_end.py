@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from pix2seq_jax.evaluation import coco_metrics, evaluator
+from pix2seq_jax.evaluation import coco_metrics, task_evaluators
 from pix2seq_jax.inference import predictor
 from pix2seq_jax.train import loop
 from tests import test_drawing
@@ -55,7 +55,7 @@ def test_train_resume_eval_predict_on_shapes(tiny_workdir, shapes_dir, tmp_path)
     assert 1 <= det['category_id'] <= 9 and len(det['bbox']) == 4 and 0 <= det['score'] <= 1
 
   # --mode=eval: the same checkpoint, read without its optimizer state, the same metrics.
-  assert evaluator.evaluate_checkpoint(config, workdir) == final
+  assert task_evaluators.evaluate_checkpoint(config, workdir) == final
 
   images = os.path.join(shapes_dir, 'val', '*.jpg')
   output, draw_dir = str(tmp_path / 'pred.json'), str(tmp_path / 'drawn')

@@ -25,7 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from pix2seq_jax.evaluation import evaluator
+from pix2seq_jax.evaluation import task_evaluators
 from pix2seq_jax.parallel import mesh as mesh_lib
 from pix2seq_jax.train import loop, preemption
 from pix2seq_jax.train import step as step_lib
@@ -436,7 +436,7 @@ def test_a_checkpoint_of_another_model_is_refused_naming_the_shapes(tiny_workdir
   config = tiny_config(shapes_dir)
   config.data.num_bins = 80  # the checkpoint was written with 64 bins
   with pytest.raises(checkpoints.CheckpointMismatchError) as error:
-    evaluator.evaluate_checkpoint(config, tiny_workdir)
+    task_evaluators.evaluate_checkpoint(config, tiny_workdir)
   message = str(error.value)
   found = re.search(r'params/decoder/embed/embedding/value: checkpoint \((\d+), 128\) vs config '
                     r'\((\d+), 128\)', message)
@@ -446,7 +446,7 @@ def test_a_checkpoint_of_another_model_is_refused_naming_the_shapes(tiny_workdir
   config = tiny_config(shapes_dir)
   config.model.variant = 'vit_tiny'
   with pytest.raises(checkpoints.CheckpointMismatchError, match='only in the checkpoint'):
-    evaluator.evaluate_checkpoint(config, tiny_workdir)
+    task_evaluators.evaluate_checkpoint(config, tiny_workdir)
 
 
 def test_every_random_draw_follows_the_seed(shapes_dir):

@@ -27,7 +27,7 @@ from typing import Iterable
 import jax
 import ml_collections
 
-from pix2seq_jax.config import default
+from pix2seq_jax.config import default, multitask
 from pix2seq_jax.data import sources, tfds_source
 from pix2seq_jax.models import backbones, pix2seq, resnet, variants
 from pix2seq_jax.runtime import precision
@@ -64,6 +64,9 @@ def validate(config: ml_collections.ConfigDict, *, mode: str = 'train',
              processes: int | None = None) -> None:
   """Raises ConfigError on the first problem.
 
+  A multi-task config (`config.tasks`) is checked as a whole (`multitask.entry_problems`),
+  then each task's config (`multitask.task_config`) as a single-task one.
+
   Args:
     mode: 'train', 'eval', 'predict' or 'summary': what the config will be used for.
     overrides: dotted field names set on the command line (e.g. 'train.steps').
@@ -72,6 +75,35 @@ def validate(config: ml_collections.ConfigDict, *, mode: str = 'train',
   if mode not in MODES:
     raise ValueError(f'mode={mode!r}: use one of {MODES}.')
   overrides = tuple(overrides)
+  if not multitask.is_multitask(config):
+    _validate_task(config, mode, overrides, devices, processes)
+    return
+  problems = multitask.entry_problems(config)
+  if problems:
+    raise ConfigError(problems[0])
+  if config.model.vocabulary != 'official_multitask':
+    raise ConfigError(
+        f'config.tasks trains {list(multitask.task_names(config))} in one model, which needs '
+        'a prompt token per task: set --config.model.vocabulary=official_multitask '
+        f'(got {config.model.vocabulary!r}).')
+  decode = sorted(o for o in overrides if o.startswith('decode.'))
+  if decode and 'object_detection' not in config.tasks:
+    raise ConfigError(f'--config.{decode[0]}: the decode settings are object detection\'s, '
+                      'which config.tasks does not train; leave them out.')
+  shared = multitask.shared_max_seq_len(config)
+  for name in multitask.task_names(config):
+    view = multitask.task_config(config, name)
+    view.model.max_seq_len = shared
+    try:
+      _validate_task(view, mode, multitask.task_overrides(overrides, name), devices,
+                     processes)
+    except ConfigError as e:
+      raise ConfigError(f'config.tasks.{name}: {e}') from None
+
+
+def _validate_task(config: ml_collections.ConfigDict, mode: str, overrides: tuple[str, ...],
+                   devices: int | None, processes: int | None) -> None:
+  """`validate` of a single-task config."""
   _check_mode_overrides(mode, overrides)
   data = config.data
   if data.source not in sources.SOURCES:
@@ -156,6 +188,17 @@ def _check_data_paths(data: ml_collections.ConfigDict, task: str) -> None:
       tfds_source.require_prepared(data.tfds_data_dir or tfds_source.default_data_dir())
     except tfds_source.TfdsNotPreparedError as e:
       raise ConfigError(str(e)) from None
+  if task == 'captioning':
+    for split, (images, captions) in sources.caption_paths(data).items():
+      for kind, path in (('images', images), ('captions', captions)):
+        if not path or not os.path.exists(path):
+          field = 'data.coco_dir' if data.coco_dir else f'data.{split}_{kind}'
+          raise ConfigError(f'config.{field}: {split} {kind} path {path!r} does not exist. '
+                            'Set data.coco_dir to a COCO-layout folder or give the paths.')
+    if not os.path.isfile(data.tokenizer):
+      raise ConfigError(f'config.data.tokenizer={data.tokenizer!r} does not exist; point it at '
+                        'a SentencePiece model file.')
+    return
   if data.source == 'coco_files':
     for split, (images, annotations) in sources.split_paths(data, task).items():
       for kind, path in (('images', images), ('annotations', annotations)):
@@ -318,6 +361,14 @@ def _check_task(config: ml_collections.ConfigDict, mode: str,
         raise ConfigError(f'config.data.{field} is read only with '
                           "task='keypoint_detection'; remove it or set "
                           '--config.task=keypoint_detection.')
+  if task != 'captioning':
+    for field in _CAPTION_FIELDS:
+      if f'data.{field}' in overrides or (field in _CAPTION_PATHS and data[field]):
+        raise ConfigError(f'config.data.{field} is read only with task=\'captioning\'; '
+                          'remove it or set --config.task=captioning.')
+  if task == 'captioning':
+    _check_captioning(config, mode, overrides)
+    return
   if task == 'object_detection':
     if 'data.max_points' in overrides:
       raise ConfigError('config.data.max_points is read only with an instance task '
@@ -346,6 +397,62 @@ def _check_task(config: ml_collections.ConfigDict, mode: str,
         f'--config.{ignored[0]}: the decode settings are object detection\'s; config.task='
         f'{task!r} samples as the official multi-task config does (temperature 1, top_p '
         f'{_INSTANCE_TOP_P[task]}: docs/tasks.md). Leave --config.decode.* out.')
+
+
+_CAPTION_PATHS = ('train_captions', 'val_captions', 'tokenizer')
+_CAPTION_FIELDS = _CAPTION_PATHS + ('max_text_len', 'captions_per_image', 'text_dropout')
+
+
+def _check_captioning(config: ml_collections.ConfigDict, mode: str,
+                      overrides: tuple[str, ...]) -> None:
+  """What task='captioning' reads: the multi-task vocabulary, COCO captions files, a
+  tokenizer, and its sequence settings; none of detection's or the instance tasks'."""
+  data = config.data
+  if config.model.vocabulary != 'official_multitask':
+    raise ConfigError(
+        'config.task=\'captioning\' needs text tokens and a prompt per task, which only '
+        f'the official multi-task vocabulary has (model.vocabulary='
+        f'{config.model.vocabulary!r}); set --config.model.vocabulary=official_multitask.')
+  if data.source != 'coco_files':
+    raise ConfigError(
+        f'config.data.source={data.source!r} has no captions; captioning reads COCO '
+        'captions files: set --config.data.source=coco_files with data.coco_dir '
+        '(annotations/captions_{train,val}2017.json) or data.{train,val}_images and '
+        'data.{train,val}_captions.')
+  if data.coco_dir:
+    explicit = [f for f in ('train_captions', 'val_captions') if data[f]]
+    if explicit:
+      raise ConfigError(
+          f'config.data.coco_dir={data.coco_dir!r} gives the captions files, so '
+          f'data.{explicit[0]}={data[explicit[0]]!r} would be ignored; clear one of them.')
+  if mode in ('train', 'eval') and not data.tokenizer:
+    raise ConfigError(
+        'config.data.tokenizer is empty: captioning needs a SentencePiece model. Train one '
+        'on the train captions (python -m pix2seq_jax.data.train_tokenizer --captions '
+        'CAPTIONS.json --output TOKENIZER.model) or use the official multi-task model\'s.')
+  if data.max_text_len < 2:
+    raise ConfigError(f'config.data.max_text_len={data.max_text_len} must be at least 2 '
+                      f'(official: {default.CAPTIONING_MAX_TEXT_LEN}).')
+  if data.captions_per_image < 1:
+    raise ConfigError(f'config.data.captions_per_image={data.captions_per_image} must be '
+                      f'positive (official: {default.CAPTIONS_PER_IMAGE}).')
+  if not 0.0 <= data.text_dropout < 1.0:
+    raise ConfigError(f'config.data.text_dropout={data.text_dropout} must be in [0, 1) '
+                      f'(official: {default.CAPTIONING_TEXT_DROPOUT}).')
+  for switch in ('noise_objects', 'corrupt_classes'):
+    if data[switch]:
+      raise ConfigError(
+          f'config.data.{switch}=True is object detection\'s sequence augmentation; '
+          f'captions have none: set --config.data.{switch}=False.')
+  for field in ('max_points',) + _KEYPOINT_FIELDS:
+    if f'data.{field}' in overrides:
+      raise ConfigError(f'config.data.{field} is not read by captioning; remove it.')
+  ignored = sorted(name for name in overrides if name.startswith('decode.'))
+  if ignored:
+    raise ConfigError(
+        f'--config.{ignored[0]}: the decode settings are object detection\'s; captioning '
+        'samples as the official multi-task config does (temperature 1, no top-k or top-p '
+        'limit: docs/tasks.md). Leave --config.decode.* out.')
 
 
 def _check_keypoints(data: ml_collections.ConfigDict) -> None:

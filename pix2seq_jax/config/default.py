@@ -12,8 +12,13 @@ import ml_collections
 DECODE_MODES = ('grammar', 'official')
 SCORE_MODES = ('class', 'class_x_coords')
 # The values config.task takes: what the model is trained to write for each image.
-TASKS = ('object_detection', 'instance_segmentation', 'keypoint_detection')
+TASKS = ('object_detection', 'instance_segmentation', 'keypoint_detection', 'captioning')
 INSTANCE_TASKS = ('instance_segmentation', 'keypoint_detection')
+# The official multi-task model's captioning settings (configs/config_multi_task.py).
+CAPTIONING_MAX_TEXT_LEN = 128  # config_multi_task.py:144, max_seq_len of captioning
+CAPTIONS_PER_IMAGE = 5  # config_multi_task.py:145, captions_per_image
+CAPTIONING_EOS_WEIGHT = 0.1  # config_multi_task.py:150, eos_token_weight
+CAPTIONING_TEXT_DROPOUT = 0.5  # config_multi_task.py:151, input_seq_drop_rate
 # The official multi-task model's setting of each instance task
 # (google-research/pix2seq configs/config_multi_task.py).
 SEGMENTATION_MAX_POINTS = 128  # config_multi_task.py:83, max_points_per_object
@@ -38,9 +43,14 @@ def sequence_length(config: ml_collections.ConfigDict) -> int:
   object_detection: 5 per object of `data.max_instances`, plus EOS (one sequence per
   image); instance_segmentation and keypoint_detection: prompt-conditioned box and class
   (5 targets) then 2 per point of `data.max_points` (one sequence per object, the official
-  `max_seq_len = 5 + 2 * max_points_per_object`; 39 for COCO's 17 keypoints).
+  `max_seq_len = 5 + 2 * max_points_per_object`; 39 for COCO's 17 keypoints);
+  captioning: `data.max_text_len` (the prompt, then the caption's pieces and EOS, padded;
+  one sequence per caption).
   """
-  if config.get('task', TASKS[0]) in INSTANCE_TASKS:
+  task = config.get('task', TASKS[0])
+  if task == 'captioning':
+    return config.data.max_text_len
+  if task in INSTANCE_TASKS:
     return 5 + 2 * config.data.max_points
   return 5 * config.data.max_instances + 1
 
@@ -56,8 +66,18 @@ def get_config() -> ml_collections.ConfigDict:
   # 'keypoint_detection' (Pix2Seq-v2: one example per person, its image cropped to the
   # person's padded box, its 17 keypoints given its box and class; needs
   # 'official_multitask', COCO person_keypoints files, data.max_instances=1 and
-  # data.max_points=17).
+  # data.max_points=17) or 'captioning' (Pix2Seq-v2: one sequence per caption of the image,
+  # its SentencePiece pieces; needs 'official_multitask', COCO captions files and
+  # data.tokenizer). With config.tasks: one of its tasks, whose train examples count
+  # train.epochs.
   config.task = 'object_detection'
+  # Multi-task training (Pix2Seq-v2): one model learns every task named here, e.g.
+  # tasks.object_detection = {'weight': 1.0, 'data': {...}}. Each step takes one batch of
+  # train.batch_size for every task (the official trainer) and minimises the sum of the
+  # tasks' losses times their `weight`; each task reads config.data with the fields its
+  # `data` sets replaced (its own annotation files, max_instances, eos_weight, ...).
+  # Empty: one task, config.task. See docs/tasks.md ("Multi-task training").
+  config.tasks = ml_collections.ConfigDict()
 
   config.data = data = ml_collections.ConfigDict()
   # Where the data comes from: 'shapes' (synthetic, generated on first use),
@@ -105,12 +125,32 @@ def get_config() -> ml_collections.ConfigDict:
   # example) of the keypoint tokens of the decoder input by the invisible-point token, as
   # the official (the targets are unchanged).
   data.corrupt_keypoints = True
+  # captioning: COCO captions files of each split ('' with data.coco_dir:
+  # annotations/captions_{train,val}2017.json); the images are those the files list, in
+  # data.train_images / data.val_images (or coco_dir's train2017/, val2017/).
+  data.train_captions = ''
+  data.val_captions = ''
+  # captioning: the SentencePiece model that turns captions into pieces (text token =
+  # 3000 + piece id): the official multi-task model's file for its checkpoints, or one
+  # trained on the train captions (`python -m pix2seq_jax.data.train_tokenizer`). Copied
+  # into the workdir, which refuses another file later.
+  data.tokenizer = ''
+  # captioning: the sequence length (the prompt, a caption's pieces and its EOS, padded;
+  # longer captions are cut and counted), and the captions of an image trained on at once
+  # (its first ones in the file; images with fewer have empty sequences that weigh 0).
+  data.max_text_len = CAPTIONING_MAX_TEXT_LEN
+  data.captions_per_image = CAPTIONS_PER_IMAGE
+  # captioning, training: each decoder input token is replaced by the fake-text token 30
+  # with this probability (the official input_seq_drop_rate; targets unchanged).
+  data.text_dropout = CAPTIONING_TEXT_DROPOUT
   # Coordinate quantisation bins.
   data.num_bins = 1000
   # Loss weight of the EOS target token (real objects' tokens weigh 1, padding 0).
   # instance_segmentation: of every padding target (the end of a polygon, and the
   # padding objects' sequences); the official multi-task config has 1.0 (keypoints: 0.0,
-  # read only by padding objects, which one person per example never has).
+  # read only by padding objects, which one person per example never has). captioning: of
+  # the EOS target (its padding targets weigh 1, as the official; the official config has
+  # 0.1).
   data.eos_weight = 0.1
   # Training augmentation (all off for evaluation). Scale jitter: resize the longest
   # side to image_size * U[scale_min, scale_max], then crop a random image_size window

@@ -3,7 +3,9 @@
 `train.epochs` and `train.warmup_epochs` count passes over the train split's examples
 (its images; for keypoint_detection its persons, `pipeline.num_train_examples`), whose
 number is known only once the split is read. `resolve` turns them into `train.steps` and
-`train.warmup_steps` (zeroing the epoch fields, so the result passes the checks again)
+`train.warmup_steps` (zeroing the epoch fields, so the result passes the checks again;
+a multi-task config counts the examples of `config.task`, and gets the decoder positions
+of its longest task sequence, `multitask.shared_max_seq_len`)
 and returns a FrozenConfigDict: nothing downstream can change a field after the jitted
 functions have read it.
 """
@@ -13,6 +15,8 @@ from __future__ import annotations
 import math
 
 import ml_collections
+
+from pix2seq_jax.config import multitask
 
 
 def resolve(config: ml_collections.ConfigDict,
@@ -24,6 +28,8 @@ def resolve(config: ml_collections.ConfigDict,
   needed only when an epoch field is set.
   """
   resolved = ml_collections.ConfigDict(config.to_dict())
+  if multitask.is_multitask(resolved):  # one decoder for every task's sequences
+    resolved.model.max_seq_len = multitask.shared_max_seq_len(resolved)
   train = resolved.train
   if train.epochs > 0 or train.warmup_epochs > 0:
     if not num_train_examples:

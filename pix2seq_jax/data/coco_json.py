@@ -80,7 +80,12 @@ class CocoSplit:
       default_factory=list)  # unreadable files: (path, problem, detail)
 
 
-def _read_json(path: str) -> dict:
+INSTANCES_KEYS = ('images', 'annotations', 'categories')
+CAPTIONS_KEYS = ('images', 'annotations')
+
+
+def _read_json(path: str, keys: tuple[str, ...] = INSTANCES_KEYS) -> dict:
+  """The JSON object of an annotation file, refused unless it holds the `keys` lists."""
   if not os.path.isfile(path):
     raise AnnotationFileError(
         f'{path}: annotation file not found. Point data.train_annotations / '
@@ -94,16 +99,57 @@ def _read_json(path: str) -> dict:
   if not isinstance(content, dict):
     raise AnnotationFileError(f'{path}: expected a JSON object at the top level, got '
                               f'{type(content).__name__}.')
-  missing = [k for k in ('images', 'annotations', 'categories') if k not in content]
+  missing = [k for k in keys if k not in content]
   if missing:
+    kind = 'instances' if 'categories' in keys else 'captions'
     raise AnnotationFileError(
-        f'{path}: missing top-level key(s) {missing}; a COCO instances file has '
-        '"images", "annotations" and "categories" lists.')
-  for key in ('images', 'annotations', 'categories'):
+        f'{path}: missing top-level key(s) {missing}; a COCO {kind} file has '
+        f'{" and ".join(repr(k) for k in keys)} lists.')
+  for key in keys:
     if not isinstance(content[key], list):
       raise AnnotationFileError(f'{path}: "{key}" must be a list, got '
                                 f'{type(content[key]).__name__}.')
   return content
+
+
+def _read_images(content: dict, path: str, dropped: collections.Counter
+                 ) -> dict[int, tuple[str, int, int]]:
+  """{image id: (file name, height, width)} of a COCO file's "images"; a malformed image
+  is refused naming it, a repeated id counted in `dropped`."""
+  images = {}
+  for index, image in enumerate(content['images']):
+    try:
+      image_id, file_name = int(image['id']), image['file_name']
+      height, width = int(image['height']), int(image['width'])
+    except (KeyError, TypeError, ValueError) as e:
+      raise AnnotationFileError(
+          f'{path}: images[{index}] lacks a valid id, file_name, height or '
+          f'width ({e!r}).') from e
+    if height <= 0 or width <= 0:
+      raise AnnotationFileError(
+          f'{path}: images[{index}] (id {image_id}, {file_name}) has height '
+          f'{height} and width {width}; both must be positive. Fix the record or remove it.')
+    if image_id in images:
+      dropped['duplicate_image_id'] += 1
+      continue
+    images[image_id] = (file_name, height, width)
+  return images
+
+
+def load_images(annotations_path: str, images_dir: str,
+                categories: CategoryMap | None = None) -> CocoSplit:
+  """A split of the images a COCO captions file lists (records without objects); the
+  captions themselves are read by `data/captions.py`. `categories` (default: none) label
+  the split as `load_split`'s do."""
+  content = _read_json(annotations_path, CAPTIONS_KEYS)
+  dropped = collections.Counter()
+  images = _read_images(content, annotations_path, dropped)
+  records = [ImageRecord(image_id=image_id, path=os.path.join(images_dir, file_name),
+                         height=height, width=width, boxes=np.zeros([0, 4], np.float32),
+                         labels=np.zeros([0], np.int32))
+             for image_id, (file_name, height, width) in images.items()]
+  return CocoSplit(annotations_path, images_dir, records,
+                   categories or CategoryMap.from_categories([]), dict(dropped))
 
 
 def _category_map(path: str, categories: list) -> CategoryMap:
@@ -131,23 +177,7 @@ def load_split(annotations_path: str, images_dir: str,
   label_of = {cid: label for label, cid in enumerate(categories.category_ids)}
   dropped, fixed = collections.Counter(), collections.Counter()
 
-  images = {}
-  for index, image in enumerate(content['images']):
-    try:
-      image_id, file_name = int(image['id']), image['file_name']
-      height, width = int(image['height']), int(image['width'])
-    except (KeyError, TypeError, ValueError) as e:
-      raise AnnotationFileError(
-          f'{annotations_path}: images[{index}] lacks a valid id, file_name, height or '
-          f'width ({e!r}).') from e
-    if height <= 0 or width <= 0:
-      raise AnnotationFileError(
-          f'{annotations_path}: images[{index}] (id {image_id}, {file_name}) has height '
-          f'{height} and width {width}; both must be positive. Fix the record or remove it.')
-    if image_id in images:
-      dropped['duplicate_image_id'] += 1
-      continue
-    images[image_id] = (file_name, height, width)
+  images = _read_images(content, annotations_path, dropped)
 
   objects = collections.defaultdict(list)
   for index, ann in enumerate(content['annotations']):

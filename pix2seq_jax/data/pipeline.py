@@ -55,6 +55,7 @@ import tensorflow as tf
 
 from pix2seq_jax.config import default
 from pix2seq_jax.data import (
+  caption_targets,
   coco_json,
   geometry,
   instance_annotations,
@@ -66,6 +67,9 @@ from pix2seq_jax.runtime import jit_cache
 from pix2seq_jax.tasks import vocab as vocab_lib
 
 _FLIP_OP, _ORDER_OP, _SCALE_OP, _CROP_OP, _SEQUENCE_OP, _CORRUPT_OP = 1, 2, 3, 4, 5, 6
+_TEXT_DROP_OP = 7
+# A task's targets beside its records (Splits.targets): none for detection.
+Targets = instance_annotations.InstanceTargets | caption_targets.CaptionTargets | None
 
 
 def _record_tables(records: list[coco_json.ImageRecord],
@@ -88,6 +92,17 @@ def _record_tables(records: list[coco_json.ImageRecord],
     width = polygons[0].shape[1]
     tables['polygons'] = tf.RaggedTensor.from_row_lengths(
         tf.constant(np.concatenate(polygons).reshape(-1, width)), counts)
+  return tables
+
+
+def _caption_tables(records: list[coco_json.ImageRecord],
+                    targets: caption_targets.CaptionTargets) -> dict[str, tf.Tensor]:
+  """`_record_tables` (no objects) with each record's captions' pieces: captions
+  int32 ragged [R, (k), (t)]."""
+  tables = _record_tables(records)
+  values, lengths, counts = targets.flat()
+  tables['captions'] = tf.RaggedTensor.from_row_lengths(
+      tf.RaggedTensor.from_row_lengths(tf.constant(values), lengths), counts)
   return tables
 
 
@@ -119,7 +134,7 @@ def record_at(tables: dict[str, tf.Tensor], index: tf.Tensor) -> dict[str, tf.Te
   keypoints [N, 34] where the tables have them."""
   names = ('path', 'size', 'orientation', 'boxes', 'labels', 'image_id')
   return {name: tables[name][index] for name in names + tuple(
-      name for name in ('polygons', 'keypoints') if name in tables)}
+      name for name in ('polygons', 'keypoints', 'captions') if name in tables)}
 
 
 _RECORD_SPEC = {
@@ -133,6 +148,8 @@ def _record_spec(task: str, data: ml_collections.ConfigDict) -> dict[str, tf.Ten
   """The signature of `record_at`'s records for `task`."""
   if task == 'object_detection':
     return _RECORD_SPEC
+  if task == 'captioning':
+    return dict(_RECORD_SPEC, captions=tf.RaggedTensorSpec([None, None], tf.int32, 1))
   points = 'keypoints' if task == 'keypoint_detection' else 'polygons'
   return dict(_RECORD_SPEC, **{points: tf.TensorSpec([None, 2 * data.max_points], tf.float32)})
 
@@ -149,6 +166,8 @@ def preprocess(record: dict[str, tf.Tensor], data: ml_collections.ConfigDict,
   `data.corrupt_classes`). Evaluation (`seed` None): resize the longest side and pad, in
   float32.
   """
+  if task == 'captioning':
+    return preprocess_captions(record, data, vocab, seed)
   if task != 'object_detection':
     return preprocess_instances(record, data, vocab, seed, task)
   objects, example, extent = _placed(record, data, seed,
@@ -275,6 +294,58 @@ def preprocess_instances(record: dict[str, tf.Tensor], data: ml_collections.Conf
   return example
 
 
+def caption_sequences(pieces: tf.Tensor, vocab: vocab_lib.Vocabulary, length: int,
+                      eos_weight: float) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """Teacher-forcing sequences of captions: pieces int32 [k, t] (piece ids ending with
+  EOS, padded with -1) -> input_tokens, target_tokens int32 [k, length] and loss_weights
+  float32 [k, length] (the official captioning `preprocess_batched`).
+
+  The response is each caption's text tokens (text_offset + piece, the EOS piece's token
+  last) padded with 0 to `length`; the input is the captioning prompt followed by the
+  response without its last token, the target the response. Weights: the EOS target
+  `eos_weight`, every other target 1, padding included (the official weighs the
+  padding after a caption as a token, so the model learns to stop); a caption row without
+  pieces (an image with fewer captions than rows) weighs 0 throughout.
+  """
+  pieces = pieces[:, :length]
+  pad = length - tf.shape(pieces)[1]
+  pieces = tf.pad(pieces, [[0, 0], [0, pad]], constant_values=-1)  # [k, length]
+  response = tf.where(pieces >= 0, pieces + vocab.text_offset, vocab.padding)
+  prompt = tf.fill([tf.shape(pieces)[0], 1], vocab.prompt('captioning'))
+  input_tokens = tf.concat([prompt, response[:, :-1]], axis=1)
+  weights = tf.where(response == vocab.text_eos, eos_weight, 1.0)
+  real = tf.cast(pieces[:, :1] >= 0, tf.float32)  # [k, 1]: rows holding a caption
+  return (tf.cast(input_tokens, tf.int32), tf.cast(response, tf.int32),
+          tf.cast(weights, tf.float32) * real)
+
+
+def preprocess_captions(record: dict[str, tf.Tensor], data: ml_collections.ConfigDict,
+                        vocab: vocab_lib.Vocabulary,
+                        seed: tf.Tensor | None) -> dict[str, tf.Tensor]:
+  """`preprocess` of captioning: the image placed as for detection (`_placed`, no
+  objects: training draws the scale jitter, crop and flip of the official captioning
+  transforms), and the first `data.captions_per_image` captions of the record as n of
+  them sequences [n, data.max_text_len] (`caption_sequences`). Training replaces each
+  input token by the fake-text token with probability `data.text_dropout` (the
+  official input_seq_drop_rate: prompt and padding included; targets unchanged)."""
+  empty = {'boxes': tf.zeros([0, 4], tf.float32), 'labels': tf.zeros([0], tf.int32)}
+  _, example, _ = _placed(record, data, seed, empty)
+  n = data.captions_per_image
+  pieces = record['captions'][:n].to_tensor(default_value=-1)  # [<= n, t]
+  pieces = tf.pad(pieces, [[0, n - tf.shape(pieces)[0]], [0, 0]], constant_values=-1)
+  input_seq, target_seq, weights = caption_sequences(
+      pieces, vocab, data.max_text_len, data.eos_weight)  # [n, L] each
+  if seed is not None and data.text_dropout > 0:
+    keep = tf.random.stateless_uniform(
+        tf.shape(input_seq), seed=tf.random.experimental.stateless_fold_in(
+            seed, _TEXT_DROP_OP)) > data.text_dropout
+    input_seq = tf.where(keep, input_seq, vocab.noise_class)
+  if seed is None:
+    example['crop_offset'] = tf.zeros([2], tf.int32)
+  example.update(input_tokens=input_seq, target_tokens=target_seq, loss_weights=weights)
+  return example
+
+
 def _corruption_draws(seed: tf.Tensor,
                       data: ml_collections.ConfigDict) -> tuple[tf.Tensor, tf.Tensor]:
   """(ratio [], noise float32 [n, L - 6]) of the keypoint input corruption for `seed` [2]:
@@ -314,10 +385,16 @@ def preprocess_fn(data: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,
   return jit_cache.cached(key if task == 'object_detection' else key + (task,), build)
 
 
-def _check_targets(records: list[coco_json.ImageRecord], task: str,
-                   targets: instance_annotations.InstanceTargets | None) -> None:
+def _check_targets(records: list[coco_json.ImageRecord], task: str, targets) -> None:
   if task not in default.TASKS:
     raise ValueError(f'task={task!r}: use one of {default.TASKS}.')
+  if task == 'captioning':
+    if not isinstance(targets, caption_targets.CaptionTargets) or len(targets.pieces) < len(
+        records):
+      raise ValueError('task=\'captioning\' needs the records\' captions '
+                       '(caption_targets.caption_targets, as sources.load_splits gives them '
+                       'in Splits.captions).')
+    return
   if task != 'object_detection' and (targets is None or len(targets.polygons) < len(records)):
     raise ValueError(f'task={task!r} needs the records\' instance targets '
                      '(instance_annotations.load_instance_targets, as sources.load_splits '
@@ -325,13 +402,16 @@ def _check_targets(records: list[coco_json.ImageRecord], task: str,
 
 
 def _tables_for(records: list[coco_json.ImageRecord], task: str,
-                targets: instance_annotations.InstanceTargets | None
+                targets: Targets
                 ) -> tuple[dict[str, tf.Tensor], int]:
   """(the tables `task` reads, their number of examples): records, with the objects'
   polygons for segmentation; one row per person with its keypoints for keypoints."""
   _check_targets(records, task, targets)
   if task == 'object_detection':
     return _record_tables(records), len(records)
+  if task == 'captioning':
+    return _caption_tables(records, caption_targets.CaptionTargets(
+        targets.texts[:len(records)], targets.pieces[:len(records)])), len(records)
   if task == 'keypoint_detection':
     tables = _person_tables(records, targets.keypoints[:len(records)])
     return tables, int(tables['image_id'].shape[0])
@@ -369,7 +449,7 @@ def train_batches(split: coco_json.CocoSplit, data: ml_collections.ConfigDict,
                   vocab: vocab_lib.Vocabulary, *, seed: int, local_batch_size: int,
                   start_step: int = 0, process_index: int = 0, process_count: int = 1,
                   task: str = 'object_detection',
-                  targets: instance_annotations.InstanceTargets | None = None
+                  targets: Targets = None
                   ) -> Iterator[dict[str, np.ndarray]]:
   """An endless iterator of this process's training batches, starting at `start_step`
   (`targets`: the split's polygons or keypoints, aligned with its records, for an instance
@@ -407,7 +487,7 @@ def eval_batches(split: coco_json.CocoSplit, data: ml_collections.ConfigDict,
                  vocab: vocab_lib.Vocabulary, *, global_batch_size: int, max_images: int = 0,
                  process_index: int = 0, process_count: int = 1,
                  task: str = 'object_detection',
-                 targets: instance_annotations.InstanceTargets | None = None
+                 targets: Targets = None
                  ) -> Iterator[dict[str, np.ndarray]]:
   """This process's eval batches; every process yields the same number of batches.
 

@@ -25,6 +25,12 @@ the train split keeps only persons with at least one labelled keypoint (the offi
 training extract, `data/coco.py` `num_keypoints > 0`), the val split every person
 (num_keypoints 0 included, as the official evaluation). Each person is one example
 (`pipeline`). What is left out is counted under `keypoints_<reason>`.
+
+For `task='captioning'` the splits are the images of COCO captions files
+(`data.coco_dir` gives annotations/captions_{train,val}2017.json, or
+`data.{train,val}_captions`), each with its captions turned into pieces by
+`data.tokenizer` (`caption_targets`); images without a caption are left out, and what the
+files lack is counted under `captions_<reason>`.
 """
 
 from __future__ import annotations
@@ -38,7 +44,16 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from pix2seq_jax.data import coco_json, image_check, instance_annotations, shapes, tfds_source
+from pix2seq_jax.data import (
+  caption_targets,
+  captions,
+  coco_json,
+  image_check,
+  instance_annotations,
+  shapes,
+  tfds_source,
+)
+from pix2seq_jax.tasks import tokenizer as tokenizer_lib
 
 SOURCES = ('shapes', 'coco_files', 'tfds')
 
@@ -49,6 +64,16 @@ class Splits:
   val: coco_json.CocoSplit
   # Instance tasks: {'train': ..., 'val': ...} polygons aligned with each split's records.
   instances: dict[str, instance_annotations.InstanceTargets] | None = None
+  # captioning: {'train': ..., 'val': ...} captions aligned with each split's records.
+  captions: dict[str, caption_targets.CaptionTargets] | None = None
+
+  def targets(self, split: str):
+    """The task targets of `split` ('train' or 'val') beside its records, or None
+    (detection: the records' boxes are all)."""
+    for table in (self.instances, self.captions):
+      if table is not None:
+        return table[split]
+    return None
 
   @property
   def categories(self) -> coco_json.CategoryMap:
@@ -227,10 +252,36 @@ def _shapes_paths(data: ml_collections.ConfigDict) -> dict[str, tuple[str, str]]
                                num_train=data.shapes_num_train, num_val=data.shapes_num_val)
 
 
+def caption_paths(data: ml_collections.ConfigDict) -> dict[str, tuple[str, str]]:
+  """{split: (images_dir, captions_path)} of task 'captioning' (a COCO-files source)."""
+  if data.coco_dir:
+    return {split: (os.path.join(data.coco_dir, f'{split}2017'),
+                    os.path.join(data.coco_dir, 'annotations', f'captions_{split}2017.json'))
+            for split in ('train', 'val')}
+  return {'train': (data.train_images, data.train_captions),
+          'val': (data.val_images, data.val_captions)}
+
+
+def load_caption_splits(data: ml_collections.ConfigDict) -> Splits:
+  """Both captioning splits: the images the captions files list, checked, each with its
+  captions in pieces of `data.tokenizer` (`caption_targets`)."""
+  paths = caption_paths(data)
+  tokenizer = tokenizer_lib.TextTokenizer(data.tokenizer)
+  splits, targets = {}, {}
+  for name, (images_dir, path) in paths.items():
+    split = check_images(coco_json.load_images(path, images_dir), data.max_instances)
+    read = captions.load_captions(path)
+    splits[name], targets[name] = caption_targets.caption_targets(
+        split, read.by_image, tokenizer, data.max_text_len, read.skipped)
+  return Splits(train=splits['train'], val=splits['val'], captions=targets)
+
+
 def load_splits(data: ml_collections.ConfigDict, task: str = 'object_detection') -> Splits:
   """Both splits, their image files checked; the train split's categories label both;
   for an instance `task`, with their polygons (`with_polygons`) or keypoints
-  (`with_keypoints`)."""
+  (`with_keypoints`); for 'captioning', `load_caption_splits`."""
+  if task == 'captioning':
+    return load_caption_splits(data)
   paths = split_paths(data, task)
   train = coco_json.load_split(paths['train'][1], paths['train'][0])
   val = coco_json.load_split(paths['val'][1], paths['val'][0], categories=train.categories)
@@ -241,6 +292,21 @@ def load_splits(data: ml_collections.ConfigDict, task: str = 'object_detection')
   train, train_targets = with_targets(train, data, training=True)
   val, val_targets = with_targets(val, data, training=False)
   return Splits(train=train, val=val, instances={'train': train_targets, 'val': val_targets})
+
+
+def model_categories(splits: dict[str, Splits]) -> coco_json.CategoryMap:
+  """The categories of a model trained on these tasks' splits ({task: Splits}): its one
+  task's, or the union of its tasks' by category id (a multi-task model's class tokens
+  are 100 + category id; captioning has none)."""
+  if len(splits) == 1:
+    return next(iter(splits.values())).categories
+  merged = {}
+  for task_splits in splits.values():
+    for category_id, name in zip(task_splits.categories.category_ids,
+                                 task_splits.categories.names):
+      merged.setdefault(category_id, name)
+  return coco_json.CategoryMap.from_categories(
+      [{'id': i, 'name': n} for i, n in merged.items()])
 
 
 COCO_CLASSES = 80

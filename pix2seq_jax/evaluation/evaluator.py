@@ -19,7 +19,7 @@ their files, with the detections already decoded for them and their ground truth
 from __future__ import annotations
 
 import os
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import ml_collections
@@ -29,15 +29,12 @@ from flax import nnx
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from pix2seq_jax.config import checks, resolve
-from pix2seq_jax.data import coco_json, pipeline, report, sources
-from pix2seq_jax.evaluation import coco_metrics, instance_evaluator, val_loss
+from pix2seq_jax.data import coco_json, pipeline
+from pix2seq_jax.evaluation import coco_metrics, val_loss
 from pix2seq_jax.inference import detections, drawing, sharded_decode
 from pix2seq_jax.inference import images as images_lib
-from pix2seq_jax.models import build
 from pix2seq_jax.parallel import mesh as mesh_lib
 from pix2seq_jax.tasks import vocab as vocab_lib
-from pix2seq_jax.workdir import checkpoints
 from pix2seq_jax.workdir import files as workdir_lib
 
 _META_KEYS = ('image_id', 'scale', 'original_size', 'mask')
@@ -138,35 +135,3 @@ class Evaluator:
     shown = records[:config.eval.num_images_drawn] if draw else []
     drawings = draw_records(shown, results, split.categories) if shown else None
     return Evaluation(metrics, drawings if drawings is not None and len(drawings) else None)
-
-
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
-                        step: int | None = None, overrides: Iterable[str] = (),
-                        mesh: Mesh | None = None) -> dict[str, float]:
-  """Evaluates the checkpoint of `step` (default: the latest) in `workdir` on the val split.
-
-  Reads only the parameters and batch statistics; `config` must describe the same model
-  (a mismatch raises checkpoints.CheckpointMismatchError naming the arrays).
-  """
-  mesh = mesh_lib.make_mesh() if mesh is None else mesh
-  checks.validate(config, mode='eval', overrides=overrides, devices=mesh.size)
-  splits = sources.load_splits(config.data, config.task)
-  report.log_data_report(splits)
-  config = resolve.resolve(config, len(splits.train.records))
-  vocab = vocab_lib.for_categories(config.model.vocabulary, splits.categories.category_ids,
-                                   config.data.num_bins)
-  manager = checkpoints.make_manager(workdir)
-  restored = checkpoints.restore_model(manager, checkpoints.model_template(config, vocab, mesh),
-                                       step)
-  manager.close()
-  if restored is None:
-    raise FileNotFoundError(f'No checkpoint under {checkpoints.checkpoint_dir(workdir)}; '
-                            'train first (--mode=train) or point --workdir at a trained run.')
-  graphdef = build.model_graphdef(config, vocab)
-  if config.task == 'object_detection':
-    evaluator = Evaluator(config, splits.val, vocab, graphdef, mesh)
-  else:  # decoded from the ground-truth boxes, scored as masks or keypoints
-    evaluator = instance_evaluator.InstanceEvaluator(config, splits.val,
-                                                     splits.instances['val'], vocab,
-                                                     graphdef, mesh)
-  return evaluator(restored['params'], restored['batch_stats'], int(restored['step']), workdir)

@@ -5,11 +5,13 @@ without TensorFlow.
   per_image = predictor(['a.jpg', 'b.png'])   # or uint8 arrays [H, W, 3]
   masks = Predictor('workdirs/segm')(['a.jpg'], boxes=per_image[:1])  # an instance task
 
-A workdir trained for an instance task (`config.task` instance_segmentation or
-keypoint_detection) reads the objects it is given, per image COCO-style boxes
-(`instance_inputs.py`): segmentation decodes every object of an image from one encoding
-of the image (`data.max_instances` objects per call), keypoint detection each person on
-its own crop of the image (the official eval's crop).
+A multi-task workdir (`config.tasks`) predicts the task asked for
+(`Predictor(workdir, task='captioning')`; default its `config.task`). A captioning task
+gives one caption per image. A workdir trained for an instance task (`config.task`
+instance_segmentation or keypoint_detection) reads the objects it is given, per image
+COCO-style boxes (`instance_inputs.py`): segmentation decodes every object of an image
+from one encoding of the image (`data.max_instances` objects per call), keypoint
+detection each person on its own crop of the image (the official eval's crop).
 
 Images of any size are resized (longest side) and padded onto one of a few canvases
 (`data/canvas.py`), and batches have a fixed size, so a new image size never
@@ -30,9 +32,10 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from pix2seq_jax.config import default, workdir_config
+from pix2seq_jax.config import checks, default, multitask, workdir_config
 from pix2seq_jax.data import canvas, coco_json
 from pix2seq_jax.inference import (
+  captions,
   detections,
   drawing,
   instance_inputs,
@@ -58,13 +61,25 @@ class Predictor:
     workdir: a training workdir (config.json, categories.json, checkpoints/).
     step: the checkpoint step; default the latest.
     batch_size: images per decode call (rounded up to a multiple of the device count).
-    decode: overrides of the config's `decode` fields, e.g. {'top_p': 0.4}.
+    decode: overrides of the config's `decode` fields, e.g. {'top_p': 0.4} (object
+      detection's: the other tasks sample as the official).
+    task: the task to predict, one of the workdir's (`config.tasks`); default its
+      `config.task`.
   """
 
   def __init__(self, workdir: str, step: int | None = None, batch_size: int = 8,
-               decode: dict | None = None):
+               decode: dict | None = None, task: str | None = None):
     compilation_cache.enable()  # before the first compilation (see compilation_cache.py)
-    self.config = workdir_config.load(workdir, decode)
+    trained = workdir_config.load(workdir, decode)
+    self.tasks = multitask.task_names(trained)
+    task = trained.task if task is None else task
+    if task not in self.tasks:
+      raise ValueError(f'task={task!r}: {workdir} was trained for {list(self.tasks)}.')
+    if decode and task != 'object_detection':
+      raise checks.ConfigError(
+          f'decode={decode}: the decode settings are object detection\'s; {task} samples as '
+          'the official multi-task config does (docs/tasks.md). Leave them out.')
+    self.config = multitask.task_config(trained, task)
     self.categories = coco_json.CategoryMap.from_file(
         os.path.join(workdir, workdir_lib.CATEGORIES))
     self.vocab = vocab_lib.for_categories(self.config.model.vocabulary,
@@ -82,8 +97,15 @@ class Predictor:
     graphdef = build.model_graphdef(self.config, self.vocab)
     stride = backbones.STRIDES[variants.get_spec(self.config.model.variant).backbone]
     self.size = self.config.data.image_size
-    self.task = None  # detection; an instance task's decoding task otherwise
-    if self.config.task in default.INSTANCE_TASKS:
+    self.task = None  # detection; the decoding task of the other tasks
+    self.tokenizer = None  # captioning's
+    if self.config.task == 'captioning':
+      self.tokenizer = captions.load_tokenizer(self.config)
+      self.task = captions.caption_task(self.config, self.vocab, self.tokenizer)
+      self._decode = sharded_decode.CaptionDecodeFn(self.config, graphdef, self.task,
+                                                    self.mesh)
+      self.canvas_shapes = [(self.size, self.size)]  # as the evaluation pipeline
+    elif self.config.task in default.INSTANCE_TASKS:
       self.task = instances.instance_task(self.config, self.vocab)
       self._decode = sharded_decode.InstanceDecodeFn(self.config, graphdef, self.task,
                                                      self.mesh)
@@ -161,14 +183,16 @@ class Predictor:
       keypoints     'keypoints' [x, y, v] * 17 px, score = the box score mixed with the
                     points' (`keypoints.combine_scores`).
     """
-    if self.task is None:
+    if self.task is None or self.tokenizer is not None:
       if boxes is not None or return_masks:
         raise instance_inputs.BoxesError(
-            'This workdir\'s model was trained for object_detection: it finds the boxes '
-            'itself; call it without boxes or return_masks.')
+            f'This workdir\'s model was trained for {self.config.task}: it reads whole '
+            'images; call it without boxes or return_masks.')
     elif boxes is None:
       raise instance_inputs.BoxesError(instance_inputs.needs_boxes(self.config.task))
     arrays = images_lib.as_arrays(images)
+    if self.tokenizer is not None:
+      return self._captions(arrays)
     if self.task is not None:
       return instance_predict.predict(arrays, boxes, self.task, self.categories, self.size,
                                       self._decode_batch, self.batch_size,
@@ -179,6 +203,21 @@ class Predictor:
       found = self._detect_batch(canvases, scales, [arrays[i] for i in indices])
       for index, detected in zip(indices, found):
         out[index] = detected
+    return out
+
+  def _captions(self, arrays: list[np.ndarray]) -> list[list[dict]]:
+    """One caption per image, its canvas the evaluation pipeline's (square)."""
+    out: list[list[dict]] = [[] for _ in arrays]
+    for indices, canvases, _ in canvas.canvas_batches(arrays, self.size, self.canvas_shapes,
+                                                      self.batch_size):
+      placed = mesh_lib.put_batch({'image': canvases}, self.mesh)['image']
+      tokens, probs = (np.asarray(x) for x in self._decode(
+          self.params, self.batch_stats, placed, self.step))
+      texts = captions.caption_texts(tokens, self.tokenizer, self.vocab)
+      for row, index in enumerate(indices):
+        emitted = probs[row] > 0
+        score = float(probs[row][emitted].mean()) if emitted.any() else 0.0
+        out[index] = [{'caption': texts[row], 'score': score}]
     return out
 
   def _decode_batch(self, canvases: np.ndarray, prompts: np.ndarray):
@@ -200,26 +239,31 @@ def _rounded(found: dict) -> dict:
 def predict_files(workdir: str, pattern: str, output: str, draw_dir: str | None = None,
                   min_score: float = 0.0, decode: dict | None = None,
                   draw_threshold: float = drawing.DEFAULT_THRESHOLD,
-                  boxes: str | None = None) -> list[dict]:
+                  boxes: str | None = None, task: str | None = None) -> list[dict]:
   """Runs the predictor on every file matching `pattern`; writes JSON (and drawings).
 
   The JSON keeps every detection scored at least `min_score`; the drawings in `draw_dir`
   show those scored at least `draw_threshold` (in [0, 1]). An instance task's workdir
   needs `boxes`, a file of the objects to read (`instance_inputs.read_boxes`: a detection
   workdir's predict JSON, COCO results or annotations); its 'detections' are the instance
-  results (masks as RLE, or keypoints).
+  results (masks as RLE, or keypoints); a captioning task's are its one caption. `task`:
+  which task of a multi-task workdir (default its config.task).
   """
   if not 0.0 <= draw_threshold <= 1.0:
     raise ValueError(f'draw_threshold={draw_threshold}: use a score in [0, 1].')
   paths = sorted(glob.glob(pattern))
   if not paths:
     raise FileNotFoundError(f'No image matches --images={pattern!r}.')
-  predictor = Predictor(workdir, decode=decode)
+  predictor = Predictor(workdir, decode=decode, task=task)
+  if predictor.tokenizer is not None and (boxes or draw_dir):
+    raise instance_inputs.BoxesError(
+        f'--{"boxes" if boxes else "draw_dir"} is for boxes, masks and keypoints; '
+        f'{workdir}\'s captioning writes text: leave it out.')
   if predictor.task is None and boxes:
     raise instance_inputs.BoxesError(
         f'--boxes reads the objects of an instance task\'s workdir; {workdir} was trained '
         'for object_detection and finds its boxes itself: leave --boxes out.')
-  if predictor.task is not None and not boxes:
+  if predictor.task is not None and predictor.tokenizer is None and not boxes:
     raise instance_inputs.BoxesError(
         f'{workdir}: ' + instance_inputs.needs_boxes(predictor.config.task)
         + ' Add --boxes=FILE.json.')

@@ -3,7 +3,8 @@ input shape. Shared by evaluation (the train loop, --mode=eval) and the Predicto
 
 `DecodeFn` decodes detection (one start token per image); `InstanceDecodeFn` decodes an
 instance task (segmentation, keypoints) from per-object prompts [B, n, 6] (each object's
-box and class), every image encoded once for its n * k rows."""
+box and class), every image encoded once for its n * k rows; `CaptionDecodeFn` decodes
+captioning (its one prompt token per image)."""
 
 from __future__ import annotations
 
@@ -100,6 +101,39 @@ class InstanceDecodeFn(DecodeFn):
                step: int = 0) -> Any:
     """Decodes every object's prompt with the sampling key of `step`."""
     return self._run(params, batch_stats, (images, prompts), step)
+
+
+class CaptionDecodeFn(DecodeFn):
+  """(params, batch_stats, images [B, H, W, 3], step) -> (tokens [B, L], token_probs
+  [B, L]) of the captioning task (`CaptioningTask.outputs`), sharded over B like the
+  images; its sampling settings are the task's (`sampling()`); compiled and cached as
+  `DecodeFn`."""
+
+  def __init__(self, config: ml_collections.FrozenConfigDict, graphdef: nnx.GraphDef,
+               task: Any, mesh: Mesh):
+    resolve.require_frozen(config, 'CaptionDecodeFn')
+    self._seed = config.seed
+    settings = (task, config.train.matmul_precision)
+    self._jitted, self._executables = jit_cache.cached(
+        ('decode_captions', graphdef, mesh, settings),
+        lambda: (_jitted_caption_decode(graphdef, mesh, *settings), {}))
+    self._shapes = set()
+    self._options = xla_cpu_flags.inference_compiler_options(mesh.devices.flat[0].platform)
+
+
+def _jitted_caption_decode(graphdef: nnx.GraphDef, mesh: Mesh, task: Any,
+                           matmul_precision: str) -> Callable:
+  def run(params, batch_stats, images, rng):
+    params, batch_stats = mesh_lib.gathered((params, batch_stats), mesh)
+    model = nnx.merge(graphdef, params, batch_stats)
+    state = decoding.decode(model, images, task, length=task.length, rng=rng,
+                            **task.sampling())
+    return task.outputs(state.tokens, state.token_probs, state.task_state)
+
+  return jax.jit(precision.traced(run, matmul_precision),
+                 in_shardings=(None, None, mesh_lib.batch_sharded(mesh),
+                               mesh_lib.replicated(mesh)),
+                 out_shardings=mesh_lib.batch_sharded(mesh))
 
 
 def _jitted_decode(graphdef: nnx.GraphDef, vocab: vocab_lib.Vocabulary, mesh: Mesh,

@@ -67,10 +67,12 @@ def gathered(tree: Any, mesh: Mesh) -> Any:
   return jax.lax.with_sharding_constraint(tree, replicated(mesh))
 
 
-def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """This process's slice of a global batch -> global arrays sharded over 'data'."""
+def put_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
+  """This process's slice of a global batch -> global arrays sharded over 'data' (a
+  multi-task batch, {task: batch}, task by task)."""
   sharding = batch_sharded(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+  return {k: put_batch(v, mesh) if isinstance(v, dict)
+          else jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in batch.items()}
 
 

@@ -65,6 +65,12 @@ OFFICIAL_PROMPTS = {'object_detection': OFFICIAL_PROMPT, 'instance_segmentation'
 OFFICIAL_SEPARATOR = 40
 OFFICIAL_INVISIBLE = 41
 OFFICIAL_TEXT_OFFSET = 3000
+# The SentencePiece ids the text tokens assume (the official tokenizer, T5's
+# c4_en_32k_spm.model: padding 0, EOS 1, no BOS; `tasks/tokenizer.py` refuses others), and
+# the most pieces a text token can name.
+TEXT_PAD_PIECE = 0
+TEXT_EOS_PIECE = 1
+MAX_TEXT_PIECES = 32000
 OFFICIAL_MULTITASK_SIZE = 35000
 # In-graph point arrays (data/geometry.py, data/instance_sequences.py) mark what is not a
 # coordinate with these floats, as the official code does: padding after an object's
@@ -89,8 +95,10 @@ class Vocabulary:
   category_ids: tuple[int, ...] = ()
 
   def __post_init__(self):
-    if self.num_classes < 1:
-      raise ValueError(f'num_classes must be >= 1, got {self.num_classes}.')
+    if self.num_classes < (0 if self.layout == 'official_multitask' else 1):
+      raise ValueError(f'num_classes must be >= 1, got {self.num_classes} (only the '
+                       'official_multitask vocabulary serves a task without classes, '
+                       'captioning).')
     if self.num_bins < 2:
       raise ValueError(f'num_bins must be >= 2, got {self.num_bins}.')
     if self.layout not in LAYOUTS:
@@ -181,6 +189,15 @@ class Vocabulary:
     """Text token = text_offset + sentencepiece id (official_multitask)."""
     self._multitask_only('text tokens')
     return OFFICIAL_TEXT_OFFSET
+
+  @property
+  def text_eos(self) -> int:
+    """The token that ends a caption: text_offset + the EOS piece (official_multitask)."""
+    return self.text_offset + TEXT_EOS_PIECE
+
+  def is_text(self, tokens):
+    """Text tokens, text_offset .. text_offset + MAX_TEXT_PIECES - 1 (official_multitask)."""
+    return (tokens >= self.text_offset) & (tokens < self.text_offset + MAX_TEXT_PIECES)
 
   @property
   def class_tokens(self) -> np.ndarray:

@@ -13,10 +13,11 @@ devices only to log, to save, and on several processes to agree on a signal ever
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import signal
 import time
-from typing import Iterable
+from typing import Any, Iterable
 
 import jax
 import ml_collections
@@ -27,18 +28,27 @@ from flax import nnx
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from pix2seq_jax.config import checks, resolve
-from pix2seq_jax.data import pipeline, report, sources
-from pix2seq_jax.evaluation import evaluator as evaluator_lib
-from pix2seq_jax.evaluation import instance_evaluator
+from pix2seq_jax.config import checks, default, multitask, resolve
+from pix2seq_jax.data import coco_json, pipeline, report, sources
+from pix2seq_jax.evaluation import task_evaluators
 from pix2seq_jax.models import build
 from pix2seq_jax.parallel import mesh as mesh_lib
 from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.train import init_from, metrics_log, optimizer, preemption
 from pix2seq_jax.train import state as state_lib
 from pix2seq_jax.train import step as step_lib
-from pix2seq_jax.workdir import checkpoints
+from pix2seq_jax.workdir import checkpoints, tokenizer_file
 from pix2seq_jax.workdir import files as workdir_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSetup:
+  """One task of a run: its config (`multitask.task_config`), data and evaluator."""
+
+  config: ml_collections.FrozenConfigDict
+  splits: sources.Splits
+  vocab: vocab_lib.Vocabulary  # its data's categories (every task's has the model's size)
+  evaluator: Any  # evaluator.Evaluator, InstanceEvaluator or CaptionEvaluator
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,13 +56,23 @@ class Setup:
   """What a training run builds once from its frozen config."""
 
   config: ml_collections.FrozenConfigDict  # epochs resolved to steps
-  splits: sources.Splits
+  tasks: dict[str, TaskSetup]  # every task the run trains (one without config.tasks)
+  categories: coco_json.CategoryMap  # the model's (categories.json)
   vocab: vocab_lib.Vocabulary
   mesh: Mesh
   graphdef: nnx.GraphDef
   tx: optax.GradientTransformation
   train_step: step_lib.TrainStep  # (state, batch, 0-based step) -> (state, metrics)
-  evaluator: evaluator_lib.Evaluator | instance_evaluator.InstanceEvaluator
+
+  @property
+  def splits(self) -> sources.Splits:
+    """The data of `config.task` (which counts the epochs)."""
+    return self.tasks[self.config.task].splits
+
+  @property
+  def evaluator(self):
+    """The evaluator of `config.task`."""
+    return self.tasks[self.config.task].evaluator
 
   def create_state(self) -> state_lib.TrainState:
     return state_lib.create_train_state(self.config, self.vocab, self.mesh, self.tx)
@@ -61,13 +81,28 @@ class Setup:
     return state_lib.abstract_train_state(self.config, self.vocab, self.mesh, self.tx)
 
   def train_batches(self, start_step: int = 0):
-    """This process's batches from `start_step` on (pipeline.train_batches)."""
-    return pipeline.train_batches(
-        self.splits.train, self.config.data, self.vocab, seed=self.config.seed,
-        local_batch_size=self.config.train.batch_size // jax.process_count(),
-        start_step=start_step, process_index=jax.process_index(),
-        process_count=jax.process_count(), task=self.config.task,
-        targets=self.splits.instances and self.splits.instances['train'])
+    """This process's batches from `start_step` on (pipeline.train_batches); a multi-task
+    run's are {task: batch}, each task's stream seeded apart (`task_seed`)."""
+    streams = {
+        name: pipeline.train_batches(
+            task.splits.train, task.config.data, task.vocab,
+            seed=task_seed(self.config, name),
+            local_batch_size=self.config.train.batch_size // jax.process_count(),
+            start_step=start_step, process_index=jax.process_index(),
+            process_count=jax.process_count(), task=name,
+            targets=task.splits.targets('train'))
+        for name, task in self.tasks.items()}
+    if not multitask.is_multitask(self.config):
+      return streams[self.config.task]
+    return ({name: next(stream) for name, stream in streams.items()} for _ in itertools.count())
+
+
+def task_seed(config: ml_collections.ConfigDict, name: str) -> int:
+  """The data seed of task `name`: config.seed, offset per task in a multi-task run so that
+  tasks reading the same images see them in different orders."""
+  if not multitask.is_multitask(config):
+    return config.seed
+  return config.seed + 1_000_003 * (default.TASKS.index(name) + 1)
 
 
 def make_setup(config: ml_collections.ConfigDict, *, overrides: Iterable[str] = (),
@@ -79,26 +114,33 @@ def make_setup(config: ml_collections.ConfigDict, *, overrides: Iterable[str] = 
   """
   mesh = mesh_lib.make_mesh() if mesh is None else mesh
   checks.validate(config, mode='train', overrides=overrides, devices=mesh.size)
-  splits = sources.load_splits(config.data, config.task)
-  report.log_data_report(splits)
-  examples = pipeline.num_train_examples(splits.train, config.task)  # keypoints: persons
+  views = multitask.task_configs(config)
+  splits = {}
+  for name, view in views.items():
+    splits[name] = sources.load_splits(view.data, name)
+    report.log_data_report(splits[name])
+  examples = pipeline.num_train_examples(splits[config.task].train, config.task)
   frozen = resolve.resolve(config, examples)
   if config.train.epochs > 0 or config.train.warmup_epochs > 0:
     logging.info('train.epochs=%g, warmup_epochs=%g over %d examples at batch %d: %d steps, '
                  '%d warmup steps.', config.train.epochs, config.train.warmup_epochs,
                  examples, config.train.batch_size, frozen.train.steps,
                  frozen.train.warmup_steps)
-  vocab = vocab_lib.for_categories(frozen.model.vocabulary, splits.categories.category_ids,
+  categories = sources.model_categories(splits)
+  vocab = vocab_lib.for_categories(frozen.model.vocabulary, categories.category_ids,
                                    frozen.data.num_bins)
   graphdef = build.model_graphdef(frozen, vocab)
   tx = optimizer.make_optimizer(frozen)
-  if frozen.task == 'object_detection':
-    evaluator = evaluator_lib.Evaluator(frozen, splits.val, vocab, graphdef, mesh)
-  else:  # instance tasks: decoded from the ground-truth boxes, and the val loss
-    evaluator = instance_evaluator.InstanceEvaluator(frozen, splits.val, splits.instances['val'],
-                                                     vocab, graphdef, mesh)
-  return Setup(frozen, splits, vocab, mesh, graphdef, tx,
-               step_lib.train_step_for(frozen, graphdef, mesh, tx), evaluator)
+  tasks = {}
+  for name in views:
+    view = multitask.task_config(frozen, name)
+    task_vocab = vocab if len(views) == 1 else vocab_lib.for_categories(
+        frozen.model.vocabulary, splits[name].categories.category_ids, frozen.data.num_bins)
+    tasks[name] = TaskSetup(view, splits[name], task_vocab,
+                            task_evaluators.evaluator_for(view, splits[name], task_vocab, graphdef,
+                                                          mesh))
+  return Setup(frozen, tasks, categories, vocab, mesh, graphdef, tx,
+               step_lib.train_step_for(frozen, graphdef, mesh, tx))
 
 
 def _check_finite(scalars: dict, step: int, manager, workdir: str) -> None:
@@ -133,12 +175,24 @@ def _restore_or_create(setup: Setup, manager) -> state_lib.TrainState:
   return state
 
 
+def _store_tokenizers(setup: Setup, workdir: str) -> None:
+  """Copies the captioning tokenizer into the workdir, or refuses one that differs from
+  the workdir's (workdir/tokenizer_file.py)."""
+  for name, task in setup.tasks.items():
+    if name == 'captioning':
+      tokenizer_file.store(workdir, task.config.data.tokenizer)
+
+
 def _write_run_files(setup: Setup, workdir: str) -> None:
   os.makedirs(workdir, exist_ok=True)
   write = lambda name, content: workdir_lib.write_json(os.path.join(workdir, name), content)
   write(workdir_lib.CONFIG, setup.config.to_dict())
-  write(workdir_lib.CATEGORIES, setup.splits.categories.to_json())
-  write(workdir_lib.DATA_REPORT, report.data_report(setup.splits))
+  write(workdir_lib.CATEGORIES, setup.categories.to_json())
+  if multitask.is_multitask(setup.config):
+    write(workdir_lib.DATA_REPORT, {name: report.data_report(task.splits)
+                                    for name, task in setup.tasks.items()})
+  else:
+    write(workdir_lib.DATA_REPORT, report.data_report(setup.splits))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -152,7 +206,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   config = setup.config
   train = config.train
   manager = checkpoints.make_manager(workdir, train.keep_checkpoints)
-  state = _restore_or_create(setup, manager)  # refuses another model's checkpoint ...
+  _store_tokenizers(setup, workdir)  # refuses another tokenizer than the workdir's ...
+  state = _restore_or_create(setup, manager)  # ... and another model's checkpoint ...
   _write_run_files(setup, workdir)  # ... before its run's config.json is replaced
   start_step = int(state.step)
   batches = mesh_lib.placed_batches(setup.train_batches(start_step), setup.mesh)
@@ -165,13 +220,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                   disable=jax.process_index() > 0)
 
   def evaluate(state: state_lib.TrainState) -> dict[str, float]:
-    """Evaluates `state`, logs its metrics and drawn val images at its step, returns them."""
+    """Evaluates `state` on every task, logs the metrics and drawn val images at its
+    step, returns them (a multi-task run's as <task>/<metric>, written under
+    <workdir>/<task>/eval/)."""
     step = int(state.step)
-    result = setup.evaluator.evaluate(state.params, state.batch_stats, step, workdir)
-    log.write(step, {f'eval/{k}': v for k, v in result.metrics.items()})
-    if result.drawings is not None:
-      log.write_images(step, {'eval/detections': result.drawings})
-    return result.metrics
+    if not multitask.is_multitask(config):
+      result = setup.evaluator.evaluate(state.params, state.batch_stats, step, workdir)
+      log.write(step, {f'eval/{k}': v for k, v in result.metrics.items()})
+      if result.drawings is not None:
+        log.write_images(step, {'eval/detections': result.drawings})
+      return result.metrics
+    metrics = {}
+    for name, task in setup.tasks.items():
+      result = task.evaluator.evaluate(state.params, state.batch_stats, step,
+                                       os.path.join(workdir, name))
+      metrics.update({f'{name}/{k}': v for k, v in result.metrics.items()})
+      if result.drawings is not None:
+        log.write_images(step, {f'eval/{name}/detections': result.drawings})
+    log.write(step, {f'eval/{k}': v for k, v in metrics.items()})
+    return metrics
 
   agree = preemption.SignalAgreement(train.preemption_check_every, jax.process_count())
 

@@ -19,6 +19,10 @@ tokens and weights [B, n, L]: the model encodes each image once for its n sequen
 the loss is the same weighted mean over every token of the batch (the official
 `ar_model.Model.compute_loss`); the batch still splits over devices along B.
 
+Multi-task runs (`config.tasks`) bring one batch per task, {task: batch}: the model runs
+once on each, and the loss is the sum of the tasks' losses (each its own weighted mean)
+times their weights, as the official multi-task trainer sums its tasks' gradients.
+
 The step's inputs besides state and batch are host values (numpy scalars and the seed's
 key data), made without device work, and its random key is derived inside from the
 state's step counter: the host dispatches step after step without waiting for the device.
@@ -38,7 +42,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from pix2seq_jax.config import resolve
+from pix2seq_jax.config import multitask, resolve
 from pix2seq_jax.data import canvas
 from pix2seq_jax.models import counted_rngs
 from pix2seq_jax.parallel import mesh as mesh_lib
@@ -67,20 +71,54 @@ def _micro_batches(batch: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
   return jax.tree.map(split, batch)
 
 
+def _multitask_loss_fn(graphdef: nnx.GraphDef, compute_dtype: jnp.dtype,
+                       task_weights: tuple[tuple[str, float], ...],
+                       normalisers: dict[str, jax.Array]) -> Callable:
+  """The loss of a multi-task step as `train_step`'s `loss_sum`: (params, batch_stats,
+  {task: batch}, rng) -> (sum_t weight_t * sum(w * CE)_t / normaliser_t, (batch
+  stats, {task: its weighted mean loss})). Each task's batch runs the model once (the tasks in
+  `task_weights` order, batch statistics passed on), its dropout keyed by the task's
+  index; `normalisers` are the tasks' total token weights over the global batch, so that
+  micro-batches add up to the whole batch's loss."""
+  def loss_sum(params, batch_stats, batches, rng):
+    total, parts = jnp.zeros(()), {}
+    for index, (name, weight) in enumerate(task_weights):
+      micro = batches[name]
+      model = nnx.merge(graphdef, cast_floats(params, compute_dtype), batch_stats, copy=True)
+      logits = model(canvas.model_images(micro), micro['input_tokens'], train=True,
+                     rngs=counted_rngs.CountedRngs(jax.random.fold_in(rng, index)))
+      task_total, _ = weighted_cross_entropy(logits, micro['target_tokens'],
+                                             micro['loss_weights'])
+      parts[name] = task_total / normalisers[name]
+      total = total + weight * parts[name]
+      batch_stats = nnx.state(model, nnx.BatchStat)
+    return total, (batch_stats, parts)
+  return loss_sum
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], hyperparams: dict[str, jax.Array],
                seed_key_data: jax.Array, *, graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation,
                compute_dtype: jnp.dtype = jnp.float32, grad_accum_steps: int = 1,
-               sharded_over: Mesh | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+               sharded_over: Mesh | None = None,
+               task_weights: tuple[tuple[str, float], ...] | None = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One AdamW step on the global batch; returns the new state and scalar metrics.
 
   `hyperparams`: the optimizer's inputs for this step (`optimizer.HostHyperparams`).
   `seed_key_data`: uint32 [2], `seed_key_data(config.seed)`; the step's draws use its key
   folded with the state's step counter.
   `sharded_over`: the mesh whose 'data' axis shards the state (train.shard_params).
+  `task_weights`: ((task, weight), ...) of a multi-task run, whose `batch` is {task: its
+  batch}: the loss is sum_t weight_t * loss_t, each task's loss its own weighted mean
+  (the official multi-task trainer), logged as loss_<task> beside the total.
   """
+  if task_weights is not None:
+    return _multitask_step(state, batch, hyperparams, seed_key_data, graphdef=graphdef,
+                           tx=tx, compute_dtype=compute_dtype,
+                           grad_accum_steps=grad_accum_steps, sharded_over=sharded_over,
+                           task_weights=task_weights)
   rng = jax.random.fold_in(jax.random.wrap_key_data(seed_key_data), state.step)
-  constrain = jax.lax.with_sharding_constraint
   params = state.params
   if sharded_over is not None:  # gather the full parameters for the model
     params = mesh_lib.gathered(params, sharded_over)
@@ -113,14 +151,23 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], hyperparams: dict
   # gradient over the same normaliser.
   normaliser = jnp.maximum(weight, 1e-8)
   loss, grads = total / normaliser, jax.tree.map(lambda g: g / normaliser, grads)
+  return _apply(state, grads, batch_stats, hyperparams, tx, sharded_over, {'loss': loss})
+
+
+def _apply(state: TrainState, grads: Any, batch_stats: Any, hyperparams: dict[str, jax.Array],
+           tx: optax.GradientTransformation, sharded_over: Mesh | None,
+           metrics: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+  """The optimizer update of `grads` and the step's metrics (`metrics` and the gradient
+  norm and learning rate)."""
+  constrain = jax.lax.with_sharding_constraint
   if sharded_over is not None:  # each device keeps the gradient of its shard
     grads = constrain(grads, mesh_lib.state_shardings(grads, sharded_over, True))
   batch_stats = cast_floats(batch_stats, jnp.float32)
   opt_state = optimizer.with_hyperparams(state.opt_state, hyperparams)
   updates, opt_state = tx.update(grads, opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads),
-             'learning_rate': hyperparams['learning_rate']}
+  metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+                 learning_rate=hyperparams['learning_rate'])
   new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
                          opt_state=opt_state)
   if sharded_over is not None:
@@ -128,9 +175,47 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], hyperparams: dict
   return new_state, metrics
 
 
+def _multitask_step(state: TrainState, batches: dict[str, dict[str, jax.Array]],
+                    hyperparams: dict[str, jax.Array], seed_key_data: jax.Array, *,
+                    graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    compute_dtype: jnp.dtype, grad_accum_steps: int,
+                    sharded_over: Mesh | None,
+                    task_weights: tuple[tuple[str, float], ...]
+                    ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """`train_step` of a multi-task run (its `task_weights`)."""
+  rng = jax.random.fold_in(jax.random.wrap_key_data(seed_key_data), state.step)
+  params = state.params
+  if sharded_over is not None:
+    params = mesh_lib.gathered(params, sharded_over)
+  normalisers = {name: jnp.maximum(jnp.sum(batches[name]['loss_weights']), 1e-8)
+                 for name, _ in task_weights}
+  grad_fn = jax.value_and_grad(
+      _multitask_loss_fn(graphdef, compute_dtype, task_weights, normalisers), has_aux=True)
+  if grad_accum_steps == 1:
+    (loss, (batch_stats, parts)), grads = grad_fn(params, state.batch_stats, batches, rng)
+  else:
+    def accumulate(carry, micro_and_index):
+      micro, index = micro_and_index
+      loss, parts, grads, batch_stats = carry
+      (t, (batch_stats, p)), g = grad_fn(params, batch_stats, micro,
+                                            jax.random.fold_in(rng, index))
+      return (loss + t, jax.tree.map(jnp.add, parts, p), jax.tree.map(jnp.add, grads, g),
+              batch_stats), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    start = (jnp.zeros(()), {name: jnp.zeros(()) for name, _ in task_weights}, zeros,
+             state.batch_stats)
+    (loss, parts, grads, batch_stats), _ = jax.lax.scan(
+        accumulate, start,
+        (_micro_batches(batches, grad_accum_steps), jnp.arange(grad_accum_steps)))
+  metrics = {'loss': loss, **{f'loss_{name}': value for name, value in parts.items()}}
+  return _apply(state, grads, batch_stats, hyperparams, tx, sharded_over, metrics)
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh, *,
                     compute_dtype: str = 'float32', grad_accum_steps: int = 1,
-                    shard_params: bool = False, matmul_precision: str = 'default') -> Callable:
+                    shard_params: bool = False, matmul_precision: str = 'default',
+                    task_weights: tuple[tuple[str, float], ...] | None = None) -> Callable:
   """train_step jitted over `mesh`: (state, batch, hyperparams, seed_key_data) -> (state,
   metrics), the state donated, the batch split over 'data', traced at `matmul_precision`
   (precision.py).
@@ -144,7 +229,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, me
     step = functools.partial(train_step, graphdef=graphdef, tx=tx,
                              compute_dtype=jnp.dtype(compute_dtype),
                              grad_accum_steps=grad_accum_steps,
-                             sharded_over=mesh if shard_params else None)
+                             sharded_over=mesh if shard_params else None,
+                             task_weights=task_weights)
     step = precision.traced(step, matmul_precision)
     state_sharding = None if shard_params else mesh_lib.replicated(mesh)
     replicated = mesh_lib.replicated(mesh)
@@ -153,7 +239,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, me
                    out_shardings=(state_sharding, replicated), donate_argnums=0)
 
   key = ('train_step', graphdef, tx, mesh, compute_dtype, grad_accum_steps, shard_params,
-         matmul_precision)
+         matmul_precision, task_weights)
   return jit_cache.cached(key, build)
 
 
@@ -188,8 +274,13 @@ def train_step_for(config: ml_collections.FrozenConfigDict, graphdef: nnx.GraphD
   """The train step of a run's frozen config (seed, train.*)."""
   resolve.require_frozen(config, 'train_step_for')
   train = config.train
+  task_weights = None
+  if multitask.is_multitask(config):
+    task_weights = tuple((name, multitask.weight(config, name))
+                         for name in multitask.task_names(config))
   return TrainStep(make_train_step(graphdef, tx, mesh, compute_dtype=train.compute_dtype,
                                    grad_accum_steps=train.grad_accum_steps,
                                    shard_params=train.shard_params,
-                                   matmul_precision=train.matmul_precision),
+                                   matmul_precision=train.matmul_precision,
+                                   task_weights=task_weights),
                    optimizer.HostHyperparams(train), seed_key_data(config.seed))

@@ -7,7 +7,10 @@ checkpoints are written by all processes together).
   <workdir>/checkpoints/<step>/    orbax checkpoints (workdir/checkpoints.py)
   <workdir>/metrics.jsonl          one JSON object per logged step (train/metrics_log.py)
   <workdir>/events.out.tfevents.*  TensorBoard scalars
-  <workdir>/eval/step_<N>/         metrics.json and detections.json (COCO results format)
+  <workdir>/eval/step_<N>/         metrics.json and detections.json (COCO results format;
+                                   per task of a multi-task run: eval/step_<N>/<task>/)
+  <workdir>/tokenizer.model        captioning: the SentencePiece model it was trained with,
+  <workdir>/tokenizer.json         and its sha256 and source (workdir/tokenizer_file.py)
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ CONFIG = 'config.json'
 CATEGORIES = 'categories.json'
 DATA_REPORT = 'data_report.json'
 METRICS = 'metrics.jsonl'
+TOKENIZER = 'tokenizer.model'
+TOKENIZER_INFO = 'tokenizer.json'
 
 
 def eval_dir(workdir: str, step: int) -> str:
