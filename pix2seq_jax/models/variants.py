@@ -27,6 +27,10 @@ VARIANTS = {
     # The sizes of the official-parity test fixture (tests/fixtures/official_vit_nano):
     # 8 px patches, one encoder and one decoder layer of width 32.
     'vit_nano': ModelSpec('vit_patch8', 1, 32, 64, 2, 1, 32, 64, 2),
+    # The sizes of the multi-task official-parity fixture (tests/fixtures/official_multitask):
+    # 8 px patches, one encoder layer of width 16, one decoder layer of width 4 (its
+    # 35000-token embedding is most of the checkpoint).
+    'vit_multitask_nano': ModelSpec('vit_patch8', 1, 16, 32, 2, 1, 4, 8, 2),
     # The sizes of the ResNet official-parity fixtures (tests/fixtures/official_resnet_nano,
     # official_resnet_c_nano): ResNet-50 at 1/32 width (C5 / C4 features), one encoder
     # layer of width 16, one decoder layer of width 8.

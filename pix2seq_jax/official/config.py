@@ -15,10 +15,12 @@ VARIANTS = {'resnet': 'r50', 'resnet-c': 'r50_c4', 'vit-b': 'vit_b', 'vit-l': 'v
 MAX_SEQ_LEN = 512
 
 
-def apply(config: ml_collections.ConfigDict, variant: str, image_size: int) -> None:
-  """Sets `config` (default.get_config()'s fields) to the official detection settings."""
+def apply(config: ml_collections.ConfigDict, variant: str, image_size: int,
+          vocabulary: str = 'official') -> None:
+  """Sets `config` (default.get_config()'s fields) to the official detection settings;
+  `vocabulary` 'official_multitask' for the multi-task checkpoints' 35000 ids."""
   config.model.variant = variant
-  config.model.vocabulary = 'official'
+  config.model.vocabulary = vocabulary
   config.model.max_seq_len = MAX_SEQ_LEN
   config.model.dropout = 0.1
   config.model.drop_path = 0.1

@@ -10,6 +10,14 @@ is mapped (official/names.py) at the image size of config.json; optimizer slots,
 global_step and save_counter are ignored. A checkpoint that is unknown, incomplete or
 mis-shaped is refused with the lists of unmapped, missing and mis-shaped names.
 
+Both official vocabularies are read: the detection checkpoints' 3000 ids
+(`model.vocabulary='official'`) and the multi-task checkpoints' 35000
+(`configs/config_multi_task.py`: `vocab_size=35000`, text tokens from 3000;
+`'official_multitask'`, whose prompts 10-13 reach detection, instance segmentation,
+keypoints and captioning). Both have 512 learned decoder positions
+(`pos_encoding_dec='learned'`, the only kind implemented here). The detection settings
+(bins, objects, sampling) come from the config's object_detection task.
+
 The output is an ordinary workdir: checkpoints/<global_step> (parameters and batch
 statistics), config.json (the official settings, official/config.py) and
 categories.json (COCO's ids and names for COCO checkpoints; Objects365 ids with
@@ -74,17 +82,38 @@ def locate(checkpoint: str) -> tuple[str, str]:
   return prefix, config_path
 
 
+# model.vocab_size of config.json -> this project's vocabulary (tasks/vocab.py).
+VOCABULARIES = {vocab_lib.OFFICIAL_SIZE: 'official',
+                vocab_lib.OFFICIAL_MULTITASK_SIZE: 'official_multitask'}
+
+
+def vocabulary(model: dict) -> str:
+  """The vocabulary of the official model config: 'official' (3000 ids, the detection
+  checkpoints) or 'official_multitask' (35000, text tokens from 3000); else refused."""
+  size = model.get('vocab_size', vocab_lib.OFFICIAL_SIZE)
+  if size not in VOCABULARIES:
+    raise ConversionError(f'model.vocab_size={size!r} in config.json: this project implements '
+                          f'the official vocabularies of {sorted(VOCABULARIES)} ids only (the '
+                          'released detection and multi-task models).')
+  shift = model.get('text_vocab_shift', vocab_lib.OFFICIAL_TEXT_OFFSET)
+  if VOCABULARIES[size] == 'official_multitask' and shift != vocab_lib.OFFICIAL_TEXT_OFFSET:
+    raise ConversionError(f'model.text_vocab_shift={shift!r} in config.json: the multi-task '
+                          f'vocabulary here has its text tokens from '
+                          f'{vocab_lib.OFFICIAL_TEXT_OFFSET} (the released multi-task models).')
+  return VOCABULARIES[size]
+
+
 def _official_spec(model: dict) -> variants.ModelSpec:
   """Our ModelSpec for the official model config, refusing what we do not implement."""
   fixed = {'name': 'encoder_ar_decoder', 'use_cls_token': False, 'dec_proj_mode': 'mlp',
            'pos_encoding': 'sin_cos', 'pos_encoding_dec': 'learned',
            'shared_decoder_embedding': True, 'decoder_output_bias': True,
-           'vocab_size': vocab_lib.OFFICIAL_SIZE,
            'coord_vocab_shift': vocab_lib.OFFICIAL_COORD_OFFSET}
   for key, want in fixed.items():
     if model.get(key, want) != want:
       raise ConversionError(f'model.{key}={model.get(key)!r} in config.json: this project '
-                            f'implements {key}={want!r} only (the released detection models).')
+                            f'implements {key}={want!r} only (the released models).')
+  vocabulary(model)
   kind = model.get('resnet_variant')
   if kind == 'c1':
     backbone = f"vit_patch{model.get('patch_size')}"
@@ -108,14 +137,26 @@ def _official_spec(model: dict) -> variants.ModelSpec:
                             model['dim_att_dec'], model['dim_mlp_dec'], model['num_heads_dec'])
 
 
+def detection_task(official_config: dict) -> dict:
+  """The config's object_detection task (a multi-task config lists it in `tasks`), or its
+  `task`; {} (the official defaults) for a config without one."""
+  tasks = list(official_config.get('tasks') or []) + [official_config.get('task') or {}]
+  for task in tasks:
+    if task.get('name', 'object_detection') == 'object_detection':
+      return task
+  return {}
+
+
 def project_config(official_config: dict, step: int = 1):
-  """Our config (default.py fields) for the official config.json's model and task.
+  """Our config (default.py fields) for the official config.json's model and its
+  object_detection task (the multi-task checkpoints' other tasks are reached through
+  their prompts in the multi-task vocabulary).
 
   The train section records the official fine-tuning settings with the run's length
   as the checkpoint's `step` (epochs need a dataset size the checkpoint does not have).
   """
   model = official_config['model']
-  task = official_config.get('task') or official_config['tasks'][0]
+  task = detection_task(official_config)
   spec = _official_spec(model)
   names = [name for name, s in variants.VARIANTS.items() if s == spec]
   if not names:
@@ -125,7 +166,7 @@ def project_config(official_config: dict, step: int = 1):
   if height != width:
     raise ConversionError(f'image_size {model["image_size"]}: only square canvases.')
   config = default.get_config()
-  official_settings.apply(config, names[0], int(height))
+  official_settings.apply(config, names[0], int(height), vocabulary(model))
   config.model.max_seq_len = int(model['max_seq_len'])
   config.model.dropout = float(model.get('drop_units', 0.1))
   config.model.drop_path = float(model.get('drop_path', 0.1))
@@ -224,7 +265,8 @@ def convert(checkpoint: str, output: str, categories_path: str | None = None) ->
   config = project_config(official_config, step)
   categories = (read_categories(categories_path, config.data.num_bins) if categories_path
                 else default_categories(official_config))
-  vocab = vocab_lib.for_categories('official', categories.category_ids, config.data.num_bins)
+  vocab = vocab_lib.for_categories(config.model.vocabulary, categories.category_ids,
+                                   config.data.num_bins)
   params, batch_stats = convert_arrays(reader, config, vocab)
   manager = checkpoints.make_manager(output)
   if manager.latest_step() is not None:
