@@ -19,7 +19,29 @@ Train some of the tasks with the config's argument, the tasks' names joined by c
 (`--config=configs/coco_multitask.py:object_detection,instance_segmentation,captioning`);
 change a task's weight with --config.tasks.<task>.weight=... (docs/tasks.md, "Multi-task
 training"). Evaluation scores every task: COCO bbox, segm and keypoint metrics, and the
-caption metrics (BLEU-4, METEOR, ROUGE-L, CIDEr).
+caption metrics (BLEU-4, METEOR, ROUGE-L, CIDEr). A CPU-sized memorisation trial of
+detection, segmentation and captioning on coco_mini's 80 train images (their files for
+both splits; the tokenizer of configs/coco_captioning.py's trial; README.md's results):
+
+  MINI=../shared/data/coco_mini
+  python main.py --workdir=workdirs/multitask_mini \
+      --config=configs/coco_multitask.py:object_detection,instance_segmentation,captioning \
+      --config.data.train_images=$MINI/train2017 --config.data.val_images=$MINI/train2017 \
+      --config.data.train_annotations=$MINI/annotations/instances_train2017.json \
+      --config.data.val_annotations=$MINI/annotations/instances_train2017.json \
+      --config.tasks.captioning.data.train_captions=$MINI/annotations/captions_train2017.json \
+      --config.tasks.captioning.data.val_captions=$MINI/annotations/captions_train2017.json \
+      --config.tasks.captioning.data.tokenizer=workdirs/mini_tokenizer.model \
+      --config.tasks.captioning.data.max_text_len=40 \
+      --config.tasks.instance_segmentation.data.max_points=16 \
+      --config.model.variant=tiny --config.data.image_size=128 --config.data.max_instances=50 \
+      --config.model.max_seq_len=0 --config.data.scale_jitter=False \
+      --config.data.random_flip=False --config.model.dropout=0 --config.model.drop_path=0 \
+      --config.train.compute_dtype=float32 --config.train.epochs=0 --config.train.steps=600 \
+      --config.train.warmup_epochs=0 --config.train.warmup_steps=60 \
+      --config.train.batch_size=8 --config.train.learning_rate=1e-3 \
+      --config.train.log_every=100 --config.train.checkpoint_every=200 \
+      --config.train.eval_every=600 --config.eval.batch_size=16
 """
 
 from configs import coco
@@ -47,7 +69,9 @@ def get_config(tasks: str | None = None):
       scale_max=default.KEYPOINTS_SCALE_MAX,
       random_flip=default.KEYPOINTS_RANDOM_FLIP, **no_sequence_noise))
   config.tasks.captioning = dict(weight=1.0, data=dict(
-      tokenizer='', eos_weight=default.CAPTIONING_EOS_WEIGHT, **no_sequence_noise))
+      tokenizer='', train_captions='', val_captions='',  # '' with data.coco_dir
+      max_text_len=default.CAPTIONING_MAX_TEXT_LEN,
+      eos_weight=default.CAPTIONING_EOS_WEIGHT, **no_sequence_noise))
   if tasks:
     chosen = tasks.split(',')
     unknown = sorted(set(chosen) - set(config.tasks))

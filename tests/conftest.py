@@ -100,6 +100,51 @@ def reference_run(shapes_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def mini_tokenizer(tmp_path_factory):
+  """A SentencePiece model (300 pieces) trained on coco_mini's train captions, once per
+  session."""
+  from pix2seq_jax.data import captions
+  from pix2seq_jax.tasks import tokenizer
+  source = tiny.shared_path('coco_mini', 'annotations', 'captions_train2017.json')
+  folder, lock = _shared_tmp(tmp_path_factory, 'mini_tokenizer')
+  path = os.path.join(folder, 'tokenizer.model')
+  with lock:
+    if not os.path.exists(path):
+      os.makedirs(folder, exist_ok=True)
+      tokenizer.train_tokenizer(captions.load_captions(source).all_texts(), path, 300)
+  return path
+
+
+@pytest.fixture(scope='session')
+def multitask_run(mini_tokenizer, tmp_path_factory):
+  """(workdir, final metrics) of `multi_device_run.multitask_config` (detection,
+  segmentation and captioning on coco_mini) trained its MULTITASK_RUN_STEPS steps without
+  interruption, once per session: what test_multitask's killed run must reproduce and
+  what test_predict_tasks predicts with. METEOR is left out of its evaluations (its Java
+  process takes seconds to start; tests/test_caption_metrics.py checks it)."""
+  import json
+
+  from pix2seq_jax.evaluation import caption_metrics
+  from pix2seq_jax.train import loop
+  from tests import multi_device_run as runs
+  workdir, lock = _shared_tmp(tmp_path_factory, 'multitask_run')
+  done = os.path.join(workdir, 'final_metrics.json')
+  with lock:
+    if not os.path.exists(done):
+      config = runs.multitask_config(tiny.shared_path('coco_mini'), mini_tokenizer)
+      config.train.steps = runs.MULTITASK_RUN_STEPS
+      meteor, caption_metrics._meteor = caption_metrics._meteor, lambda gts, res: 0.0
+      try:
+        final = loop.train_and_evaluate(config, workdir)
+      finally:
+        caption_metrics._meteor = meteor
+      with open(done, 'w') as f:
+        json.dump(final, f)
+  with open(done) as f:
+    return workdir, json.load(f)
+
+
+@pytest.fixture(scope='session')
 def multi_device_run(tmp_path_factory):
   """tests/multi_device_run.py's results, from one process with 8 CPU devices."""
   import json

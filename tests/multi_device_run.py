@@ -117,6 +117,7 @@ def instance_main(folder: str, out: str) -> None:
 
 
 MULTITASK_STEPS = 3
+MULTITASK_RUN_STEPS = 6  # of the session's multi-task run (conftest.multitask_run)
 MULTITASK_WEIGHTS = {'object_detection': 1.0, 'instance_segmentation': 0.5, 'captioning': 2.0}
 
 

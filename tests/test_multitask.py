@@ -21,9 +21,7 @@ import numpy as np
 import pytest
 
 from pix2seq_jax.config import checks, multitask, resolve
-from pix2seq_jax.data import captions
 from pix2seq_jax.evaluation import caption_metrics
-from pix2seq_jax.tasks import tokenizer as tokenizer_lib
 from pix2seq_jax.train import loop
 from tests import multi_device_run
 from tests.tiny import ROOT, killed_at_exit, shared_path
@@ -33,18 +31,9 @@ WEIGHTS = multi_device_run.MULTITASK_WEIGHTS
 TASKS = tuple(WEIGHTS)
 
 
-@pytest.fixture(scope='module')
-def tokenizer_path(tmp_path_factory):
-  read = captions.load_captions(
-      shared_path('coco_mini', 'annotations', 'captions_train2017.json'))
-  path = str(tmp_path_factory.mktemp('tokenizer') / 'tokenizer.model')
-  tokenizer_lib.train_tokenizer(read.all_texts(), path, 300)
-  return path
-
-
 @pytest.fixture
-def config(tokenizer_path):
-  return multi_device_run.multitask_config(shared_path('coco_mini'), tokenizer_path)
+def config(mini_tokenizer):
+  return multi_device_run.multitask_config(shared_path('coco_mini'), mini_tokenizer)
 
 
 @pytest.fixture
@@ -92,8 +81,8 @@ def test_decode_settings_without_detection_are_refused(config):
 
 
 @pytest.fixture(scope='module')
-def setup_and_batch(tokenizer_path):
-  config = multi_device_run.multitask_config(shared_path('coco_mini'), tokenizer_path)
+def setup_and_batch(mini_tokenizer):
+  config = multi_device_run.multitask_config(shared_path('coco_mini'), mini_tokenizer)
   mesh = jax.make_mesh((1,), ('data',), devices=jax.devices()[:1])
   setup = loop.make_setup(config, mesh=mesh)
   return config, setup, next(setup.train_batches())
@@ -123,6 +112,19 @@ def test_the_loss_is_the_weighted_sum_of_the_tasks_losses(one_device):
         sum(WEIGHTS[t] * metrics[f'loss_{t}'] for t in TASKS), rel=1e-5)
   first, last = one_device[0], one_device[-1]
   assert all(last[f'loss_{t}'] < first[f'loss_{t}'] for t in TASKS), one_device
+
+
+def test_two_micro_batches_give_the_same_per_task_losses(setup_and_batch, one_device):
+  """Gradient accumulation (each task's batch split in two, its loss normalised by the
+  whole batch's weights) against the one-batch step."""
+  config, setup, batch = setup_and_batch
+  config = multi_device_run.multitask_config(config.data.coco_dir,
+                                             config.tasks.captioning.data.tokenizer)
+  config.train.grad_accum_steps = 2
+  accumulated = multi_device_run.multitask_losses(config, setup.vocab, batch, 1)
+  for got, want in zip(accumulated, one_device):
+    for key in want:
+      assert got[key] == pytest.approx(want[key], rel=1e-4), key
 
 
 def test_one_and_four_devices_give_the_same_per_task_losses(setup_and_batch, one_device,
@@ -161,7 +163,7 @@ def _logged(workdir: str) -> dict[int, dict[str, float]]:
   return logged
 
 
-KILL_STEPS = 6
+KILL_STEPS = multi_device_run.MULTITASK_RUN_STEPS
 
 
 def _saved_steps(workdir: str) -> list[int]:
@@ -180,33 +182,38 @@ def _config_file(folder, coco_dir: str, tokenizer: str) -> str:
   return path
 
 
-def test_a_multitask_run_killed_and_resumed_equals_an_uninterrupted_one(
-    config, tmp_path, no_meteor):
-  config.train.steps = KILL_STEPS
-  uninterrupted = str(tmp_path / 'uninterrupted')
-  final = loop.train_and_evaluate(config, uninterrupted)
+def test_an_uninterrupted_run_evaluates_every_task(multitask_run):
+  workdir, final = multitask_run
   assert {key.split('/')[0] for key in final} == set(TASKS)
   assert {'object_detection/AP', 'instance_segmentation/AP', 'captioning/CIDEr',
           'captioning/val_loss'} <= set(final)
   for name in TASKS:
-    assert os.path.exists(os.path.join(uninterrupted, name, 'eval', f'step_{KILL_STEPS}',
+    assert os.path.exists(os.path.join(workdir, name, 'eval', f'step_{KILL_STEPS}',
                                        'metrics.json'))
+  with open(os.path.join(workdir, 'data_report.json')) as f:
+    assert set(json.load(f)) == set(TASKS)
+
+
+@pytest.mark.xdist_group('multitask_run')
+def test_a_multitask_run_killed_and_resumed_equals_an_uninterrupted_one(
+    config, multitask_run, tmp_path, no_meteor):
+  uninterrupted, final = multitask_run
+  config.train.steps = KILL_STEPS
   workdir = str(tmp_path / 'killed')
   config_path = _config_file(tmp_path, config.data.coco_dir,
                              config.tasks.captioning.data.tokenizer)
   command = [sys.executable, os.path.join(ROOT, 'main.py'), f'--config={config_path}',
              f'--workdir={workdir}']
-  saved = lambda: _saved_steps(workdir)
   with killed_at_exit([subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)]) as (process,):
-    while len(saved()) < 2:
+    while len(_saved_steps(workdir)) < 2:
       assert process.poll() is None, 'the run ended before its second checkpoint'
       time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
   assert process.returncode == -signal.SIGKILL
-  assert saved()[-1] < KILL_STEPS, saved()
+  assert _saved_steps(workdir)[-1] < KILL_STEPS, _saved_steps(workdir)
   resumed = loop.train_and_evaluate(config, workdir)
   assert _logged(workdir) == _logged(uninterrupted)
   assert sorted(_logged(workdir)) == list(range(1, KILL_STEPS + 1))
-  assert resumed == final
+  assert resumed == pytest.approx(final, rel=1e-12)
