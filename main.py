@@ -5,11 +5,15 @@
   predict  detect objects in --images=GLOB, write --output=FILE.json, draw into --draw_dir
            those scored at least --draw_threshold (the workdir's config; --config, if
            given, supplies only the decode settings); a workdir of an instance task
-           (segmentation, keypoints) reads the objects of --boxes=FILE.json
+           (segmentation, keypoints) reads the objects of --boxes=FILE.json; captioning
+           writes one caption per image (no drawing)
   export   write --workdir's latest checkpoint to --output=DIR as a jax.export program and a
            TensorFlow SavedModel (pix2seq_jax/deploy/export.py; --config: decode settings;
-           an instance task's workdir: its decode program, no SavedModel)
+           an instance task or captioning: its decode program, no SavedModel)
   summary  print the model's parameters per module and `total_params=N` (no --workdir)
+
+A multi-task workdir (config.tasks) predicts or exports one of its tasks: --task=NAME
+(default its config.task).
 
 Several hosts: run the same command on every host with --coordinator_address=HOST:PORT
 --num_processes=N --process_id=I, or under SLURM / Open MPI with nothing added: one task
@@ -36,6 +40,9 @@ flags.DEFINE_string('boxes', None,
                     'keypoints of: a predict JSON of a detection workdir, or a COCO results '
                     'or annotations file.')
 flags.DEFINE_string('draw_dir', None, 'predict: a folder for the images with boxes drawn.')
+flags.DEFINE_string('task', None,
+                    'predict, export: the task of a multi-task workdir to run (default the '
+                    'workdir\'s config.task).')
 flags.DEFINE_float('min_score', 0.0, 'predict: drop detections scored below this.')
 flags.DEFINE_float('draw_threshold', 0.3,
                    'predict: draw into --draw_dir only the detections scored at least this '
@@ -77,8 +84,9 @@ def main(argv):
   if not 0.0 <= FLAGS.draw_threshold <= 1.0:
     raise app.UsageError(f'--draw_threshold={FLAGS.draw_threshold} must be a score in [0, 1] '
                          '(default 0.3).')
-  if mode not in ('predict', 'export') and FLAGS['output'].present:
-    raise app.UsageError(f'--output is a flag of --mode=predict and export, not of {mode}.')
+  for name in ('output', 'task'):
+    if mode not in ('predict', 'export') and FLAGS[name].present:
+      raise app.UsageError(f'--{name} is a flag of --mode=predict and export, not of {mode}.')
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_quiet_orbax)
   overrides = tuple(config_flags.get_override_values(FLAGS['config'])) if FLAGS.config else ()
@@ -114,15 +122,17 @@ def _run(mode: str, overrides: tuple[str, ...]) -> None:
   if mode in ('predict', 'export') and FLAGS.config is not None:  # only the decode settings
     checks.validate(FLAGS.config, mode='predict', overrides=overrides)
     decode = FLAGS.config.decode.to_dict()
+  task = _chosen_task(mode) if mode in ('predict', 'export') else None
   if mode == 'predict':  # no TensorFlow: the Predictor reads files with PIL
     from pix2seq_jax.inference import predictor
     predictor.predict_files(FLAGS.workdir, FLAGS.images, FLAGS.output, FLAGS.draw_dir,
                             min_score=FLAGS.min_score, decode=decode,
-                            draw_threshold=FLAGS.draw_threshold, boxes=FLAGS.boxes)
+                            draw_threshold=FLAGS.draw_threshold, boxes=FLAGS.boxes,
+                            task=task)
     return
   if mode == 'export':
     from pix2seq_jax.deploy import export
-    manifest = export.export_workdir(FLAGS.workdir, FLAGS.output, decode=decode)
+    manifest = export.export_workdir(FLAGS.workdir, FLAGS.output, decode=decode, task=task)
     print(f'Exported step {manifest["checkpoint_step"]} of {FLAGS.workdir} to {FLAGS.output}: '
           f'{", ".join(sorted(manifest["sha256"]))}'
           f'{", saved_model/" if manifest["saved_model"] else ""}.')
@@ -141,6 +151,23 @@ def _run(mode: str, overrides: tuple[str, ...]) -> None:
   except preemption.Preempted as stopped:
     print(stopped, file=sys.stderr)
     sys.exit(stopped.exit_code)
+
+
+def _chosen_task(mode: str) -> str:
+  """--task, or the workdir's config.task; refuses a task the workdir was not trained for
+  and --draw_dir for captioning."""
+  from pix2seq_jax.config import multitask, workdir_config
+  trained = workdir_config.load(FLAGS.workdir)
+  tasks = multitask.task_names(trained)
+  task = FLAGS.task or trained.task
+  if task not in tasks:
+    raise app.UsageError(f'--task={task}: {FLAGS.workdir} was trained for '
+                         f'{", ".join(tasks)}; give one of them.')
+  if mode == 'predict' and task == 'captioning' and FLAGS.draw_dir:
+    raise app.UsageError('--draw_dir: the drawings are for boxes, masks and keypoints; '
+                         'captioning writes its captions to --output only. Leave --draw_dir '
+                         'out.')
+  return task
 
 
 def _user_errors() -> tuple[type[Exception], ...]:

@@ -83,3 +83,26 @@ def test_notebook_scores_an_instance_segmentation_workdir(tmp_path, monkeypatch)
     assert f'\n{key:>6}  ' in text
   figures = [out for out in outputs if 'image/png' in out.get('data', {})]
   assert len(figures) == 3  # per-category AP, precision-recall, the image grid
+
+
+@pytest.mark.slow
+def test_notebook_shows_each_task_of_a_multitask_workdir(multitask_run, monkeypatch):
+  """A multi-task workdir (detection, segmentation, captioning; conftest.multitask_run):
+  the table of each task's training evaluations, then its captioning task's captions of 2
+  val images beside their references."""
+  from pix2seq_jax.evaluation import caption_metrics
+  from tests import multi_device_run
+  text, outputs = _run_notebook(monkeypatch, PIX2SEQ_WORKDIR=multitask_run[0],
+                                PIX2SEQ_MAX_IMAGES='2', PIX2SEQ_TASK='captioning')
+  assert 'multi-task workdir: object_detection, instance_segmentation, captioning' in text
+  assert 'task captioning: captions' in text
+  tables = dict(part.split(':\n', 1)  # {task: its table, and what follows the last}
+                for part in text.split('\ntraining evaluations of ')[1:])
+  assert list(tables) == ['object_detection', 'instance_segmentation', 'captioning']
+  last = f'\n{multi_device_run.MULTITASK_RUN_STEPS:>8} '  # training's evaluation at the end
+  assert all(last in table for table in tables.values())
+  assert 'AP50' in tables['object_detection'] and 'AP50' in tables['instance_segmentation']
+  assert all(key in tables['captioning'] for key in caption_metrics.METRIC_KEYS)
+  assert '2 images, 2 captions' in text and text.count('    reference: ') >= 2
+  figures = [out for out in outputs if 'image/png' in out.get('data', {})]
+  assert len(figures) == 1  # the images with their captions

@@ -1,4 +1,5 @@
-"""The whole detector as one pure JAX function: canvases in, detections out.
+"""The whole detector as one pure JAX function: canvases in, detections out (and the
+decoding of the other tasks as one function each: `instance_fn`, `caption_fn`).
 
 `detector_fn` joins the model's weights with the cached decoding of `inference/decoding.py`
 and reads the token sequences back into fixed-size arrays inside the same program, so it
@@ -26,7 +27,7 @@ from flax import nnx
 
 from pix2seq_jax.data import coco_json
 from pix2seq_jax.inference import decoding
-from pix2seq_jax.tasks import detection
+from pix2seq_jax.tasks import captioning, detection
 from pix2seq_jax.tasks import vocab as vocab_lib
 
 OUTPUTS = ('boxes', 'classes', 'scores', 'num_detections')
@@ -90,5 +91,23 @@ def instance_fn(config: ml_collections.FrozenConfigDict, graphdef: nnx.GraphDef,
     outputs = task.outputs(state.tokens, state.token_probs, state.task_state)
     outputs = outputs._asdict() if hasattr(outputs, '_asdict') else {'points': outputs}
     return {k: v.reshape(batch, -1, *v.shape[1:]) for k, v in outputs.items()}
+
+  return decode
+
+
+def caption_fn(config: ml_collections.FrozenConfigDict, graphdef: nnx.GraphDef,
+               task: captioning.CaptioningTask, step: int) -> Callable:
+  """Captioning's decoding as one function: (params, batch_stats, canvases [B, S, S, 3]
+  float32) -> (tokens [B, L] int32, token_probs [B, L] float32), L = data.max_text_len,
+  decoded as the Predictor of the same workdir and checkpoint `step` decodes them
+  (`sharded_decode.CaptionDecodeFn`: its task, sampling settings and key); the text is
+  read from the tokens on the host (`inference/captions.py`)."""
+
+  def decode(params, batch_stats, canvases):
+    model = nnx.merge(graphdef, params, batch_stats)
+    rng = jax.random.fold_in(jax.random.key(config.seed), step)
+    state = decoding.decode(model, canvases, task, length=task.length, rng=rng,
+                            **task.sampling())
+    return task.outputs(state.tokens, state.token_probs, state.task_state)
 
   return decode

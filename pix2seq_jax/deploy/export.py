@@ -28,6 +28,23 @@ A workdir of an instance task (segmentation, keypoints) exports its decoding ins
 No SavedModel: the masks and keypoints are read on the host (`inference/instances.py`),
 which a TensorFlow-only runtime would have to re-implement; `serving.load` returns a
 callable that takes images and boxes as the Predictor does.
+
+A captioning workdir (or task) exports its decoding likewise:
+
+  captions.jax       `jax.export` of `detector.caption_fn`: (weights, canvases [b, S, S, 3]
+                     float32) -> (tokens [b, L] int32, token_probs [b, L] float32), b
+                     symbolic, L = data.max_text_len, lowered for CPU and CUDA.
+  tokenizer.model    the workdir's SentencePiece model (its SHA-256 in export.json), which
+                     turns the tokens into text.
+  weights.npz, export.json as above (export.json also holds the task, max_text_len and
+                     the tokenizer).
+
+No SavedModel either: the text is made on the host by SentencePiece, outside any
+TensorFlow graph; `serving.load` returns a callable that gives each image's caption and
+score as the Predictor does.
+
+A multi-task workdir (`config.tasks`) exports one of its tasks' programs, `task` (default
+its config.task), each as the single-task workdir of that task would be exported.
 """
 
 from __future__ import annotations
@@ -52,6 +69,8 @@ from pix2seq_jax.runtime import precision
 
 SAVED_MODEL = 'saved_model'
 INSTANCE_PROGRAM = 'instances.jax'
+CAPTION_PROGRAM = 'captions.jax'
+TOKENIZER = 'tokenizer.model'
 PLATFORMS = ('cpu', 'cuda')
 
 
@@ -108,7 +127,6 @@ def _export_instances(predictor: predictor_lib.Predictor, workdir: str, output: 
           jax.ShapeDtypeStruct((batch, n, task.prompt_length), jnp.int32))
   with open(os.path.join(output, INSTANCE_PROGRAM), 'wb') as f:
     f.write(exported.serialize())
-  vocab = predictor.vocab
   settings = {k: getattr(task, k) for k in ('mode', 'temperature', 'top_k', 'top_p',
                                            'max_points', 'num_samples', 'threshold',
                                            'suppress_invisible', 'points_score_weight')
@@ -116,6 +134,7 @@ def _export_instances(predictor: predictor_lib.Predictor, workdir: str, output: 
   manifest = {
       'format': serving.FORMAT,
       'task': config.task,
+      'workdir_tasks': list(predictor.tasks),
       'pix2seq_jax_version': pix2seq_jax.__version__,
       'jax_version': jax.__version__,
       'workdir': os.path.abspath(workdir),
@@ -127,9 +146,7 @@ def _export_instances(predictor: predictor_lib.Predictor, workdir: str, output: 
       'saved_model': None,
       'platforms': list(platforms),
       'num_weights': len(weights),
-      'vocabulary': {'layout': vocab.layout, 'num_classes': vocab.num_classes,
-                     'num_bins': vocab.num_bins, 'size': vocab.size,
-                     'coord_offset': vocab.coord_offset, 'padding': vocab.padding},
+      'vocabulary': _vocabulary(predictor),
       'categories': predictor.categories.to_json(),
       'max_instances': config.data.max_instances,
       'outputs': ({'points': '[b, n * k, 2P] float32 (y, x) normalised to the canvas, or '
@@ -145,19 +162,88 @@ def _export_instances(predictor: predictor_lib.Predictor, workdir: str, output: 
   return manifest
 
 
+def _vocabulary(predictor: predictor_lib.Predictor) -> dict:
+  """What serving needs to rebuild the vocabulary (with the manifest's categories)."""
+  vocab = predictor.vocab
+  return {'layout': vocab.layout, 'num_classes': vocab.num_classes,
+          'num_bins': vocab.num_bins, 'size': vocab.size, 'coord_offset': vocab.coord_offset,
+          'padding': vocab.padding}
+
+
+def _export_captions(predictor: predictor_lib.Predictor, workdir: str, output: str,
+                     platforms: tuple[str, ...]) -> dict:
+  """Captioning's decoding program (CAPTION_PROGRAM), weights, tokenizer and manifest."""
+  config, task = predictor.config, predictor.task
+  decode = detector.caption_fn(config, build.model_graphdef(config, predictor.vocab), task,
+                               predictor.step)
+  weights, trees = _weights(predictor)
+
+  def run(weights, canvases):
+    return decode(*trees(weights), canvases)
+
+  size = predictor.size
+  os.makedirs(output, exist_ok=True)
+  np.savez(os.path.join(output, serving.WEIGHTS), *weights)
+  shutil.copyfile(predictor.tokenizer.path, os.path.join(output, TOKENIZER))
+  batch = jax.export.symbolic_shape('b')[0]
+  logging.info('Exporting the captioning decoder on the %dx%d canvas (%s) ...', size, size,
+               CAPTION_PROGRAM)
+  exported = jax.export.export(
+      jax.jit(precision.traced(run, config.train.matmul_precision)), platforms=platforms)(
+          [jax.ShapeDtypeStruct(w.shape, w.dtype) for w in weights],
+          jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32))
+  with open(os.path.join(output, CAPTION_PROGRAM), 'wb') as f:
+    f.write(exported.serialize())
+  files = (serving.WEIGHTS, CAPTION_PROGRAM, TOKENIZER)
+  digests = {name: serving.sha256(os.path.join(output, name)) for name in files}
+  manifest = {
+      'format': serving.FORMAT,
+      'task': config.task,
+      'workdir_tasks': list(predictor.tasks),
+      'pix2seq_jax_version': pix2seq_jax.__version__,
+      'jax_version': jax.__version__,
+      'workdir': os.path.abspath(workdir),
+      'checkpoint_step': predictor.step,
+      'canvas_size': size,
+      'program': {'file': CAPTION_PROGRAM},
+      'max_text_len': config.data.max_text_len,
+      'tokenizer': {'file': TOKENIZER, 'sha256': digests[TOKENIZER],
+                    'vocab_size': predictor.tokenizer.vocab_size},
+      'task_settings': {k: getattr(task, k) for k in ('mode', 'temperature', 'top_k', 'top_p',
+                                                       'length', 'num_pieces')},
+      'saved_model': None,
+      'platforms': list(platforms),
+      'num_weights': len(weights),
+      'vocabulary': dict(_vocabulary(predictor), text_offset=predictor.vocab.text_offset),
+      'categories': predictor.categories.to_json(),
+      'outputs': {'tokens': '[b, max_text_len] int32: text tokens (text_offset + piece id) '
+                            'up to the caption\'s EOS, then padding 0',
+                  'token_probs': '[b, max_text_len] float32, 0 past the EOS'},
+      'sha256': digests,
+  }
+  with open(os.path.join(output, serving.MANIFEST), 'w') as f:
+    json.dump(manifest, f, indent=1)
+  return manifest
+
+
 def export_workdir(workdir: str, output: str, decode: dict | None = None,
                    step: int | None = None, saved_model: bool | None = None,
-                   platforms: tuple[str, ...] = PLATFORMS) -> dict:
+                   platforms: tuple[str, ...] = PLATFORMS, task: str | None = None) -> dict:
   """Writes the export of `workdir`'s checkpoint (default: the latest) to `output`;
-  returns the manifest. `decode` overrides the workdir's decode settings. `saved_model`
-  (default: for a detection workdir) also writes the TensorFlow SavedModel, which an
-  instance task's workdir does not have."""
-  predictor = predictor_lib.Predictor(workdir, step=step, decode=decode)
+  returns the manifest. `decode` overrides the workdir's decode settings (detection's).
+  `saved_model` (default: for detection) also writes the TensorFlow SavedModel, which the
+  other tasks do not have. `task`: which task of a multi-task workdir (default its
+  config.task)."""
+  predictor = predictor_lib.Predictor(workdir, step=step, decode=decode, task=task)
   if predictor.task is not None:
     if saved_model:
+      what = ('its captions are made on the host by SentencePiece'
+              if predictor.tokenizer is not None else
+              'its masks and keypoints are read on the host')
       raise ValueError(f'{workdir} was trained for {predictor.config.task}: its export is a '
-                       'jax.export program only (its masks and keypoints are read on the '
-                       'host); export it without saved_model.')
+                       f'jax.export program only ({what}); export it without saved_model.')
+    if predictor.tokenizer is not None:
+      return _export_captions(predictor, workdir, output, platforms)
     return _export_instances(predictor, workdir, output, platforms)
   saved_model = True if saved_model is None else saved_model
   run, weights = _flat_detector(predictor)
@@ -187,6 +273,8 @@ def export_workdir(workdir: str, output: str, decode: dict | None = None,
   vocab = predictor.vocab
   manifest = {
       'format': serving.FORMAT,
+      'task': config.task,
+      'workdir_tasks': list(predictor.tasks),
       'pix2seq_jax_version': pix2seq_jax.__version__,
       'jax_version': jax.__version__,
       'workdir': os.path.abspath(workdir),

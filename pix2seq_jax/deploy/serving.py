@@ -3,9 +3,11 @@
   detector = pix2seq_jax.deploy.serving.load('exported/')
   per_image = detector(['a.jpg', grey_array, rgba_array])  # as Predictor(workdir)(...)
 
-Needs only jax, numpy and PIL (and pycocotools for masks): no Flax, no model code, no
-TensorFlow. An instance task's export (segmentation, keypoints) loads as
-`ExportedInstances`, called with images and boxes as that workdir's Predictor. Images are put on
+Needs only jax, numpy and PIL (and pycocotools for masks, sentencepiece for captions): no
+Flax, no model code, no TensorFlow. An instance task's export (segmentation, keypoints)
+loads as `ExportedInstances`, called with images and boxes as that workdir's Predictor; a
+captioning export as `ExportedCaptioner`, which gives each image's caption and score as the
+Predictor does (the export's own copy of the tokenizer makes the text). Images are put on
 canvases exactly as the Predictor puts them (`data/canvas.py`), batches are padded to a
 fixed size, and each canvas shape's deserialised program is compiled once per process
 and kept in the persistent compilation cache (`compilation_cache.py`) across processes.
@@ -22,10 +24,11 @@ import jax
 import numpy as np
 
 from pix2seq_jax.data import canvas, coco_json
-from pix2seq_jax.inference import detections, instance_predict
+from pix2seq_jax.inference import captions, detections, instance_predict
 from pix2seq_jax.inference import images as images_lib
 from pix2seq_jax.runtime import compilation_cache, xla_cpu_flags
-from pix2seq_jax.tasks import keypoints, segmentation
+from pix2seq_jax.tasks import captioning, keypoints, segmentation
+from pix2seq_jax.tasks import tokenizer as tokenizer_lib
 from pix2seq_jax.tasks import vocab as vocab_lib
 
 FORMAT = 1  # the export format this module reads (deploy/export.py writes it)
@@ -164,9 +167,46 @@ class ExportedInstances:
                                     return_masks)
 
 
-def load(directory: str, batch_size: int = 8) -> ExportedDetector | ExportedInstances:
-  """The detector (or an instance task's decoder) exported to `directory`, checked (format,
-  SHA-256) and deserialised."""
+class ExportedCaptioner:
+  """The captioning decoder of an export, with its tokenizer. Call it on images like a
+  captioning `Predictor`: per image [{'caption': str, 'score': float}]."""
+
+  def __init__(self, directory: str, batch_size: int = 8):
+    self.manifest, self._weights = _read_folder(directory)
+    self._program = _program(os.path.join(directory, self.manifest['program']['file']))
+    self.size = int(self.manifest['canvas_size'])
+    self.tokenizer = tokenizer_lib.TextTokenizer(
+        os.path.join(directory, self.manifest['tokenizer']['file']))
+    layout = self.manifest['vocabulary']
+    category_ids = [c['id'] for c in self.manifest['categories']]
+    self.vocab = vocab_lib.for_categories(layout['layout'], category_ids, layout['num_bins'])
+    self.batch_size = batch_size
+
+  def decode_canvases(self, canvases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 canvases [B, S, S, 3] -> (tokens [B, L] int32, token_probs [B, L])."""
+    tokens, probs = self._program(self._weights, np.asarray(canvases, np.float32))
+    return np.asarray(tokens), np.asarray(probs)
+
+  def __call__(self, images: Sequence[str | np.ndarray]) -> list[list[dict]]:
+    """Per image, [{'caption': str, 'score': float}]: file paths or uint8 arrays."""
+    arrays = images_lib.as_arrays(images)
+    out: list[list[dict]] = [[] for _ in arrays]
+    shapes = [(self.size, self.size)]  # the evaluation pipeline's square, as the Predictor
+    for indices, canvases, _ in canvas.canvas_batches(arrays, self.size, shapes,
+                                                      self.batch_size):
+      tokens, probs = self.decode_canvases(canvases)
+      texts = captions.caption_texts(tokens, self.tokenizer, self.vocab)
+      for row, index in enumerate(indices):
+        out[index] = [{'caption': texts[row], 'score': captioning.caption_score(probs[row])}]
+    return out
+
+
+Exported = ExportedDetector | ExportedInstances | ExportedCaptioner
+
+
+def load(directory: str, batch_size: int = 8) -> Exported:
+  """The detector (or an instance task's decoder, or the captioner) exported to
+  `directory`, checked (format, SHA-256) and deserialised."""
   task = None
   try:
     with open(os.path.join(directory, MANIFEST)) as f:
@@ -174,6 +214,8 @@ def load(directory: str, batch_size: int = 8) -> ExportedDetector | ExportedInst
     task = content.get('task') if isinstance(content, dict) else None
   except (OSError, ValueError):
     pass  # ExportedDetector says what is wrong
+  if task == 'captioning':
+    return ExportedCaptioner(directory, batch_size)
   if task and task != 'object_detection':
     return ExportedInstances(directory, batch_size)
   return ExportedDetector(directory, batch_size)
