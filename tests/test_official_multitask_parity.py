@@ -1,5 +1,5 @@
 """Converted official multi-task (Pix2Seq-v2) checkpoints compute the official model's
-function, for every task prompt.
+function, for every task prompt, and are multi-task workdirs the Predictor reads.
 
 The fixture tests/fixtures/official_multitask (README there) was made by the official code
 (benchmarks/official_multitask_oracle.py): the official `configs/config_multi_task.py`
@@ -13,10 +13,8 @@ benchmarks/official_multitask_parity.py (BENCHMARKS.md).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -25,19 +23,25 @@ import pytest
 from flax import nnx
 from pycocotools import mask as coco_mask
 
-from pix2seq_jax.data import coco_json
+from pix2seq_jax.config import multitask, workdir_config
+from pix2seq_jax.data import captions, coco_json
 from pix2seq_jax.inference import decoding, detections
 from pix2seq_jax.inference.predictor import Predictor
 from pix2seq_jax.models import build
 from pix2seq_jax.official import convert as convert_official
 from pix2seq_jax.official import names as official_names
-from pix2seq_jax.tasks import detection, keypoints, segmentation
+from pix2seq_jax.official import tasks as official_tasks
+from pix2seq_jax.tasks import captioning, detection, keypoints, segmentation
+from pix2seq_jax.tasks import tokenizer as tokenizer_lib
 from pix2seq_jax.tasks import vocab as vocab_lib
+from pix2seq_jax.workdir import files as workdir_lib
+from pix2seq_jax.workdir import tokenizer_file
 from tests import tiny
 
 FIXTURE = os.path.join(tiny.ROOT, 'tests', 'fixtures', 'official_multitask')
 PROMPTS = (10, 11, 12, 13)  # detection, segmentation, keypoints, captioning
-TEXT_PIECES = 32000  # the official SentencePiece model's pieces (c4_en_32k)
+TEXT_PIECES = vocab_lib.MAX_TEXT_PIECES  # the official SentencePiece model's (c4_en_32k)
+TASKS = ('object_detection', 'instance_segmentation', 'keypoint_detection', 'captioning')
 # Every category id the class tokens hold: a random model predicts any of them, and the
 # official post-processing keeps every class > 0.
 EVERY_ID = tuple(range(1, 900))
@@ -67,7 +71,7 @@ def oracle() -> dict:
 def test_the_converter_reads_the_multitask_folder(converted):
   workdir, info = converted
   assert info == {'step': 1234, 'variant': 'vit_multitask_nano', 'image_size': 32,
-                  'arrays': 63}
+                  'arrays': 63, 'tasks': list(TASKS[:3])}  # captioning: no --tokenizer
   with open(os.path.join(workdir, 'config.json')) as f:
     config = json.load(f)
   assert config['model']['vocabulary'] == 'official_multitask'
@@ -75,6 +79,90 @@ def test_the_converter_reads_the_multitask_folder(converted):
   assert config['decode']['mode'] == 'official' and config['decode']['top_p'] == 0.4
   with open(os.path.join(workdir, 'categories.json')) as f:
     assert len(json.load(f)) == 80  # COCO's, as for detection
+
+
+def test_the_workdir_holds_each_official_task_with_its_settings(converted):
+  """config.json's tasks as config.tasks entries: their weights, and the settings our
+  data fields mirror (the fixture's: 2 test objects of 16 points for segmentation)."""
+  workdir, _ = converted
+  config = workdir_config.load(workdir)  # validated
+  assert multitask.task_names(config) == TASKS[:3] and config.task == 'object_detection'
+  assert config.model.max_seq_len == 512
+  assert all(multitask.weight(config, name) == 1.0 for name in TASKS[:3])
+  detection_data = multitask.task_config(config, 'object_detection').data
+  assert (detection_data.max_instances, detection_data.eos_weight) == (10, 0.1)
+  segmentation_data = multitask.task_config(config, 'instance_segmentation').data
+  assert (segmentation_data.max_instances, segmentation_data.max_points,
+          segmentation_data.eos_weight, segmentation_data.scale_max,
+          segmentation_data.random_flip) == (2, 16, 1.0, 1.0, True)
+  keypoint_data = multitask.task_config(config, 'keypoint_detection').data
+  assert (keypoint_data.max_instances, keypoint_data.max_points, keypoint_data.eos_weight,
+          keypoint_data.invisible_weight, keypoint_data.crop_pad,
+          keypoint_data.random_flip) == (1, 17, 0.0, 0.1, 0.5, False)
+  for name in TASKS[1:3]:
+    data = multitask.task_config(config, name).data
+    assert not data.noise_objects and not data.corrupt_classes
+  with pytest.raises(ValueError, match=r"task='captioning': .* was trained for "
+                                       r"\['object_detection', 'instance_segmentation', "
+                                       r"'keypoint_detection'\]"):
+    Predictor(workdir, task='captioning')
+
+
+@pytest.fixture(scope='module')
+def captioned(tmp_path_factory) -> tuple[str, str]:
+  """(workdir, tokenizer): the fixture converted with --tokenizer, a 300-piece
+  SentencePiece model trained on coco_mini's captions (the official c4_en_32k_spm.model
+  is not in the repository)."""
+  texts = captions.load_captions(tiny.shared_path(
+      'coco_mini', 'annotations', 'captions_train2017.json')).all_texts()
+  folder = tmp_path_factory.mktemp('official_multitask_captioning')
+  tokenizer = str(folder / 'tokenizer.model')
+  tokenizer_lib.train_tokenizer(texts, tokenizer, 300)
+  workdir = str(folder / 'workdir')
+  assert convert_official.convert(FIXTURE, workdir, tokenizer=tokenizer)['tasks'] == list(TASKS)
+  return workdir, tokenizer
+
+
+def test_each_task_of_the_converted_workdir_predicts(captioned, oracle):
+  workdir, tokenizer = captioned
+  config = workdir_config.load(workdir)
+  assert multitask.task_names(config) == TASKS
+  caption_data = multitask.task_config(config, 'captioning').data
+  assert (caption_data.max_text_len, caption_data.captions_per_image,
+          caption_data.eos_weight, caption_data.text_dropout) == (128, 5, 0.1, 0.5)
+  assert caption_data.tokenizer == os.path.join(workdir, workdir_lib.TOKENIZER)
+  assert tokenizer_file.sha256_of(caption_data.tokenizer) == tokenizer_file.sha256_of(tokenizer)
+  # Each task's Predictor; keypoints (from a box) and captioning decode an image. The
+  # detection and segmentation decodings of this model are the greedy parity above, and
+  # their Predictors decode on a multi-task workdir in tests/test_predict_tasks.py (here
+  # they would add ~10 s of compilation and segmentation's 16 sampled rows).
+  image = [oracle['pixels'][0]]  # uint8 [32, 32, 3]
+  box = [[{'bbox': [4.0, 6.0, 20.0, 16.0], 'category_id': keypoints.PERSON_CLASS}]]
+  detector = Predictor(workdir, batch_size=1)  # object_detection, its config.task
+  assert detector.config.task == 'object_detection' and detector.task is None
+  assert detector.config.decode.mode == 'official' and detector.step == 1234
+  segmenter = Predictor(workdir, task='instance_segmentation', batch_size=1)
+  assert segmenter.task.max_points == 16 and segmenter.config.data.max_instances == 2
+  (person,), = Predictor(workdir, task='keypoint_detection', batch_size=1)(image, boxes=box)
+  assert person['category_id'] == keypoints.PERSON_CLASS
+  assert len(person['keypoints']) == 3 * keypoints.NUM_KEYPOINTS
+  captioner = Predictor(workdir, task='captioning', batch_size=1)
+  assert captioner.tokenizer.vocab_size == 300 and captioner.task.length == 128
+  (written,), = captioner(image)
+  assert isinstance(written['caption'], str) and 0.0 <= written['score'] <= 1.0
+
+
+def test_the_converter_refuses_a_tokenizer_without_captioning(tmp_path):
+  """--tokenizer is checked before the checkpoint is read: a detection checkpoint has no
+  captioning, and a file that is not a SentencePiece model is named."""
+  detection = os.path.join(tiny.ROOT, 'tests', 'fixtures', 'official_vit_nano')
+  bad = tmp_path / 'bad.model'
+  bad.write_bytes(b'not a model')
+  with pytest.raises(convert_official.ConversionError, match='has no captioning task'):
+    convert_official.convert(detection, str(tmp_path / 'a'), tokenizer=str(bad))
+  with pytest.raises(convert_official.ConversionError, match=r'--tokenizer: .*bad\.model'):
+    convert_official.convert(FIXTURE, str(tmp_path / 'b'), tokenizer=str(bad))
+  assert not os.path.exists(tmp_path / 'a') and not os.path.exists(tmp_path / 'b')
 
 
 def test_logits_equal_the_official_model_for_each_task_prompt(predictor, oracle):
@@ -88,38 +176,6 @@ def test_logits_equal_the_official_model_for_each_task_prompt(predictor, oracle)
     np.testing.assert_allclose(np.abs(ours[row]).max(-1), oracle['logit_absmax'][row],
                                rtol=0, atol=1e-4 * scale)
     np.testing.assert_array_equal(ours[row].argmax(-1), oracle['logit_argmax'][row])
-
-
-@dataclasses.dataclass(frozen=True)
-class _CaptionTask:
-  """Captioning's decoding hooks (`tasks/task.py`): prompt 13, no constraint, no stop (the
-  official `CaptioningTask.infer` samples every token), the tokens as its output."""
-
-  vocab: vocab_lib.Vocabulary
-  stop_tokens: ClassVar[tuple[int, ...]] = ()
-
-  @property
-  def prompt(self) -> int:
-    return self.vocab.prompt('captioning')
-
-  def init_state(self, batch, length):
-    return ()
-
-  def allowed(self, position, tokens, state):
-    return None
-
-  def update(self, state, position, logits, probs, token, done):
-    return state
-
-  def outputs(self, tokens, token_probs, state):
-    return tokens
-
-
-def _caption_pieces(tokens: np.ndarray) -> np.ndarray:
-  """The pieces the official captioning hands its detokenizer: token - 3000 where not
-  padding, clipped to the SentencePiece ids."""
-  pieces = np.where(tokens == vocab_lib.PADDING, 0, tokens - vocab_lib.OFFICIAL_TEXT_OFFSET)
-  return np.clip(pieces, 0, TEXT_PIECES - 1)
 
 
 @pytest.fixture(scope='module')
@@ -136,7 +192,10 @@ def greedy(predictor, oracle) -> dict:
               2 * points, (oracle['seg_box'], oracle['seg_label'])),
       'kp': (keypoints.KeypointTask(vocab), keypoints.NUM_KEYPOINTS * 2,
              (oracle['kp_box'], oracle['kp_label'])),
-      'cap': (_CaptionTask(vocab), oracle['cap_tokens'].shape[1], None),
+      # The official captioning samples every token; ours stops a row at its text EOS,
+      # which this fixture's greedy rows never hold (test_greedy_decoding_...).
+      'cap': (captioning.CaptioningTask(vocab, length=oracle['cap_tokens'].shape[1]),
+              oracle['cap_tokens'].shape[1], None),
   }
 
   @jax.jit
@@ -167,6 +226,8 @@ def test_greedy_decoding_equals_the_official_token_for_token(greedy, oracle):
   assert redrawn.any()
   np.testing.assert_array_equal(tokens, oracle['kp_intended'])
   np.testing.assert_array_equal(tokens[~redrawn], oracle['kp_tokens'][~redrawn])
+  assert (oracle['cap_tokens'] != vocab_lib.OFFICIAL_TEXT_OFFSET
+          + vocab_lib.TEXT_EOS_PIECE).all()  # no stop: the official rows are whole
   np.testing.assert_array_equal(greedy['cap'][0], oracle['cap_tokens'])
   # Segmentation: a row ends at its first padding token (the parser reads nothing after
   # it, the official samples on): equal up to there, padding after.
@@ -255,7 +316,9 @@ def test_keypoints_equal_the_official_post_processing(greedy, predictor, oracle)
 
 
 def test_caption_pieces_equal_the_official_post_processing(greedy, oracle):
-  np.testing.assert_array_equal(_caption_pieces(greedy['cap'][0]), oracle['cap_pieces'])
+  pieces = captioning.official_pieces(greedy['cap'][0], vocab_lib.OFFICIAL_TEXT_OFFSET,
+                                      TEXT_PIECES)
+  np.testing.assert_array_equal(pieces, oracle['cap_pieces'])
   assert (oracle['cap_pieces'] > 0).any()
 
 
@@ -310,6 +373,19 @@ def test_the_converter_refuses_other_vocabularies_and_decoder_positions():
     changed['model'][key] = value
     with pytest.raises(convert_official.ConversionError, match=match):
       convert_official.project_config(changed)
+
+
+def test_official_task_settings_we_do_not_read_are_named():
+  with open(os.path.join(FIXTURE, 'config.json')) as f:
+    official = json.load(f)
+  assert official_tasks.differing_settings(official) == []
+  official['tasks'][2]['top_p'] = 0.3
+  official['tasks'].append({'name': 'panoptic_segmentation'})
+  (line,) = official_tasks.differing_settings(official)
+  assert line.startswith('keypoint_detection.top_p=0.3 in config.json') and '0.1' in line
+  found, notes = official_tasks.entries(official, tokenizer=None)
+  assert tuple(found) == TASKS[:3]
+  assert [n.split(':')[0] for n in notes] == ['captioning', 'panoptic_segmentation']
 
 
 def test_misplaced_learned_positions_break_parity(predictor, oracle):

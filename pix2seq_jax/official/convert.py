@@ -1,7 +1,7 @@
 """Converts an official Pix2Seq checkpoint (TF2, object-based) into a workdir of this project.
 
   python -m pix2seq_jax.official.convert --checkpoint=DIR_OR_PREFIX --output=WORKDIR \
-      [--categories=INSTANCES_OR_CATEGORIES.json]
+      [--categories=INSTANCES_OR_CATEGORIES.json] [--tokenizer=c4_en_32k_spm.model]
 
 DIR is a released folder (gs://pix2seq/... copied with `gsutil cp -r`): its config.json
 and latest ckpt-N. A PREFIX (DIR/ckpt-N) picks a checkpoint; config.json is read beside
@@ -18,12 +18,19 @@ keypoints and captioning). Both have 512 learned decoder positions
 (`pos_encoding_dec='learned'`, the only kind implemented here). The detection settings
 (bins, objects, sampling) come from the config's object_detection task.
 
+A multi-task checkpoint becomes a multi-task workdir: `config.tasks` holds one entry per
+task of config.json's `tasks` (official/tasks.py: its weight and settings), config.task
+is object_detection. Captioning needs the official SentencePiece model, which this code
+never downloads: with --tokenizer the workdir keeps a copy of it
+(workdir/tokenizer_file.py) and lists captioning; without, captioning is left out (one
+line says how to include it).
+
 The output is an ordinary workdir: checkpoints/<global_step> (parameters and batch
 statistics), config.json (the official settings, official/config.py) and
 categories.json (COCO's ids and names for COCO checkpoints; Objects365 ids with
 placeholder names for the pretrained ones, unless --categories gives names). It works
-unchanged with --mode=eval, --mode=predict, Predictor and the notebook, and as
-model.init_from for fine-tuning.
+unchanged with --mode=eval, --mode=predict, Predictor (`task=` any of its tasks) and the
+notebook, and as model.init_from for fine-tuning.
 """
 
 from __future__ import annotations
@@ -38,13 +45,16 @@ import jax.numpy as jnp
 from absl import logging
 from flax import nnx
 
-from pix2seq_jax.config import checks, default
+from pix2seq_jax.config import checks, default, multitask
 from pix2seq_jax.data import coco_categories, coco_json
 from pix2seq_jax.models import backbones, build, tree_paths, variants
 from pix2seq_jax.official import config as official_settings
 from pix2seq_jax.official import names as official_names
+from pix2seq_jax.official import tasks as official_tasks
+from pix2seq_jax.tasks import tokenizer as tokenizer_lib
 from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.workdir import files as workdir_lib
+from pix2seq_jax.workdir import tokenizer_file
 
 OBJECTS365_CLASSES = 365
 _GLOBAL_STEP = 'global_step' + official_names.SUFFIX
@@ -147,10 +157,11 @@ def detection_task(official_config: dict) -> dict:
   return {}
 
 
-def project_config(official_config: dict, step: int = 1):
+def project_config(official_config: dict, step: int = 1, tokenizer: str | None = None):
   """Our config (default.py fields) for the official config.json's model and its
-  object_detection task (the multi-task checkpoints' other tasks are reached through
-  their prompts in the multi-task vocabulary).
+  object_detection task; for a multi-task checkpoint (35000 ids) also `config.tasks`, an
+  entry per task of config.json (official/tasks.py), captioning only with `tokenizer`
+  (the SentencePiece model its data.tokenizer names).
 
   The train section records the official fine-tuning settings with the run's length
   as the checkpoint's `step` (epochs need a dataset size the checkpoint does not have).
@@ -179,8 +190,37 @@ def project_config(official_config: dict, step: int = 1):
   config.decode.top_p = float(task.get('top_p', 0.4))
   config.train.steps, config.train.epochs = max(int(step), 1), 0.0
   config.train.warmup_epochs = 0.0
+  if config.model.vocabulary == 'official_multitask':
+    config.tasks, _ = official_tasks.entries(official_config, tokenizer)
+    if not config.tasks:
+      raise ConversionError('config.json lists no task this project implements '
+                            f'({", ".join(default.TASKS)}).')
+    config.task = ('object_detection' if 'object_detection' in config.tasks
+                   else next(iter(config.tasks)))
+  elif tokenizer:
+    raise ConversionError('--tokenizer is for the multi-task checkpoints (model.vocab_size '
+                          f'{vocab_lib.OFFICIAL_MULTITASK_SIZE}), whose captioning reads '
+                          'it; this is a detection checkpoint. Leave it out.')
   checks.validate(config, mode='predict')
   return config
+
+
+def check_tokenizer(path: str, official_config: dict) -> None:
+  """--tokenizer: a SentencePiece model, for a config.json with a captioning task; refused
+  with a ConversionError otherwise. A size other than the official model's 32000 pieces is
+  logged (its captions would be other words)."""
+  names = [task['name'] for task in official_tasks.official_tasks(official_config)]
+  if 'captioning' not in names:
+    raise ConversionError(f'--tokenizer={path}: config.json has no captioning task (its '
+                          f'tasks: {names}); leave --tokenizer out.')
+  try:
+    pieces = tokenizer_lib.TextTokenizer(path).vocab_size
+  except (OSError, ValueError, RuntimeError) as e:
+    raise ConversionError(f'--tokenizer: {e}') from e
+  if pieces != vocab_lib.MAX_TEXT_PIECES:
+    logging.warning('--tokenizer=%s has %d pieces, the official c4_en_32k_spm.model %d: the '
+                    "checkpoint's text tokens will read as other words.", path, pieces,
+                    vocab_lib.MAX_TEXT_PIECES)
 
 
 def default_categories(official_config: dict) -> coco_json.CategoryMap:
@@ -250,8 +290,11 @@ def convert_arrays(reader, config, vocab: vocab_lib.Vocabulary) -> tuple[dict, d
   return out['params'], out['batch_stats']
 
 
-def convert(checkpoint: str, output: str, categories_path: str | None = None) -> dict:
-  """Writes the workdir `output`; returns {'step', 'variant', 'image_size', 'arrays'}."""
+def convert(checkpoint: str, output: str, categories_path: str | None = None,
+            tokenizer: str | None = None) -> dict:
+  """Writes the workdir `output`; returns {'step', 'variant', 'image_size', 'arrays'} and,
+  for a multi-task checkpoint, 'tasks' (those of config.tasks). `tokenizer`: the official
+  SentencePiece model, for the multi-task checkpoints' captioning."""
   import tensorflow as tf  # noqa: PLC0415
 
   from pix2seq_jax.workdir import checkpoints  # noqa: PLC0415 (orbax)
@@ -259,10 +302,16 @@ def convert(checkpoint: str, output: str, categories_path: str | None = None) ->
   prefix, config_path = locate(checkpoint)
   with open(config_path) as f:
     official_config = json.load(f)
+  if tokenizer:
+    check_tokenizer(tokenizer, official_config)
   reader = tf.train.load_checkpoint(prefix)
   shapes = reader.get_variable_to_shape_map()
   step = int(reader.get_tensor(_GLOBAL_STEP)) if _GLOBAL_STEP in shapes else 0
-  config = project_config(official_config, step)
+  config = project_config(official_config, step, tokenizer)
+  if multitask.is_multitask(config):
+    for line in (official_tasks.entries(official_config, tokenizer)[1]
+                 + official_tasks.differing_settings(official_config)):
+      logging.warning('%s', line)
   categories = (read_categories(categories_path, config.data.num_bins) if categories_path
                 else default_categories(official_config))
   vocab = vocab_lib.for_categories(config.model.vocabulary, categories.category_ids,
@@ -282,11 +331,15 @@ def convert(checkpoint: str, output: str, categories_path: str | None = None) ->
   state['step'] = jnp.asarray(step, jnp.int32)
   checkpoints.save(manager, step, state)
   manager.close()
+  if 'captioning' in config.tasks:  # the workdir's own copy, checked when read
+    config.tasks.captioning.data.tokenizer = tokenizer_file.store(output, tokenizer)
   workdir_lib.write_json(os.path.join(output, workdir_lib.CONFIG), config.to_dict())
   workdir_lib.write_json(os.path.join(output, workdir_lib.CATEGORIES), categories.to_json())
-  return {'step': step, 'variant': config.model.variant,
-          'image_size': config.data.image_size,
+  done = {'step': step, 'variant': config.model.variant, 'image_size': config.data.image_size,
           'arrays': len(jax.tree.leaves((params, batch_stats)))}
+  if multitask.is_multitask(config):
+    done['tasks'] = list(multitask.task_names(config))
+  return done
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,10 +352,14 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--categories', default=None,
                       help="optional: a COCO instances JSON (or a [{id, name}] list) naming "
                            "the checkpoint's classes")
+  parser.add_argument('--tokenizer', default=None,
+                      help='multi-task checkpoints: the official SentencePiece model '
+                           '(c4_en_32k_spm.model) that their captioning reads; without it '
+                           'captioning is left out of the workdir')
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.INFO)
   try:
-    done = convert(args.checkpoint, args.output, args.categories)
+    done = convert(args.checkpoint, args.output, args.categories, args.tokenizer)
   except (ConversionError, checks.ConfigError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
