@@ -85,10 +85,10 @@ def instance_config(coco_dir: str) -> ml_collections.ConfigDict:
   return config
 
 
-def instance_losses(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,
-                    batch: dict[str, np.ndarray], devices: int) -> list[float]:
-  """The losses of INSTANCE_STEPS steps on one fixed batch on the first `devices`
-  devices."""
+def fixed_batch_losses(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,
+                       batch: dict, devices: int, steps: int) -> list[dict[str, float]]:
+  """The loss metrics (loss, and a multi-task step's loss_<task>) of `steps` steps on one
+  fixed batch on the first `devices` devices."""
   config = resolve.resolve(config)
   mesh = mesh_lib.make_mesh(jax.devices()[:devices])
   tx = optimizer.make_optimizer(config)
@@ -96,10 +96,17 @@ def instance_losses(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabula
   step = step_lib.train_step_for(config, build.model_graphdef(config, vocab), mesh, tx)
   placed = mesh_lib.put_batch(batch, mesh)
   values = []
-  for index in range(INSTANCE_STEPS):
+  for index in range(steps):
     state, metrics = step(state, placed, index)
-    values.append(float(metrics['loss']))
+    values.append({k: float(v) for k, v in metrics.items() if k.startswith('loss')})
   return values
+
+
+def instance_losses(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabulary,
+                    batch: dict[str, np.ndarray], devices: int) -> list[float]:
+  """The losses of INSTANCE_STEPS steps on one fixed batch on the first `devices`
+  devices."""
+  return [m['loss'] for m in fixed_batch_losses(config, vocab, batch, devices, INSTANCE_STEPS)]
 
 
 def instance_main(folder: str, out: str) -> None:
@@ -153,17 +160,7 @@ def multitask_losses(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabul
                      devices: int) -> list[dict[str, float]]:
   """The metrics (loss and loss_<task>) of MULTITASK_STEPS steps on one fixed multi-task
   batch on the first `devices` devices."""
-  config = resolve.resolve(config)
-  mesh = mesh_lib.make_mesh(jax.devices()[:devices])
-  tx = optimizer.make_optimizer(config)
-  state = state_lib.create_train_state(config, vocab, mesh, tx)
-  step = step_lib.train_step_for(config, build.model_graphdef(config, vocab), mesh, tx)
-  placed = mesh_lib.put_batch(batch, mesh)
-  values = []
-  for index in range(MULTITASK_STEPS):
-    state, metrics = step(state, placed, index)
-    values.append({k: float(v) for k, v in metrics.items() if k.startswith('loss')})
-  return values
+  return fixed_batch_losses(config, vocab, batch, devices, MULTITASK_STEPS)
 
 
 def multitask_main(folder: str, out: str) -> None:

@@ -38,7 +38,7 @@ def load(workdir: str, decode_overrides: dict | None = None) -> ml_collections.F
   for key, value in (decode_overrides or {}).items():
     if key not in config.decode:
       raise KeyError(f'decode.{key} is not a decode setting; have {sorted(config.decode)}.')
-    if config.task in default.INSTANCE_TASKS and value != config.decode[key]:
+    if 'object_detection' not in multitask.task_names(config) and value != config.decode[key]:
       raise checks.ConfigError(
           f'decode.{key}={value!r}: {workdir} was trained for {config.task}, which samples '
           'as the official multi-task config and reads no decode setting (docs/tasks.md); '

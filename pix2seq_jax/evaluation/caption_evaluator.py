@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any
 
 import jax
 import ml_collections
@@ -23,12 +24,10 @@ import numpy as np
 from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
-from tqdm import tqdm
 
-from pix2seq_jax.data import caption_targets, coco_json, pipeline
-from pix2seq_jax.evaluation import caption_metrics, instance_evaluator, val_loss
+from pix2seq_jax.data import caption_targets, coco_json
+from pix2seq_jax.evaluation import caption_metrics, decoded_split, instance_evaluator, val_loss
 from pix2seq_jax.inference import captions, sharded_decode
-from pix2seq_jax.parallel import mesh as mesh_lib
 from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.workdir import files as workdir_lib
 
@@ -63,31 +62,18 @@ class CaptionEvaluator:
     config = self.config
     max_images = config.eval.max_images
     records = self.split.records[:max_images] if max_images else self.split.records
-    batches = pipeline.eval_batches(
-        self.split, config.data, self.vocab, global_batch_size=config.eval.batch_size,
-        max_images=max_images, process_index=jax.process_index(),
-        process_count=jax.process_count(), task='captioning', targets=self.targets)
-    total = pipeline.num_eval_batches(len(records), config.eval.batch_size)
-    likelihood, rows, pending = val_loss.ValLoss(), [], None
-    for batch in tqdm(batches, total=total, desc=f'eval@{step}', leave=False,
-                      disable=jax.process_index() > 0):
-      arrays = mesh_lib.put_batch({k: batch[k] for k in val_loss.BATCH_KEYS}, self.mesh)
-      sums = self.val_loss_fn(params, batch_stats, arrays)
-      outputs = self.decode_fn(params, batch_stats, arrays['image'], step)
-      if pending is not None:  # the previous batch, fetched while this one runs
-        rows.append(self._fetched(*pending, likelihood))
-      pending = (sums, outputs, {k: batch[k] for k in ('image_id', 'mask')})
-    if pending is not None:
-      rows.append(self._fetched(*pending, likelihood))
-    (tokens, _), meta = mesh_lib.gather_to_process_0(rows)
-    if jax.process_index() > 0:
+    rows, likelihood = decoded_split.decode_split(
+        config, self.split, self.targets, self.vocab, self.mesh, self.val_loss_fn,
+        self._decode_batch, ('image_id', 'mask'), params, batch_stats, step)
+    if rows is None:  # not process 0
       return Evaluation({})
+    (tokens, _), _, meta = rows
     results = captions.caption_results(tokens[meta['mask']], meta['image_id'][meta['mask']],
                                        self.tokenizer, self.vocab)
     references = {r.image_id: list(texts) for r, texts in zip(records, self.targets.texts)}
     metrics = caption_metrics.score_captions(
         references, {r['image_id']: r['caption'] for r in results})
-    metrics.update({k: v for k, v in likelihood.metrics().items() if not math.isnan(v)})
+    metrics.update({k: v for k, v in likelihood.items() if not math.isnan(v)})
     out = workdir_lib.eval_dir(workdir, step)
     workdir_lib.write_json(os.path.join(out, 'metrics.json'), metrics)
     workdir_lib.write_json(os.path.join(out, RESULTS_FILE), results)
@@ -95,10 +81,7 @@ class CaptionEvaluator:
                  ' '.join(f'{k}={v:.4f}' for k, v in metrics.items()))
     return Evaluation(metrics)
 
-  @staticmethod
-  def _fetched(sums, outputs, meta: dict[str, np.ndarray],
-               likelihood: val_loss.ValLoss) -> tuple:
-    """One batch on this host: its val-loss sums added to `likelihood`, and (outputs,
-    meta) of this process's rows."""
-    likelihood.add(sums)
-    return jax.tree.map(sharded_decode.local_rows, outputs), meta
+  def _decode_batch(self, params: nnx.State, batch_stats: nnx.State, images: jax.Array,
+                    batch: dict[str, np.ndarray], step: int) -> tuple[Any, None]:
+    """`decoded_split.DecodeBatch`: a caption per image, from the captioning prompt."""
+    return self.decode_fn(params, batch_stats, images, step), None

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -29,10 +29,9 @@ import numpy as np
 from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
-from tqdm import tqdm
 
-from pix2seq_jax.data import coco_json, instance_annotations, pipeline
-from pix2seq_jax.evaluation import coco_metrics, predict_split, val_loss
+from pix2seq_jax.data import coco_json, instance_annotations
+from pix2seq_jax.evaluation import coco_metrics, decoded_split, predict_split, val_loss
 from pix2seq_jax.inference import instances, sharded_decode
 from pix2seq_jax.parallel import mesh as mesh_lib
 from pix2seq_jax.tasks import vocab as vocab_lib
@@ -79,34 +78,18 @@ class InstanceEvaluator:
     config = self.config
     max_images = config.eval.max_images
     records = self.split.records[:max_images] if max_images else self.split.records
-    batches = pipeline.eval_batches(
-        self.split, config.data, self.vocab, global_batch_size=config.eval.batch_size,
-        max_images=max_images, process_index=jax.process_index(),
-        process_count=jax.process_count(), task=config.task, targets=self.targets)
-    total = pipeline.num_eval_batches(
-        pipeline.num_eval_examples(self.split, config.task, max_images), config.eval.batch_size)
-    likelihood, rows, pending = val_loss.ValLoss(), [], None
-    for batch in tqdm(batches, total=total, desc=f'eval@{step}', leave=False,
-                      disable=jax.process_index() > 0):
-      arrays = mesh_lib.put_batch({k: batch[k] for k in val_loss.BATCH_KEYS}, self.mesh)
-      prompts = batch['input_tokens'][..., :self.task.prompt_length]  # [B, n, 6]
-      sums = self.val_loss_fn(params, batch_stats, arrays)
-      outputs = self.decode_fn(params, batch_stats, arrays['image'],
-                               mesh_lib.put_batch({'p': prompts}, self.mesh)['p'], step)
-      if pending is not None:  # the previous batch, fetched while this one runs
-        rows.append(self._fetched(*pending, likelihood))
-      pending = (sums, outputs, prompts, {k: batch[k] for k in _META_KEYS if k in batch})
-    if pending is not None:
-      rows.append(self._fetched(*pending, likelihood))
-    outputs, prompts, meta = mesh_lib.gather_to_process_0(rows)
-    if jax.process_index() > 0:
+    rows, likelihood = decoded_split.decode_split(
+        config, self.split, self.targets, self.vocab, self.mesh, self.val_loss_fn,
+        self._decode_batch, _META_KEYS, params, batch_stats, step)
+    if rows is None:  # not process 0
       return Evaluation({})
+    outputs, prompts, meta = rows
     results = instances.coco_results(outputs, prompts, meta, self.task, config.data.image_size)
     coco_gt = coco_metrics.load_ground_truth(self.split.annotations_path)
     metrics = coco_metrics.coco_metrics(coco_gt, results,
                                         image_ids=[r.image_id for r in records],
                                         iou_type=IOU_TYPES[config.task])
-    metrics.update({k: v for k, v in likelihood.metrics().items() if not math.isnan(v)})
+    metrics.update({k: v for k, v in likelihood.items() if not math.isnan(v)})
     out = workdir_lib.eval_dir(workdir, step)
     workdir_lib.write_json(os.path.join(out, 'metrics.json'), metrics)
     workdir_lib.write_json(os.path.join(out, RESULTS_FILES[config.task]), results)
@@ -114,10 +97,10 @@ class InstanceEvaluator:
                  ' '.join(f'{k}={v:.4f}' for k, v in metrics.items()))
     return Evaluation(metrics)
 
-  @staticmethod
-  def _fetched(sums, outputs, prompts: np.ndarray, meta: dict[str, np.ndarray],
-               likelihood: val_loss.ValLoss) -> tuple:
-    """One batch on this host: its val-loss sums added to `likelihood`, and (outputs,
-    prompts, meta) of this process's rows."""
-    likelihood.add(sums)
-    return jax.tree.map(sharded_decode.local_rows, outputs), prompts, meta
+  def _decode_batch(self, params: nnx.State, batch_stats: nnx.State, images: jax.Array,
+                    batch: dict[str, np.ndarray], step: int) -> tuple[Any, np.ndarray]:
+    """`decoded_split.DecodeBatch`: every object of the batch decoded from its prompt
+    [task, box, class] (`input_tokens[..., :6]`), the prompts kept."""
+    prompts = batch['input_tokens'][..., :self.task.prompt_length]  # [B, n, 6]
+    placed = mesh_lib.put_batch({'p': prompts}, self.mesh)['p']
+    return self.decode_fn(params, batch_stats, images, placed, step), prompts

@@ -47,6 +47,7 @@ from pix2seq_jax.inference import images as images_lib
 from pix2seq_jax.models import backbones, build, variants
 from pix2seq_jax.parallel import mesh as mesh_lib
 from pix2seq_jax.runtime import compilation_cache, precision, xla_cpu_flags
+from pix2seq_jax.tasks import captioning
 from pix2seq_jax.tasks import vocab as vocab_lib
 from pix2seq_jax.workdir import checkpoints
 from pix2seq_jax.workdir import files as workdir_lib
@@ -70,15 +71,20 @@ class Predictor:
   def __init__(self, workdir: str, step: int | None = None, batch_size: int = 8,
                decode: dict | None = None, task: str | None = None):
     compilation_cache.enable()  # before the first compilation (see compilation_cache.py)
-    trained = workdir_config.load(workdir, decode)
+    trained = workdir_config.load(workdir)
     self.tasks = multitask.task_names(trained)
     task = trained.task if task is None else task
     if task not in self.tasks:
       raise ValueError(f'task={task!r}: {workdir} was trained for {list(self.tasks)}.')
-    if decode and task != 'object_detection':
+    changed = sorted(k for k, v in (decode or {}).items()
+                     if k not in trained.decode or trained.decode[k] != v)
+    if changed and task != 'object_detection':
       raise checks.ConfigError(
-          f'decode={decode}: the decode settings are object detection\'s; {task} samples as '
-          'the official multi-task config does (docs/tasks.md). Leave them out.')
+          f'decode.{changed[0]}={decode[changed[0]]!r}: the decode settings are object '
+          f'detection\'s; {task} samples as the official multi-task config does '
+          '(docs/tasks.md). Leave them out.')
+    if decode:
+      trained = workdir_config.load(workdir, decode)
     self.config = multitask.task_config(trained, task)
     self.categories = coco_json.CategoryMap.from_file(
         os.path.join(workdir, workdir_lib.CATEGORIES))
@@ -215,9 +221,8 @@ class Predictor:
           self.params, self.batch_stats, placed, self.step))
       texts = captions.caption_texts(tokens, self.tokenizer, self.vocab)
       for row, index in enumerate(indices):
-        emitted = probs[row] > 0
-        score = float(probs[row][emitted].mean()) if emitted.any() else 0.0
-        out[index] = [{'caption': texts[row], 'score': score}]
+        out[index] = [{'caption': texts[row],
+                       'score': captioning.caption_score(probs[row])}]
     return out
 
   def _decode_batch(self, canvases: np.ndarray, prompts: np.ndarray):

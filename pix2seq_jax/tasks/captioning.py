@@ -55,6 +55,14 @@ def caption_pieces(tokens: np.ndarray, text_offset: int, num_pieces: int) -> lis
   return [int(p) for p in pieces if p != vocab_lib.TEXT_PAD_PIECE]
 
 
+def caption_score(token_probs: np.ndarray) -> float:
+  """A caption's score from its row's token probabilities [L]: the mean probability of its
+  emitted tokens (those before the EOS and the EOS; done rows hold 0), 0 without any."""
+  token_probs = np.asarray(token_probs)
+  emitted = token_probs > 0
+  return float(token_probs[emitted].mean()) if emitted.any() else 0.0
+
+
 @dataclasses.dataclass(frozen=True)
 class CaptioningTask:
   """Captioning's decoding hooks (`task.Task`) for the official_multitask `vocab`:

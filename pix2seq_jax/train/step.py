@@ -75,8 +75,8 @@ def _multitask_loss_fn(graphdef: nnx.GraphDef, compute_dtype: jnp.dtype,
                        task_weights: tuple[tuple[str, float], ...],
                        normalisers: dict[str, jax.Array]) -> Callable:
   """The loss of a multi-task step as `train_step`'s `loss_sum`: (params, batch_stats,
-  {task: batch}, rng) -> (sum_t weight_t * sum(w * CE)_t / normaliser_t, (batch
-  stats, {task: its weighted mean loss})). Each task's batch runs the model once (the tasks in
+  {task: batch}, rng) -> (sum_t weight_t * sum(w * CE)_t / normaliser_t, ({task: its
+  weighted mean loss}, batch stats)). Each task's batch runs the model once (the tasks in
   `task_weights` order, batch statistics passed on), its dropout keyed by the task's
   index; `normalisers` are the tasks' total token weights over the global batch, so that
   micro-batches add up to the whole batch's loss."""
@@ -92,7 +92,7 @@ def _multitask_loss_fn(graphdef: nnx.GraphDef, compute_dtype: jnp.dtype,
       parts[name] = task_total / normalisers[name]
       total = total + weight * parts[name]
       batch_stats = nnx.state(model, nnx.BatchStat)
-    return total, (batch_stats, parts)
+    return total, (parts, batch_stats)
   return loss_sum
 
 
@@ -133,25 +133,39 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], hyperparams: dict
     return total, (weight, nnx.state(model, nnx.BatchStat))
 
   grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
-  if grad_accum_steps == 1:
-    (total, (weight, batch_stats)), grads = grad_fn(params, state.batch_stats, batch, rng)
-  else:
-    def accumulate(carry, micro_and_index):
-      micro, index = micro_and_index
-      total, weight, grads, batch_stats = carry
-      (t, (w, batch_stats)), g = grad_fn(params, batch_stats, micro,
-                                         jax.random.fold_in(rng, index))
-      return (total + t, weight + w, jax.tree.map(jnp.add, grads, g), batch_stats), None
-
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    (total, weight, grads, batch_stats), _ = jax.lax.scan(
-        accumulate, (jnp.zeros(()), jnp.zeros(()), zeros, state.batch_stats),
-        (_micro_batches(batch, grad_accum_steps), jnp.arange(grad_accum_steps)))
+  total, weight, grads, batch_stats = _summed_over_micro_batches(
+      grad_fn, params, state.batch_stats, batch, rng, grad_accum_steps, jnp.zeros(()))
   # The loss is sum(w * CE) / sum(w) over the whole batch; its gradient is the summed
   # gradient over the same normaliser.
   normaliser = jnp.maximum(weight, 1e-8)
   loss, grads = total / normaliser, jax.tree.map(lambda g: g / normaliser, grads)
   return _apply(state, grads, batch_stats, hyperparams, tx, sharded_over, {'loss': loss})
+
+
+def _summed_over_micro_batches(grad_fn: Callable, params: Any, batch_stats: Any,
+                               batch: dict, rng: jax.Array, k: int, aux_zeros: Any
+                               ) -> tuple[jax.Array, Any, Any, Any]:
+  """(loss sum, aux sum, gradient sum, batch statistics) of `grad_fn` — (params,
+  batch_stats, batch, rng) -> ((loss, (aux, batch_stats)), grads) — over the batch, or with
+  k > 1 over its k micro-batches (`_micro_batches`) in a scan, each with the rng folded
+  with its index and the batch statistics passed on; `aux_zeros` starts the aux sum."""
+  if k == 1:
+    (total, (aux, batch_stats)), grads = grad_fn(params, batch_stats, batch, rng)
+    return total, aux, grads, batch_stats
+
+  def accumulate(carry, micro_and_index):
+    micro, index = micro_and_index
+    total, aux, grads, batch_stats = carry
+    (t, (a, batch_stats)), g = grad_fn(params, batch_stats, micro,
+                                       jax.random.fold_in(rng, index))
+    return (total + t, jax.tree.map(jnp.add, aux, a), jax.tree.map(jnp.add, grads, g),
+            batch_stats), None
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  (total, aux, grads, batch_stats), _ = jax.lax.scan(
+      accumulate, (jnp.zeros(()), aux_zeros, zeros, batch_stats),
+      (_micro_batches(batch, k), jnp.arange(k)))
+  return total, aux, grads, batch_stats
 
 
 def _apply(state: TrainState, grads: Any, batch_stats: Any, hyperparams: dict[str, jax.Array],
@@ -191,23 +205,9 @@ def _multitask_step(state: TrainState, batches: dict[str, dict[str, jax.Array]],
                  for name, _ in task_weights}
   grad_fn = jax.value_and_grad(
       _multitask_loss_fn(graphdef, compute_dtype, task_weights, normalisers), has_aux=True)
-  if grad_accum_steps == 1:
-    (loss, (batch_stats, parts)), grads = grad_fn(params, state.batch_stats, batches, rng)
-  else:
-    def accumulate(carry, micro_and_index):
-      micro, index = micro_and_index
-      loss, parts, grads, batch_stats = carry
-      (t, (batch_stats, p)), g = grad_fn(params, batch_stats, micro,
-                                            jax.random.fold_in(rng, index))
-      return (loss + t, jax.tree.map(jnp.add, parts, p), jax.tree.map(jnp.add, grads, g),
-              batch_stats), None
-
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    start = (jnp.zeros(()), {name: jnp.zeros(()) for name, _ in task_weights}, zeros,
-             state.batch_stats)
-    (loss, parts, grads, batch_stats), _ = jax.lax.scan(
-        accumulate, start,
-        (_micro_batches(batches, grad_accum_steps), jnp.arange(grad_accum_steps)))
+  loss, parts, grads, batch_stats = _summed_over_micro_batches(
+      grad_fn, params, state.batch_stats, batches, rng, grad_accum_steps,
+      {name: jnp.zeros(()) for name, _ in task_weights})
   metrics = {'loss': loss, **{f'loss_{name}': value for name, value in parts.items()}}
   return _apply(state, grads, batch_stats, hyperparams, tx, sharded_over, metrics)
 
