@@ -165,9 +165,11 @@ def multi_device_run(tmp_path_factory):
 # pytest-xdist hands whole groups to idle workers in collection order, which its option
 # documents as kept; starting with the longest is the classic longest-first heuristic,
 # leaving short groups to even out the end. Groups not named here go last, in file order.
-_FIRST_GROUPS = ('tests.test_reliability', 'tests.test_multihost', 'tests.test_deploy',
-                 'tests.test_instance_training', 'tests.test_gpu_check', 'tests.test_notebook',
-                 'official', 'tests.test_multihost_setup', 'tests.test_end_to_end',
+_FIRST_GROUPS = ('multitask_run', 'tests.test_reliability', 'tests.test_multihost',
+                 'tests.test_deploy', 'tests.test_instance_training', 'tests.test_gpu_check',
+                 'tests.test_notebook', 'official', 'tests.test_captioning',
+                 'tests.test_multihost_setup', 'tests.test_end_to_end',
+                 'tests.test_caption_metrics',
                  'multi_device', 'tests.test_train', 'tests.test_distributed',
                  'tests.test_model', 'tests.test_decode', 'train', 'tests.test_tasks',
                  'tests.test_keypoint_training', 'tests.test_bad_data', 'tests.test_transforms',

@@ -4,13 +4,14 @@ one JSON object to OUT. `losses` also runs in the test process, for one device.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.multi_device_run OUT
 
-Also the instance-segmentation training of tests/test_instance_training.py (its config,
-`instance_config`, and steps, `instance_losses`), whose 2-device half runs here on the
-batch that test saved, in a process with 2 CPU devices; this module imports no
-TensorFlow, so that process starts in a third of the time:
+Also the configs and fixed-batch steps of tests/test_instance_training.py
+(`instance_config`, `instance_losses`) and tests/test_multitask.py (`multitask_config`,
+`multitask_losses`), whose 4-device half runs here on the batch that test saved, in a
+process with 4 CPU devices; this module imports no TensorFlow, so that process starts in
+a third of the time:
 
-  XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m tests.multi_device_run \
-      --instance FOLDER OUT
+  XLA_FLAGS=--xla_force_host_platform_device_count=4 python -m tests.multi_device_run \
+      --multitask FOLDER OUT
 """
 
 import json
@@ -109,20 +110,6 @@ def instance_losses(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabula
   return [m['loss'] for m in fixed_batch_losses(config, vocab, batch, devices, INSTANCE_STEPS)]
 
 
-def instance_main(folder: str, out: str) -> None:
-  """The 2-device losses of the batch test_instance_training saved in `folder` (batch.npz,
-  and run.json: the coco_dir and category ids of its config and vocabulary)."""
-  jax.config.update('jax_disable_most_optimizations', True)
-  compilation_cache.enable()
-  assert jax.device_count() == 2, jax.devices()
-  with open(os.path.join(folder, 'run.json')) as f:
-    run = json.load(f)
-  batch = dict(np.load(os.path.join(folder, 'batch.npz')))
-  vocab = vocab_lib.for_categories('official_multitask', run['category_ids'], 1000)
-  with open(out, 'w') as f:
-    json.dump(instance_losses(instance_config(run['coco_dir']), vocab, batch, 2), f)
-
-
 MULTITASK_STEPS = 3
 MULTITASK_RUN_STEPS = 6  # of the session's multi-task run (conftest.multitask_run)
 MULTITASK_WEIGHTS = {'object_detection': 1.0, 'instance_segmentation': 0.5, 'captioning': 2.0}
@@ -164,8 +151,9 @@ def multitask_losses(config: ml_collections.ConfigDict, vocab: vocab_lib.Vocabul
 
 
 def multitask_main(folder: str, out: str) -> None:
-  """The 4-device metrics of the multi-task batch test_multitask saved in `folder`
-  (batch.npz with task/field keys, and run.json: coco_dir, tokenizer, category ids)."""
+  """The metrics of the multi-task batch test_multitask saved in `folder` (batch.npz with
+  task/field keys, and run.json: coco_dir, tokenizer, category ids) on 4 devices, with
+  2 accumulation steps."""
   jax.config.update('jax_disable_most_optimizations', True)
   compilation_cache.enable()
   assert jax.device_count() == 4, jax.devices()
@@ -177,6 +165,7 @@ def multitask_main(folder: str, out: str) -> None:
     batch.setdefault(task, {})[field] = value
   vocab = vocab_lib.for_categories('official_multitask', run['category_ids'], 1000)
   config = multitask_config(run['coco_dir'], run['tokenizer'])
+  config.train.grad_accum_steps = 2
   with open(out, 'w') as f:
     json.dump(multitask_losses(config, vocab, batch, 4), f)
 
@@ -195,9 +184,7 @@ def main(out: str) -> None:
 
 
 if __name__ == '__main__':
-  if sys.argv[1] == '--instance':
-    instance_main(*sys.argv[2:])
-  elif sys.argv[1] == '--multitask':
+  if sys.argv[1] == '--multitask':
     multitask_main(*sys.argv[2:])
   else:
     main(*sys.argv[1:])

@@ -1,11 +1,14 @@
 """Multi-task training (Pix2Seq-v2: `config.tasks`) on real coco_mini: detection,
 instance segmentation and captioning learned by one model. The config checks; each task
 seen through its own config; a step's loss the weighted sum of the tasks' losses, logged
-per task; the same per-task losses on 1 and 4 devices; every task evaluated; a run
-killed with SIGKILL resumed to equal an uninterrupted one.
+per task; the same per-task losses on 1 device and on 4 devices with gradient
+accumulation; every task evaluated; a run killed with SIGKILL resumed to equal an
+uninterrupted one.
 
 The config and the fixed-batch steps live in tests/multi_device_run.py (no TensorFlow
-there), whose `--multitask` run gives the 4-device half in a subprocess."""
+there), whose `--multitask` run gives the 4-device half in a subprocess. The tests share
+the session's multi-task run (conftest.multitask_run) with test_predict_tasks and the
+notebook's multi-task test: one xdist group, so one worker trains it."""
 
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ from pix2seq_jax.evaluation import caption_metrics
 from pix2seq_jax.train import loop
 from tests import multi_device_run
 from tests.tiny import ROOT, killed_at_exit, shared_path
+
+pytestmark = pytest.mark.xdist_group('multitask_run')
 
 STEPS = multi_device_run.MULTITASK_STEPS
 WEIGHTS = multi_device_run.MULTITASK_WEIGHTS
@@ -114,21 +119,10 @@ def test_the_loss_is_the_weighted_sum_of_the_tasks_losses(one_device):
   assert all(last[f'loss_{t}'] < first[f'loss_{t}'] for t in TASKS), one_device
 
 
-def test_two_micro_batches_give_the_same_per_task_losses(setup_and_batch, one_device):
-  """Gradient accumulation (each task's batch split in two, its loss normalised by the
-  whole batch's weights) against the one-batch step."""
-  config, setup, batch = setup_and_batch
-  config = multi_device_run.multitask_config(config.data.coco_dir,
-                                             config.tasks.captioning.data.tokenizer)
-  config.train.grad_accum_steps = 2
-  accumulated = multi_device_run.multitask_losses(config, setup.vocab, batch, 1)
-  for got, want in zip(accumulated, one_device):
-    for key in want:
-      assert got[key] == pytest.approx(want[key], rel=1e-4), key
-
-
-def test_one_and_four_devices_give_the_same_per_task_losses(setup_and_batch, one_device,
-                                                             tmp_path):
+def test_four_devices_and_two_micro_batches_give_the_same_per_task_losses(
+    setup_and_batch, one_device, tmp_path):
+  """The step on 4 devices, each task's batch split in two micro-batches (its loss
+  normalised by the whole batch's weights), against the one-device one-batch step."""
   config, setup, batch = setup_and_batch
   np.savez(tmp_path / 'batch.npz', **{f'{t}/{k}': v for t, fields in batch.items()
                                       for k, v in fields.items()})
@@ -194,7 +188,6 @@ def test_an_uninterrupted_run_evaluates_every_task(multitask_run):
     assert set(json.load(f)) == set(TASKS)
 
 
-@pytest.mark.xdist_group('multitask_run')
 def test_a_multitask_run_killed_and_resumed_equals_an_uninterrupted_one(
     config, multitask_run, tmp_path, no_meteor):
   uninterrupted, final = multitask_run

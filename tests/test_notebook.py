@@ -86,6 +86,7 @@ def test_notebook_scores_an_instance_segmentation_workdir(tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group('multitask_run')  # with the other users of the session's run
 def test_notebook_shows_each_task_of_a_multitask_workdir(multitask_run, monkeypatch):
   """A multi-task workdir (detection, segmentation, captioning; conftest.multitask_run):
   the table of each task's training evaluations, then its captioning task's captions of 2

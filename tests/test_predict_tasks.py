@@ -20,6 +20,9 @@ from pix2seq_jax.workdir import files as workdir_lib
 from pix2seq_jax.workdir import tokenizer_file
 from tests import multi_device_run, tiny
 
+# One xdist group with the other users of the session's multi-task run (test_multitask).
+pytestmark = pytest.mark.xdist_group('multitask_run')
+
 TASKS = tuple(multi_device_run.MULTITASK_WEIGHTS)  # detection, segmentation, captioning
 # Two coco_mini val images with objects (segmentation reads their true boxes).
 IMAGES = ('000000000139.jpg', '000000000802.jpg')
