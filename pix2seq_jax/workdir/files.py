@@ -8,7 +8,9 @@ checkpoints are written by all processes together).
   <workdir>/metrics.jsonl          one JSON object per logged step (train/metrics_log.py)
   <workdir>/events.out.tfevents.*  TensorBoard scalars
   <workdir>/eval/step_<N>/         metrics.json and detections.json (COCO results format;
-                                   per task of a multi-task run: eval/step_<N>/<task>/)
+                                   the other tasks' results: segmentations.json,
+                                   keypoints.json, captions.json)
+  <workdir>/<task>/eval/step_<N>/  the same per task of a multi-task run (config.tasks)
   <workdir>/tokenizer.model        captioning: the SentencePiece model it was trained with,
   <workdir>/tokenizer.json         and its sha256 and source (workdir/tokenizer_file.py)
 """
