@@ -122,7 +122,8 @@ def _run(mode: str, overrides: tuple[str, ...]) -> None:
   if mode in ('predict', 'export') and FLAGS.config is not None:  # only the decode settings
     checks.validate(FLAGS.config, mode='predict', overrides=overrides)
     decode = FLAGS.config.decode.to_dict()
-  task = _chosen_task(mode) if mode in ('predict', 'export') else None
+  # --task is checked against the workdir here; without it the Predictor takes config.task.
+  task = _chosen_task(mode) if mode in ('predict', 'export') and FLAGS.task else None
   if mode == 'predict':  # no TensorFlow: the Predictor reads files with PIL
     from pix2seq_jax.inference import predictor
     predictor.predict_files(FLAGS.workdir, FLAGS.images, FLAGS.output, FLAGS.draw_dir,
@@ -154,12 +155,12 @@ def _run(mode: str, overrides: tuple[str, ...]) -> None:
 
 
 def _chosen_task(mode: str) -> str:
-  """--task, or the workdir's config.task; refuses a task the workdir was not trained for
-  and --draw_dir for captioning."""
+  """--task, refused where the workdir was not trained for it, or with --draw_dir for
+  captioning (which predict_files also refuses when captioning is the workdir's task)."""
   from pix2seq_jax.config import multitask, workdir_config
   trained = workdir_config.load(FLAGS.workdir)
   tasks = multitask.task_names(trained)
-  task = FLAGS.task or trained.task
+  task = FLAGS.task
   if task not in tasks:
     raise app.UsageError(f'--task={task}: {FLAGS.workdir} was trained for '
                          f'{", ".join(tasks)}; give one of them.')
