@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from pix2seq_jax.config import checks, default, workdir_config
 from pix2seq_jax.data import captions, pipeline, sources
-from pix2seq_jax.evaluation import caption_metrics
+from pix2seq_jax.evaluation import caption_metrics, task_evaluators
 from pix2seq_jax.inference import decoding
 from pix2seq_jax.tasks import captioning
 from pix2seq_jax.tasks import tokenizer as tokenizer_lib
@@ -198,6 +198,8 @@ def test_the_workdir_keeps_its_tokenizer_and_refuses_another(trained, coco_mini,
   changed = caption_config(config.data.coco_dir, other)
   with pytest.raises(ValueError, match='differs from .*tokenizer.model'):
     loop.train_and_evaluate(changed, workdir)
+  with pytest.raises(ValueError, match='differs from .*tokenizer.model'):  # --mode=eval
+    task_evaluators.evaluate_checkpoint(changed, workdir)
   copy = str(tmp_path / 'copy')
   shutil.copytree(workdir, copy)
   shutil.copy(other, os.path.join(copy, 'tokenizer.model'))

@@ -25,7 +25,7 @@ from pix2seq_jax.evaluation import caption_evaluator, evaluator, instance_evalua
 from pix2seq_jax.models import build
 from pix2seq_jax.parallel import mesh as mesh_lib
 from pix2seq_jax.tasks import vocab as vocab_lib
-from pix2seq_jax.workdir import checkpoints
+from pix2seq_jax.workdir import checkpoints, tokenizer_file
 
 
 def evaluator_for(config: ml_collections.FrozenConfigDict, splits: sources.Splits,
@@ -52,6 +52,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = mesh_lib.make_mesh() if mesh is None else mesh
   checks.validate(config, mode='eval', overrides=overrides, devices=mesh.size)
   views = multitask.task_configs(config)
+  if 'captioning' in views:  # the tokenizer the checkpoint was trained with, or a refusal
+    tokenizer_file.check_same(workdir, views['captioning'].data.tokenizer)
   splits = {}
   for name, view in views.items():
     splits[name] = sources.load_splits(view.data, name)

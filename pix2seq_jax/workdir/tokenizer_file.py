@@ -33,13 +33,7 @@ def store(workdir: str, source: str) -> str:
                             'trains one on the train captions).')
   digest = sha256_of(source)
   if os.path.exists(os.path.join(workdir, workdir_lib.TOKENIZER_INFO)):
-    stored = stored_path(workdir)
-    if sha256_of(stored) != digest:
-      raise ValueError(
-          f'data.tokenizer={source} differs from {stored}, the tokenizer {workdir} was '
-          'trained with: its text tokens would mean other pieces. Point data.tokenizer at '
-          f'{stored} or train into a new workdir.')
-    return stored
+    return check_same(workdir, source)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     if os.path.abspath(source) != os.path.abspath(target):
@@ -47,6 +41,18 @@ def store(workdir: str, source: str) -> str:
     workdir_lib.write_json(os.path.join(workdir, workdir_lib.TOKENIZER_INFO),
                            {'sha256': digest, 'source': os.path.abspath(source)})
   return target
+
+
+def check_same(workdir: str, source: str) -> str:
+  """The workdir's tokenizer (`stored_path`), after refusing a `source` file that differs
+  from it (e.g. the data.tokenizer of --mode=eval)."""
+  stored = stored_path(workdir)
+  if sha256_of(source) != sha256_of(stored):
+    raise ValueError(
+        f'data.tokenizer={source} differs from {stored}, the tokenizer {workdir} was '
+        'trained with: its text tokens would mean other pieces. Point data.tokenizer at '
+        f'{stored}, or train into a new workdir.')
+  return stored
 
 
 def stored_path(workdir: str) -> str:
