@@ -84,12 +84,10 @@ def _flat_detector(predictor: predictor_lib.Predictor) -> tuple[Callable, list[n
   detect = detector.detector_fn(predictor.config,
                                 build.model_graphdef(predictor.config, predictor.vocab),
                                 predictor.vocab, predictor.categories, predictor.step)
-  leaves, treedef = jax.tree.flatten((predictor.params, predictor.batch_stats))
-  weights = [np.asarray(jax.device_get(leaf)) for leaf in leaves]
+  weights, trees = _weights(predictor)
 
   def run(weights, canvases):
-    params, batch_stats = jax.tree.unflatten(treedef, list(weights))
-    return detect(params, batch_stats, canvases)
+    return detect(*trees(weights), canvases)
 
   return run, weights
 
@@ -100,6 +98,30 @@ def _weights(predictor: predictor_lib.Predictor) -> tuple[list[np.ndarray], Call
   leaves, treedef = jax.tree.flatten((predictor.params, predictor.batch_stats))
   return ([np.asarray(jax.device_get(leaf)) for leaf in leaves],
           lambda weights: jax.tree.unflatten(treedef, list(weights)))
+
+
+def _write_program(run: Callable, args: list, path: str, platforms: tuple[str, ...],
+                   matmul_precision: str) -> None:
+  """`jax.export` of `run` at `matmul_precision` for the argument specs `args`, serialised
+  to `path`."""
+  exported = jax.export.export(jax.jit(precision.traced(run, matmul_precision)),
+                               platforms=platforms)(*args)
+  with open(path, 'wb') as f:
+    f.write(exported.serialize())
+
+
+def _manifest_head(predictor: predictor_lib.Predictor, workdir: str) -> dict:
+  """The fields every export's manifest starts with."""
+  return {
+      'format': serving.FORMAT,
+      'task': predictor.config.task,
+      'workdir_tasks': list(predictor.tasks),
+      'pix2seq_jax_version': pix2seq_jax.__version__,
+      'jax_version': jax.__version__,
+      'workdir': os.path.abspath(workdir),
+      'checkpoint_step': predictor.step,
+      'canvas_size': predictor.size,
+  }
 
 
 def _export_instances(predictor: predictor_lib.Predictor, workdir: str, output: str,
@@ -120,26 +142,17 @@ def _export_instances(predictor: predictor_lib.Predictor, workdir: str, output: 
   batch = jax.export.symbolic_shape('b')[0]
   logging.info('Exporting the %s decoder on the %dx%d canvas (%s) ...', config.task, size,
                size, INSTANCE_PROGRAM)
-  exported = jax.export.export(
-      jax.jit(precision.traced(run, config.train.matmul_precision)), platforms=platforms)(
-          [jax.ShapeDtypeStruct(w.shape, w.dtype) for w in weights],
-          jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32),
-          jax.ShapeDtypeStruct((batch, n, task.prompt_length), jnp.int32))
-  with open(os.path.join(output, INSTANCE_PROGRAM), 'wb') as f:
-    f.write(exported.serialize())
+  _write_program(run, [[jax.ShapeDtypeStruct(w.shape, w.dtype) for w in weights],
+                       jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32),
+                       jax.ShapeDtypeStruct((batch, n, task.prompt_length), jnp.int32)],
+                 os.path.join(output, INSTANCE_PROGRAM), platforms,
+                 config.train.matmul_precision)
   settings = {k: getattr(task, k) for k in ('mode', 'temperature', 'top_k', 'top_p',
                                            'max_points', 'num_samples', 'threshold',
                                            'suppress_invisible', 'points_score_weight')
               if hasattr(task, k)}
   manifest = {
-      'format': serving.FORMAT,
-      'task': config.task,
-      'workdir_tasks': list(predictor.tasks),
-      'pix2seq_jax_version': pix2seq_jax.__version__,
-      'jax_version': jax.__version__,
-      'workdir': os.path.abspath(workdir),
-      'checkpoint_step': predictor.step,
-      'canvas_size': size,
+      **_manifest_head(predictor, workdir),
       'program': {'file': INSTANCE_PROGRAM, 'objects_per_canvas': n,
                   'prompt_length': task.prompt_length},
       'task_settings': settings,
@@ -188,23 +201,14 @@ def _export_captions(predictor: predictor_lib.Predictor, workdir: str, output: s
   batch = jax.export.symbolic_shape('b')[0]
   logging.info('Exporting the captioning decoder on the %dx%d canvas (%s) ...', size, size,
                CAPTION_PROGRAM)
-  exported = jax.export.export(
-      jax.jit(precision.traced(run, config.train.matmul_precision)), platforms=platforms)(
-          [jax.ShapeDtypeStruct(w.shape, w.dtype) for w in weights],
-          jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32))
-  with open(os.path.join(output, CAPTION_PROGRAM), 'wb') as f:
-    f.write(exported.serialize())
+  _write_program(run, [[jax.ShapeDtypeStruct(w.shape, w.dtype) for w in weights],
+                       jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)],
+                 os.path.join(output, CAPTION_PROGRAM), platforms,
+                 config.train.matmul_precision)
   files = (serving.WEIGHTS, CAPTION_PROGRAM, TOKENIZER)
   digests = {name: serving.sha256(os.path.join(output, name)) for name in files}
   manifest = {
-      'format': serving.FORMAT,
-      'task': config.task,
-      'workdir_tasks': list(predictor.tasks),
-      'pix2seq_jax_version': pix2seq_jax.__version__,
-      'jax_version': jax.__version__,
-      'workdir': os.path.abspath(workdir),
-      'checkpoint_step': predictor.step,
-      'canvas_size': size,
+      **_manifest_head(predictor, workdir),
       'program': {'file': CAPTION_PROGRAM},
       'max_text_len': config.data.max_text_len,
       'tokenizer': {'file': TOKENIZER, 'sha256': digests[TOKENIZER],
@@ -257,11 +261,9 @@ def export_workdir(workdir: str, output: str, decode: dict | None = None,
   for shape in predictor.canvas_shapes:
     name = detector_file(shape, size)
     logging.info('Exporting the detector on the %dx%d canvas (%s) ...', *shape, name)
-    at_precision = precision.traced(run, predictor.config.train.matmul_precision)
-    exported = jax.export.export(jax.jit(at_precision), platforms=platforms)(
-        weight_specs, jax.ShapeDtypeStruct((batch, *shape, 3), jnp.float32))
-    with open(os.path.join(output, name), 'wb') as f:
-      f.write(exported.serialize())
+    _write_program(run, [weight_specs, jax.ShapeDtypeStruct((batch, *shape, 3), jnp.float32)],
+                   os.path.join(output, name), platforms,
+                   predictor.config.train.matmul_precision)
     canvases.append({'shape': list(shape), 'file': name})
     files.append(name)
   if saved_model:
@@ -272,14 +274,7 @@ def export_workdir(workdir: str, output: str, decode: dict | None = None,
   config = predictor.config
   vocab = predictor.vocab
   manifest = {
-      'format': serving.FORMAT,
-      'task': config.task,
-      'workdir_tasks': list(predictor.tasks),
-      'pix2seq_jax_version': pix2seq_jax.__version__,
-      'jax_version': jax.__version__,
-      'workdir': os.path.abspath(workdir),
-      'checkpoint_step': predictor.step,
-      'canvas_size': size,
+      **_manifest_head(predictor, workdir),
       'canvases': canvases,
       'saved_model': {'folder': SAVED_MODEL, 'canvas': [size, size]} if saved_model else None,
       'platforms': list(platforms),
